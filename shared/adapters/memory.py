@@ -1,0 +1,193 @@
+"""In-memory implementations of the storage ports, for unit tests and quick local runs.
+
+They keep the same semantics the Table/Blob/Queue adapters keep (idempotent ledger
+writes, ETag checks, append-only audit) so one contract suite runs against both.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.domain.errors import ConcurrencyError, ConflictError, NotFoundError
+from shared.domain.model import (
+    AuditEvent,
+    CertificateRecord,
+    CertificateStatus,
+    DomainEvent,
+    RevocationReason,
+    RotationRecord,
+    RotationState,
+)
+from shared.ports import (
+    AuditLog,
+    CertificateLedger,
+    CrlPublisher,
+    EventSink,
+    RotationStateStore,
+    WorkQueue,
+)
+
+
+class MemoryLedger(CertificateLedger):
+    def __init__(self) -> None:
+        self._by_serial: dict[str, CertificateRecord] = {}
+        self._by_csr: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def find_by_csr(self, device_id: str, csr_sha256: str) -> CertificateRecord | None:
+        serial = self._by_csr.get((device_id, csr_sha256))
+        return copy.copy(self._by_serial[serial]) if serial else None
+
+    def add(self, record: CertificateRecord) -> CertificateRecord:
+        with self._lock:
+            key = (record.device_id, record.csr_sha256)
+            if key in self._by_csr:
+                return copy.copy(self._by_serial[self._by_csr[key]])
+            if record.serial in self._by_serial:
+                raise ConflictError(f"serial {record.serial} already recorded")
+            self._by_serial[record.serial] = copy.copy(record)
+            self._by_csr[key] = record.serial
+            return copy.copy(record)
+
+    def get(self, serial: str) -> CertificateRecord:
+        try:
+            return copy.copy(self._by_serial[serial])
+        except KeyError:
+            raise NotFoundError(f"no certificate with serial {serial}") from None
+
+    def find_by_thumbprint(self, thumbprint_sha256: str) -> CertificateRecord | None:
+        for rec in self._by_serial.values():
+            if rec.thumbprint_sha256 == thumbprint_sha256:
+                return copy.copy(rec)
+        return None
+
+    def list_for_device(self, device_id: str) -> list[CertificateRecord]:
+        recs = [copy.copy(r) for r in self._by_serial.values() if r.device_id == device_id]
+        return sorted(recs, key=lambda r: r.issued_at)
+
+    def set_status(
+        self,
+        serial: str,
+        status: CertificateStatus,
+        *,
+        reason: RevocationReason | None = None,
+        at: datetime | None = None,
+    ) -> CertificateRecord:
+        with self._lock:
+            rec = self._by_serial.get(serial)
+            if rec is None:
+                raise NotFoundError(f"no certificate with serial {serial}")
+            if rec.status is CertificateStatus.REVOKED:
+                return copy.copy(rec)
+            rec.status = status
+            if status is CertificateStatus.REVOKED:
+                rec.revoked_at = at or datetime.now(UTC)
+                rec.revocation_reason = reason or RevocationReason.UNSPECIFIED
+            return copy.copy(rec)
+
+    def list_revoked(self) -> Iterator[CertificateRecord]:
+        revoked = [r for r in self._by_serial.values() if r.status is CertificateStatus.REVOKED]
+        return iter([copy.copy(r) for r in revoked])
+
+
+class MemoryRotationStore(RotationStateStore):
+    def __init__(self) -> None:
+        self._records: dict[str, RotationRecord] = {}
+        self._lock = threading.Lock()
+
+    def get(self, device_id: str) -> RotationRecord | None:
+        rec = self._records.get(device_id)
+        return copy.copy(rec) if rec else None
+
+    def put(self, record: RotationRecord) -> RotationRecord:
+        with self._lock:
+            stored = self._records.get(record.device_id)
+            if record.etag is None:
+                if stored is not None:
+                    raise ConflictError(f"rotation record for {record.device_id} exists")
+            elif stored is None or stored.etag != record.etag:
+                raise ConcurrencyError(f"rotation record for {record.device_id} changed")
+            new = copy.copy(record)
+            new.etag = uuid.uuid4().hex
+            self._records[record.device_id] = new
+            return copy.copy(new)
+
+    def list(
+        self,
+        states: set[RotationState] | None = None,
+        updated_before: datetime | None = None,
+    ) -> Iterator[RotationRecord]:
+        for rec in list(self._records.values()):
+            if states is not None and rec.state not in states:
+                continue
+            if updated_before is not None and (
+                rec.updated_at is None or rec.updated_at >= updated_before
+            ):
+                continue
+            yield copy.copy(rec)
+
+
+class MemoryAuditLog(AuditLog):
+    def __init__(self) -> None:
+        self._events: list[AuditEvent] = []
+        self._lock = threading.Lock()
+
+    def append(self, event: AuditEvent) -> None:
+        stored = copy.deepcopy(event)
+        if stored.at is None:
+            stored.at = datetime.now(UTC)
+        with self._lock:
+            self._events.append(stored)
+
+    def list(self, device_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
+        chosen = (e for e in reversed(self._events) if device_id in (None, e.device_id))
+        return [copy.deepcopy(e) for e in itertools.islice(chosen, limit)]
+
+
+class MemoryCrlPublisher(CrlPublisher):
+    def __init__(self, base_url: str = "http://127.0.0.1:10000/devstoreaccount1/pki") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.objects: dict[str, tuple[bytes, str]] = {}
+
+    def publish(self, name: str, data: bytes, content_type: str) -> str:
+        self.objects[name] = (data, content_type)
+        return self.url_for(name)
+
+    def url_for(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+    def fetch(self, name: str) -> bytes:
+        try:
+            return self.objects[name][0]
+        except KeyError:
+            raise NotFoundError(f"{name} is not published") from None
+
+
+class MemoryWorkQueue(WorkQueue):
+    def __init__(self) -> None:
+        self._messages: deque[dict[str, Any]] = deque()
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self._messages.append(copy.deepcopy(message))
+
+    def receive(self, max_messages: int = 32) -> list[dict[str, Any]]:
+        with self._lock:
+            n = min(max_messages, len(self._messages))
+            return [self._messages.popleft() for _ in range(n)]
+
+
+class MemoryEventSink(EventSink):
+    def __init__(self) -> None:
+        self.events: list[DomainEvent] = []
+
+    def publish(self, events: list[DomainEvent]) -> None:
+        self.events.extend(events)

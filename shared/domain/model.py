@@ -1,0 +1,284 @@
+"""certroll's domain model: plain dataclasses, no SDK imports.
+
+Conventions used everywhere:
+- times are timezone-aware UTC ``datetime``;
+- a certificate serial is lower-case hex without leading zeros (``format(n, "x")``);
+- a thumbprint is the lower-case hex SHA-256 of the DER certificate (64 chars);
+- ``etag`` is opaque; ``None`` means "not read from a store yet".
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a paged query; ``continuation`` is None on the last page."""
+
+    items: list[T]
+    continuation: str | None = None
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+class CertificateStatus(enum.StrEnum):
+    ISSUED = "issued"  # signed, not yet confirmed in use by the device
+    ACTIVE = "active"  # the device connected with it
+    SUPERSEDED = "superseded"  # replaced by a newer certificate after confirmation
+    REVOKED = "revoked"  # listed in the CRL
+
+
+class RevocationReason(enum.StrEnum):
+    """RFC 5280 reason codes, spelled as in the RFC (and as ``certroll revoke`` takes them)."""
+
+    UNSPECIFIED = "unspecified"
+    KEY_COMPROMISE = "keyCompromise"
+    CA_COMPROMISE = "caCompromise"
+    AFFILIATION_CHANGED = "affiliationChanged"
+    SUPERSEDED = "superseded"
+    CESSATION_OF_OPERATION = "cessationOfOperation"
+    CERTIFICATE_HOLD = "certificateHold"
+    PRIVILEGE_WITHDRAWN = "privilegeWithdrawn"
+
+
+class Trigger(enum.StrEnum):
+    """What asked for an issuance or rotation."""
+
+    EXPIRING = "expiring"
+    MANUAL = "manual"
+    COMPROMISE = "compromise"
+    CA_ROLL = "ca-roll"
+    CLI = "cli"
+    ALLOW = "allow"
+
+
+@dataclass
+class CertificateRecord:
+    """One issued certificate in the issuance ledger."""
+
+    serial: str
+    device_id: str
+    thumbprint_sha256: str
+    not_before: datetime
+    not_after: datetime
+    csr_sha256: str
+    issuer_key_id: str
+    trigger: str
+    request_id: str
+    status: CertificateStatus
+    pem: str  # the leaf certificate alone, PEM
+    issued_at: datetime
+    revoked_at: datetime | None = None
+    revocation_reason: RevocationReason | None = None
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+class RotationState(enum.StrEnum):
+    IDLE = "idle"
+    CSR_REQUESTED = "csr_requested"
+    CSR_RECEIVED = "csr_received"
+    ISSUED = "issued"
+    ENROLLED = "enrolled"
+    DELIVERED = "delivered"
+    REPROVISION_SENT = "reprovision_sent"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    DISALLOWED = "disallowed"
+
+
+@dataclass
+class RotationRecord:
+    """The per-device rotation record (one row per device, ETag-checked writes)."""
+
+    device_id: str
+    state: RotationState = RotationState.IDLE
+    request_id: str | None = None
+    reason: str | None = None  # Trigger value of the running rotation
+    csr_sha256: str | None = None
+    csr_pem: str | None = None
+    new_serial: str | None = None
+    new_thumbprint: str | None = None
+    current_serial: str | None = None  # the certificate the device uses now
+    current_thumbprint: str | None = None
+    current_not_after: datetime | None = None
+    slot: str | None = None  # "primary" | "secondary": where the new certificate went
+    attempts: int = 0
+    deadline: datetime | None = None  # when a non-idle record counts as stuck
+    updated_at: datetime | None = None
+    last_error: str | None = None
+    disallowed_by: str | None = None
+    disallowed_reason: str | None = None
+    etag: str | None = None
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@dataclass
+class AuditEvent:
+    """One append-only audit entry: who did what to which device, and how it ended."""
+
+    action: str  # e.g. "issue", "issue_rejected", "disallow", "revoke", "slot_write"
+    outcome: str  # "ok" | "rejected" | "failed" | "noop"
+    actor: str  # principal name, "system:<function>" or "cli:<user>"
+    device_id: str | None = None
+    request_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: datetime | None = None  # filled by the store when None
+
+
+# --------------------------------------------------------------------------- DPS
+
+
+class ProvisioningStatus(enum.StrEnum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+@dataclass
+class CertificateSlot:
+    """An X.509 attestation slot (primary or secondary).
+
+    Reads from DPS carry ``info`` only (thumbprint, expiry); writes carry ``pem``.
+    """
+
+    thumbprint_sha256: str | None = None
+    not_after: datetime | None = None
+    subject: str | None = None
+    pem: str | None = None
+
+
+@dataclass
+class IndividualEnrollment:
+    registration_id: str
+    device_id: str | None = None
+    primary: CertificateSlot | None = None  # clientCertificates.primary
+    secondary: CertificateSlot | None = None  # clientCertificates.secondary
+    provisioning_status: ProvisioningStatus = ProvisioningStatus.ENABLED
+    reprovision_migrate_data: bool = True
+    reprovision_update_hub_assignment: bool = True
+    iot_hub_host_name: str | None = None
+    etag: str | None = None
+
+
+@dataclass
+class EnrollmentGroup:
+    group_id: str
+    primary: CertificateSlot | None = None  # signingCertificates.primary
+    secondary: CertificateSlot | None = None  # signingCertificates.secondary
+    ca_primary: str | None = None  # caReferences.primary (verified CA name)
+    ca_secondary: str | None = None
+    provisioning_status: ProvisioningStatus = ProvisioningStatus.ENABLED
+    reprovision_migrate_data: bool = True
+    reprovision_update_hub_assignment: bool = True
+    etag: str | None = None
+
+
+@dataclass
+class RegistrationState:
+    registration_id: str
+    status: str  # unassigned | assigning | assigned | failed | disabled
+    assigned_hub: str | None = None
+    device_id: str | None = None
+    last_updated: datetime | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    etag: str | None = None
+
+
+# --------------------------------------------------------------------------- IoT Hub
+
+
+class DeviceStatus(enum.StrEnum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+class AuthType(enum.StrEnum):
+    SELF_SIGNED = "selfSigned"  # thumbprint authentication
+    CERTIFICATE_AUTHORITY = "certificateAuthority"
+
+
+@dataclass
+class DeviceIdentity:
+    device_id: str
+    status: DeviceStatus = DeviceStatus.ENABLED
+    auth_type: AuthType = AuthType.SELF_SIGNED
+    primary_thumbprint: str | None = None
+    secondary_thumbprint: str | None = None
+    status_reason: str | None = None
+    connection_state: str = "Disconnected"
+    etag: str | None = None
+
+
+@dataclass
+class ReportedCertificate:
+    """The ``x509`` section a device reports (see docs/device-contract.md)."""
+
+    thumbprint_sha256: str
+    serial: str
+    not_before: datetime
+    not_after: datetime
+
+
+@dataclass
+class Twin:
+    device_id: str
+    desired: dict[str, Any] = field(default_factory=dict)
+    reported: dict[str, Any] = field(default_factory=dict)
+    desired_version: int = 0
+    reported_version: int = 0
+    tags: dict[str, Any] = field(default_factory=dict)
+    status: DeviceStatus = DeviceStatus.ENABLED
+    connection_state: str = "Disconnected"
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    status: int
+    payload: Any = None
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    status: str  # queued | scheduled | running | completed | failed | cancelled
+    type: str = "scheduleDeviceMethod"
+    succeeded: int = 0
+    failed: int = 0
+    pending: int = 0
+
+
+@dataclass(frozen=True)
+class ConnectionFailure:
+    """One hub Connections-log record of a failed connect (401003 or 403012)."""
+
+    device_id: str
+    code: int  # 401003 IoTHubUnauthorized, 403012 DeviceDisabled
+    at: datetime
+    thumbprint: str | None = None  # presented certificate, when the log names it
+    message: str = ""
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """An outbound event for the Event Grid custom topic."""
+
+    event_type: str  # CertificateIssued | RotationCompleted | RotationFailed | DeviceDisallowed
+    subject: str  # "devices/<id>"
+    data: dict[str, Any]
+    event_id: str = ""
+    at: datetime | None = None
