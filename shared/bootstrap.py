@@ -1,0 +1,230 @@
+"""The one place that wires settings to adapters.
+
+Triggers and the CLI call :func:`get_services`; everything is built lazily on first
+use and cached per worker process. Tests and the local dev host replace parts with
+:func:`override_services` or by passing ready objects to :class:`Services`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from shared.clock import SystemClock
+from shared.domain.model import DomainEvent
+from shared.ports import (
+    AuditLog,
+    CertificateLedger,
+    Clock,
+    CrlPublisher,
+    DeviceRegistry,
+    EnrollmentStore,
+    EventSink,
+    IssuingAuthority,
+    RotationStateStore,
+    WorkQueue,
+)
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.domain.rotation import RotationService
+    from shared.pki.issuer import Issuer
+
+logger = logging.getLogger(__name__)
+
+CRL_NAME = "crl/issuing.crl"
+
+
+class LoggingEventSink(EventSink):
+    """Used when no Event Grid topic is configured: events go to the log only."""
+
+    def publish(self, events: list[DomainEvent]) -> None:
+        for event in events:
+            logger.info("event %s %s %s", event.event_type, event.subject, event.data)
+
+
+class Services:
+    """Lazily built adapters and services. Pass objects to replace the defaults."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings or Settings.from_env()
+        unknown = set(overrides) - _OVERRIDABLE
+        if unknown:
+            raise TypeError(f"unknown service overrides: {sorted(unknown)}")
+        for name, value in overrides.items():
+            self.__dict__[name] = value  # pre-fills the cached_property
+
+    # ----------------------------------------------------------------- storage
+    @cached_property
+    def _storage(self) -> Any:
+        if self.settings.get("CERTROLL_STORAGE") == "memory":
+            from shared.adapters import memory
+
+            return _MemoryStorage(
+                ledger=memory.MemoryLedger(),
+                state=memory.MemoryRotationStore(),
+                audit=memory.MemoryAuditLog(),
+                crl_publisher=memory.MemoryCrlPublisher(),
+                queue=memory.MemoryWorkQueue(),
+            )
+        from shared.adapters.tables import storage_from_settings
+
+        return storage_from_settings(self.settings)
+
+    @cached_property
+    def clock(self) -> Clock:
+        return SystemClock()
+
+    @cached_property
+    def ledger(self) -> CertificateLedger:
+        ledger: CertificateLedger = self._storage.ledger
+        return ledger
+
+    @cached_property
+    def state(self) -> RotationStateStore:
+        state: RotationStateStore = self._storage.state
+        return state
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        audit: AuditLog = self._storage.audit
+        return audit
+
+    @cached_property
+    def crl_publisher(self) -> CrlPublisher:
+        publisher: CrlPublisher = self._storage.crl_publisher
+        return publisher
+
+    @cached_property
+    def queue(self) -> WorkQueue:
+        queue: WorkQueue = self._storage.queue
+        return queue
+
+    # ----------------------------------------------------------------- PKI
+    @cached_property
+    def authority(self) -> IssuingAuthority:
+        from shared.pki.authority import load_authority
+
+        return load_authority(self.settings, crl_url=self.crl_publisher.url_for(CRL_NAME))
+
+    @cached_property
+    def issuer(self) -> Issuer:
+        from shared.domain.model import RotationState
+        from shared.pki.issuer import Issuer, IssuancePolicy
+
+        state = self.state
+
+        def is_disallowed(device_id: str) -> bool:
+            record = state.get(device_id)
+            return record is not None and record.state is RotationState.DISALLOWED
+
+        return Issuer(
+            self.authority,
+            self.ledger,
+            self.audit,
+            IssuancePolicy.from_settings(self.settings),
+            self.clock,
+            crl_publisher=self.crl_publisher,
+            is_disallowed=is_disallowed,
+        )
+
+    # ----------------------------------------------------------------- fleet
+    @cached_property
+    def credential(self) -> Any:
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+
+    @cached_property
+    def enrollments(self) -> EnrollmentStore:
+        endpoint = self.settings.get("CERTROLL_DPS_ENDPOINT")
+        if not endpoint:
+            raise RuntimeError("CERTROLL_DPS_ENDPOINT is not set (or run `certroll serve` locally)")
+        from shared.adapters.dps import DpsEnrollmentStore
+
+        return DpsEnrollmentStore(endpoint, self.credential)
+
+    @cached_property
+    def registry(self) -> DeviceRegistry:
+        host = self.settings.get("CERTROLL_IOTHUB_HOST")
+        if not host:
+            raise RuntimeError("CERTROLL_IOTHUB_HOST is not set (or run `certroll serve` locally)")
+        from shared.adapters.iothub import IotHubRegistry
+
+        return IotHubRegistry(host, self.credential)
+
+    @cached_property
+    def events(self) -> EventSink:
+        endpoint = self.settings.get("CERTROLL_EVENTGRID_TOPIC_ENDPOINT")
+        if not endpoint:
+            return LoggingEventSink()
+        from shared.adapters.eventgrid import EventGridSink
+
+        return EventGridSink(endpoint, self.credential)
+
+    # ----------------------------------------------------------------- domain
+    @cached_property
+    def rotation(self) -> RotationService:
+        from shared.domain.policy import RotationPolicy
+        from shared.domain.rotation import RotationDeps, RotationService
+
+        return RotationService(
+            RotationDeps(
+                state=self.state,
+                ledger=self.ledger,
+                audit=self.audit,
+                enrollments=self.enrollments,
+                registry=self.registry,
+                issuer=self.issuer,
+                events=self.events,
+                queue=self.queue,
+                clock=self.clock,
+                policy=RotationPolicy.from_settings(self.settings),
+            )
+        )
+
+
+class _MemoryStorage:
+    def __init__(self, **parts: Any) -> None:
+        self.__dict__.update(parts)
+
+
+_OVERRIDABLE = {
+    name for name, value in vars(Services).items() if isinstance(value, cached_property)
+} - {"_storage"}
+
+_lock = threading.Lock()
+_services: Services | None = None
+
+
+def get_services() -> Services:
+    """The worker's services, built on first call from the environment."""
+    global _services
+    with _lock:
+        if _services is None:
+            _services = Services()
+        return _services
+
+
+@contextlib.contextmanager
+def override_services(services: Services) -> Iterator[Services]:
+    """Use ``services`` for the duration of the block (tests, local dev host)."""
+    global _services
+    with _lock:
+        previous, _services = _services, services
+    try:
+        yield services
+    finally:
+        with _lock:
+            _services = previous
+
+
+def install_services(services: Services) -> None:
+    """Replace the worker's services for good (the local dev host does this once)."""
+    global _services
+    with _lock:
+        _services = services
