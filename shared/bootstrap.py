@@ -114,7 +114,7 @@ class Services:
     @cached_property
     def issuer(self) -> Issuer:
         from shared.domain.model import RotationState
-        from shared.pki.issuer import Issuer, IssuancePolicy
+        from shared.pki.issuer import IssuancePolicy, Issuer
 
         state = self.state
 
