@@ -83,8 +83,10 @@ def test_eventgrid_webhook_handshake_and_delivery(host: tuple[DevHost, list]) ->
     event = {"id": "2", "eventType": "Microsoft.Devices.DeviceConnected", "subject": "devices/d1",
              "data": {"deviceId": "d1"}, "eventTime": "2026-01-01T00:00:00+00:00",
              "dataVersion": "1", "topic": "/hub"}
-    assert client.post(url, json=[event], headers={"aeg-event-type": "Notification"}).status_code == 200
-    assert calls == [("eg", ("Microsoft.Devices.DeviceConnected", "devices/d1", {"deviceId": "d1"}))]
+    notification = {"aeg-event-type": "Notification"}
+    assert client.post(url, json=[event], headers=notification).status_code == 200
+    connected = ("Microsoft.Devices.DeviceConnected", "devices/d1", {"deviceId": "d1"})
+    assert calls == [("eg", connected)]
     assert client.post(url.replace("k3y", "no"), json=[event]).status_code == 401
 
 
