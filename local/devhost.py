@@ -93,6 +93,9 @@ class DevHost:
         self.queue_service = queue_service
         self.functions: dict[str, IndexedFunction] = {}
         rules = []
+        # azure-functions refuses to index an app twice in one process unless this is reset
+        if hasattr(app, "functions_bindings"):
+            app.functions_bindings = None
         for fn in app.get_functions():
             trigger = fn.get_trigger().get_dict_repr()
             indexed = IndexedFunction(
@@ -105,8 +108,8 @@ class DevHost:
             if indexed.trigger_type == "httpTrigger":
                 route = str(indexed.binding.get("route") or indexed.name)
                 methods = [str(getattr(m, "value", m)) for m in trigger.get("methods") or []]
-                path = "/api/" + re.sub(r"\{(\w+)(:\w+)?\}", r"<\1>", route.strip("/"))
-                rules.append(Rule(path, endpoint=indexed.name, methods=methods or None))
+                for path in _route_paths(route):
+                    rules.append(Rule(path, endpoint=indexed.name, methods=methods or None))
         self._routes = Map(rules, strict_slashes=False)
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -273,6 +276,19 @@ class DevHost:
         poison.send_message(message.content)
         self.queue_service.get_queue_client(queue_name).delete_message(message)
         logger.error("message %s moved to %s-poison: %s", message.id, queue_name, exc)
+
+
+def _route_paths(route: str) -> list[str]:
+    """Werkzeug paths for a Functions route template; ``{name?}`` makes two rules."""
+    parts = route.strip("/").split("/")
+    optional = [i for i, p in enumerate(parts) if re.fullmatch(r"\{\w+(:\w+)?\?\}", p)]
+    variants = [parts]
+    if optional:  # the host allows optional parameters only at the end of the template
+        variants.append(parts[: optional[0]])
+    return [
+        "/api/" + "/".join(re.sub(r"^\{(\w+)(:\w+)?\??\}$", r"<\1>", p) for p in v)
+        for v in variants
+    ]
 
 
 def _decode_queue_body(content: Any) -> bytes:

@@ -22,6 +22,10 @@ def _toy_app(calls: list[tuple[str, object]]) -> func.FunctionApp:
         return func.HttpResponse(json.dumps({"ok": req.route_params["id"]}), status_code=201,
                                  mimetype="application/json")
 
+    @app.route(route="items/{id}/{action?}", methods=["GET", "POST"])
+    def items(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse(json.dumps(dict(req.route_params)), mimetype="application/json")
+
     @app.route(route="open", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
     def open_route(req: func.HttpRequest) -> func.HttpResponse:
         return func.HttpResponse("open")
@@ -134,3 +138,13 @@ def test_queue_trigger_poisons_after_max_dequeue(host: tuple[DevHost, list]) -> 
     finally:
         queue.delete_queue()
         service.get_queue_client(f"{name}-poison").delete_queue()
+
+
+def test_optional_route_segment_matches_with_and_without(host: tuple[DevHost, list]) -> None:
+    dev, _ = host
+    client = Client(dev.wsgi)
+    key = {"x-functions-key": "k3y"}
+    assert client.get("/api/items/d1", headers=key).get_json() == {"id": "d1"}
+    with_action = client.post("/api/items/d1/go", headers=key).get_json()
+    assert with_action == {"id": "d1", "action": "go"}
+    assert client.get("/api/items/d1/go/more", headers=key).status_code == 404

@@ -1,0 +1,17 @@
+"""The Function App: logging set-up and the blueprints of ``functions/``, nothing else."""
+
+import logging
+
+import azure.functions as func
+
+from functions.api import bp as api_bp
+from functions.hub_events import bp as hub_events_bp
+from functions.lifecycle import bp as lifecycle_bp
+from functions.sweep import bp as sweep_bp
+from functions.worker import bp as worker_bp
+
+logging.getLogger("azure").setLevel(logging.WARNING)
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+for blueprint in (hub_events_bp, lifecycle_bp, sweep_bp, worker_bp, api_bp):
+    app.register_functions(blueprint)

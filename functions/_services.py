@@ -1,0 +1,85 @@
+"""Access to the wired services (``shared.bootstrap``) and JSON rendering of results."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from shared.domain.model import ConnectionFailure, Trigger
+from shared.ports import AuditLog
+
+
+class RotationApi(Protocol):
+    """The rotation service methods the triggers call."""
+
+    def on_twin_reported(
+        self, device_id: str, reported_x509: dict[str, Any], twin_version: int | None = None
+    ) -> Any: ...
+
+    def on_connection_failure(self, failure: ConnectionFailure) -> Any: ...
+
+    def on_device_connected(self, device_id: str, at: datetime) -> Any: ...
+
+    def on_device_created(self, device_id: str) -> Any: ...
+
+    def start_renewal(self, device_id: str, reason: Trigger, actor: str) -> Any: ...
+
+    def sweep(self, *, dry_run: bool = False, batch_size: int = 100) -> Any: ...
+
+    def process_batch(self, message: dict[str, Any]) -> Any: ...
+
+    def disallow(self, device_id: str, reason: str, actor: str) -> Any: ...
+
+    def allow(self, device_id: str, actor: str) -> Any: ...
+
+    def status(self, device_id: str) -> Any: ...
+
+
+def services() -> Any:
+    """The per-worker services (``shared.bootstrap.get_services()``)."""
+    from shared.bootstrap import get_services  # imported late: wiring reads settings
+
+    return get_services()
+
+
+def rotation() -> RotationApi:
+    svc: RotationApi = services().rotation
+    return svc
+
+
+def audit_log() -> AuditLog:
+    log: AuditLog = services().audit
+    return log
+
+
+# Fields of a rotation record that are internal bookkeeping, not API output.
+_HIDDEN_FIELDS = frozenset({"etag", "csr_pem"})
+
+
+def to_jsonable(value: Any) -> Any:
+    """Render a service result (``to_dict()``, dataclass, enum, datetime ...) as JSON data."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_jsonable(to_dict())
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value)
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: to_jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.name not in _HIDDEN_FIELDS
+        }
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [to_jsonable(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+    return str(value)

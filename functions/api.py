@@ -1,0 +1,265 @@
+"""HTTP API for operators: disallow, allow, renew and inspect one device.
+
+Routes (under ``/api``; see docs/api.md and ``functions/openapi.json``):
+
+- ``POST devices/{id}/disallow`` body ``{"reason": "..."}``
+- ``POST devices/{id}/allow``
+- ``POST devices/{id}/renew`` optional body ``{"reason": "manual|compromise|ca-roll|expiring"}``
+- ``GET  devices/{id}``
+- ``GET  openapi.json``
+
+The function key is enforced by the host (``AuthLevel.FUNCTION``). The device routes
+also require the App Service Authentication principal (``X-MS-CLIENT-PRINCIPAL``) to
+hold the app role named by ``CERTROLL_OPERATOR_ROLE``. Every refusal decided here (401,
+403, 400, 404/405 for an unknown route) is answered before the rotation service is
+called and is written to the audit log with outcome ``rejected``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+
+from functions._errors import HttpError, http_error_for
+from functions._parsing import (
+    Principal,
+    PrincipalError,
+    parse_allow,
+    parse_disallow,
+    parse_principal,
+    parse_renew,
+)
+from functions._services import RotationApi, audit_log, rotation, services, to_jsonable
+from shared.domain.errors import CertrollError, InvalidRequestError
+from shared.domain.messages import check_device_id
+from shared.domain.model import AuditEvent
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+bp = func.Blueprint()
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+DEVICES_ROUTE = "devices/{id}/{action?}"
+OPENAPI_ROUTE = "openapi.json"
+
+#: (HTTP method, action segment or None) -> operation name; the only combinations served.
+OPERATIONS: dict[tuple[str, str | None], str] = {
+    ("GET", None): "status",
+    ("POST", "disallow"): "disallow",
+    ("POST", "allow"): "allow",
+    ("POST", "renew"): "renew",
+}
+
+
+def documented_routes() -> set[tuple[str, str]]:
+    """Every (method, path) the API serves, with paths as in the OpenAPI document."""
+    routes = {
+        (method, "/devices/{id}" + (f"/{action}" if action else ""))
+        for method, action in OPERATIONS
+    }
+    routes.add(("GET", "/" + OPENAPI_ROUTE))
+    return routes
+
+
+def _json_response(
+    status: int, payload: Any, headers: dict[str, str] | None = None
+) -> func.HttpResponse:
+    return func.HttpResponse(
+        body=json.dumps(payload, sort_keys=True),
+        status_code=status,
+        mimetype="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def error_response(error: HttpError, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    extra = dict(headers or {})
+    if error.retry_after is not None:
+        extra["Retry-After"] = str(error.retry_after)
+    if error.status == 401:
+        extra.setdefault("WWW-Authenticate", 'Bearer realm="certroll"')
+    return _json_response(
+        error.status, {"error": {"code": error.code, "message": error.message}}, extra
+    )
+
+
+class DevicesApi:
+    """The request handler behind ``devices_api``; services are looked up per call."""
+
+    def __init__(
+        self,
+        service: Callable[[], RotationApi] = rotation,
+        audit: Callable[[], Any] = audit_log,
+        settings: Callable[[], Settings] = lambda: services().settings,
+    ) -> None:
+        self._service = service
+        self._audit = audit
+        self._settings = settings
+
+    def handle(self, req: func.HttpRequest) -> func.HttpResponse:
+        method = (req.method or "").upper()
+        action = req.route_params.get("action") or None
+        raw_id = req.route_params.get("id")
+        operation = OPERATIONS.get((method, action))
+        context = {"method": method, "route": req.url, "operation": operation or "unknown"}
+
+        def refuse(
+            status: int,
+            code: str,
+            message: str,
+            actor: str,
+            device_id: str | None = None,
+            headers: dict[str, str] | None = None,
+        ) -> func.HttpResponse:
+            self._record_rejection(operation, actor, device_id, status, code, message, context)
+            return error_response(HttpError(status, code, message), headers)
+
+        try:
+            principal = parse_principal(
+                req.headers.get("x-ms-client-principal"),
+                req.headers.get("x-ms-client-principal-name"),
+            )
+        except PrincipalError as exc:
+            return refuse(401, "unauthenticated", f"not authenticated: {exc}", "anonymous")
+        role = self._settings().get("CERTROLL_OPERATOR_ROLE")
+        if role not in principal.roles:
+            return refuse(403, "forbidden", f"the app role {role!r} is required", principal.name)
+        if operation is None:
+            if action is not None and any(a == action for _, a in OPERATIONS):
+                allowed = ", ".join(sorted(m for m, a in OPERATIONS if a == action))
+                return refuse(
+                    405,
+                    "method_not_allowed",
+                    f"{method} is not allowed here; use {allowed}",
+                    principal.name,
+                    headers={"Allow": allowed},
+                )
+            return refuse(
+                404,
+                "route_not_found",
+                f"no route {method} devices/{{id}}/{action or ''}",
+                principal.name,
+            )
+        try:
+            device_id = check_device_id(raw_id)
+            body = req.get_body() or b""
+            command: Any = None
+            if operation == "disallow":
+                command = parse_disallow(device_id, body, principal.name)
+            elif operation == "allow":
+                command = parse_allow(device_id, body, principal.name)
+            elif operation == "renew":
+                command = parse_renew(device_id, body, principal.name)
+            elif body.strip():
+                raise InvalidRequestError("unexpected_body", "GET takes no request body")
+        except InvalidRequestError as exc:
+            valid_id = raw_id if isinstance(raw_id, str) and _is_device_id(raw_id) else None
+            return refuse(400, exc.code, exc.message, principal.name, valid_id)
+        return self._call(operation, device_id, command, principal)
+
+    def _call(
+        self, operation: str, device_id: str, command: Any, principal: Principal
+    ) -> func.HttpResponse:
+        try:
+            service = self._service()
+            if operation == "disallow":
+                result = service.disallow(command.device_id, command.reason, command.actor)
+                status = 200
+            elif operation == "allow":
+                result = service.allow(command.device_id, command.actor)
+                status = 202
+            elif operation == "renew":
+                result = service.start_renewal(command.device_id, command.reason, command.actor)
+                status = 202
+            else:
+                result = service.status(device_id)
+                status = 200
+        except CertrollError as exc:
+            error = http_error_for(exc)
+            log = logger.warning if error.status < 500 else logger.error
+            log(
+                "devices_api: %s %s by %s answered %d %s: %s",
+                operation,
+                device_id,
+                principal.name,
+                error.status,
+                error.code,
+                exc,
+            )
+            return error_response(error)
+        except Exception:
+            logger.exception(
+                "devices_api: %s %s by %s failed", operation, device_id, principal.name
+            )
+            return error_response(
+                HttpError(500, "internal_error", "the request failed; see the logs")
+            )
+        logger.info(
+            "devices_api: %s %s by %s answered %d", operation, device_id, principal.name, status
+        )
+        return _json_response(status, to_jsonable(result))
+
+    def _record_rejection(
+        self,
+        operation: str | None,
+        actor: str,
+        device_id: str | None,
+        status: int,
+        code: str,
+        message: str,
+        context: dict[str, Any],
+    ) -> None:
+        logger.warning(
+            "devices_api: %s %s refused %d %s for %s: %s",
+            context["method"],
+            device_id or "-",
+            status,
+            code,
+            actor,
+            message,
+        )
+        try:
+            self._audit().append(
+                AuditEvent(
+                    action=f"api_{operation or 'unknown'}",
+                    outcome="rejected",
+                    actor=actor,
+                    device_id=device_id,
+                    detail={"status": status, "code": code, "message": message, **context},
+                )
+            )
+        except Exception:
+            logger.exception("devices_api: the rejection could not be audited")
+
+
+def _is_device_id(value: str) -> bool:
+    try:
+        check_device_id(value)
+    except InvalidRequestError:
+        return False
+    return True
+
+
+_api = DevicesApi()
+
+
+@bp.route(route=DEVICES_ROUTE, methods=[func.HttpMethod.GET, func.HttpMethod.POST])
+def devices_api(req: func.HttpRequest) -> func.HttpResponse:
+    return _api.handle(req)
+
+
+@bp.route(route=OPENAPI_ROUTE, methods=[func.HttpMethod.GET])
+def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(
+        body=OPENAPI_PATH.read_bytes(),
+        status_code=200,
+        mimetype="application/json",
+        charset="utf-8",
+    )

@@ -1,0 +1,151 @@
+"""Event Hubs triggers: routed twin changes and the hub's Connections resource log."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from functions._errors import PERMANENT_ERRORS, TRANSIENT_ERRORS
+from functions._parsing import app_properties_for, parse_connection_log, parse_twin_change
+from functions._services import RotationApi, rotation
+from shared.domain.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+bp = func.Blueprint()
+
+# Retry the whole batch on a transient failure (throttling, ETag race, service outage);
+# the rotation service is idempotent, so events already handled are no-ops on retry.
+RETRY_STRATEGY = "exponential_backoff"
+RETRY_MAX_COUNT = "8"
+RETRY_MIN_INTERVAL = "00:00:05"
+RETRY_MAX_INTERVAL = "00:05:00"
+
+
+def _as_list(events: func.EventHubEvent | list[func.EventHubEvent]) -> list[func.EventHubEvent]:
+    return events if isinstance(events, list) else [events]
+
+
+def handle_twin_changes(events: list[func.EventHubEvent], service: RotationApi) -> int:
+    """Call ``on_twin_reported`` for every message with a reported ``x509``; returns how many."""
+    handled = 0
+    for index, event in enumerate(events):
+        seq = event.sequence_number
+        try:
+            report = parse_twin_change(
+                event.get_body(), event.iothub_metadata, app_properties_for(event.metadata, index)
+            )
+        except InvalidRequestError as exc:
+            logger.warning("twin_changes: skipped event %d (sequence %s): %s", index, seq, exc)
+            continue
+        if report is None:
+            logger.debug("twin_changes: event %d (sequence %s) has no reported x509", index, seq)
+            continue
+        try:
+            service.on_twin_reported(report.device_id, report.reported_x509, report.twin_version)
+        except PERMANENT_ERRORS as exc:
+            logger.warning(
+                "twin_changes: device %s (twin version %s) skipped: %s",
+                report.device_id,
+                report.twin_version,
+                exc,
+            )
+            continue
+        except TRANSIENT_ERRORS:
+            logger.exception(
+                "twin_changes: device %s (twin version %s) failed transiently; batch retried",
+                report.device_id,
+                report.twin_version,
+            )
+            raise
+        except Exception:
+            logger.exception(
+                "twin_changes: device %s (twin version %s) failed; event skipped",
+                report.device_id,
+                report.twin_version,
+            )
+            continue
+        handled += 1
+    logger.info("twin_changes: %d of %d events handled", handled, len(events))
+    return handled
+
+
+def handle_connection_logs(events: list[func.EventHubEvent], service: RotationApi) -> int:
+    """Call ``on_connection_failure`` for every 401003/403012 record; returns how many."""
+    handled = 0
+    for index, event in enumerate(events):
+        try:
+            batch = parse_connection_log(event.get_body(), event.enqueued_time)
+        except InvalidRequestError as exc:
+            logger.warning(
+                "connection_failures: skipped event %d (sequence %s): %s",
+                index,
+                event.sequence_number,
+                exc,
+            )
+            continue
+        for problem in batch.problems:
+            logger.warning("connection_failures: event %d: skipped %s", index, problem)
+        for failure in batch.failures:
+            try:
+                service.on_connection_failure(failure)
+            except PERMANENT_ERRORS as exc:
+                logger.warning(
+                    "connection_failures: device %s (%d) skipped: %s",
+                    failure.device_id,
+                    failure.code,
+                    exc,
+                )
+                continue
+            except TRANSIENT_ERRORS:
+                logger.exception(
+                    "connection_failures: device %s (%d) failed transiently; batch retried",
+                    failure.device_id,
+                    failure.code,
+                )
+                raise
+            except Exception:
+                logger.exception(
+                    "connection_failures: device %s (%d) failed; record skipped",
+                    failure.device_id,
+                    failure.code,
+                )
+                continue
+            handled += 1
+    logger.info("connection_failures: %d failed connects handled", handled)
+    return handled
+
+
+@bp.retry(
+    strategy=RETRY_STRATEGY,
+    max_retry_count=RETRY_MAX_COUNT,
+    minimum_interval=RETRY_MIN_INTERVAL,
+    maximum_interval=RETRY_MAX_INTERVAL,
+)
+@bp.event_hub_message_trigger(
+    arg_name="events",
+    event_hub_name="%CERTROLL_TWIN_EVENTHUB%",
+    connection="CERTROLL_EVENTHUB",
+    cardinality="many",
+    consumer_group="$Default",
+)
+def twin_changes(events: list[func.EventHubEvent]) -> None:
+    handle_twin_changes(_as_list(events), rotation())
+
+
+@bp.retry(
+    strategy=RETRY_STRATEGY,
+    max_retry_count=RETRY_MAX_COUNT,
+    minimum_interval=RETRY_MIN_INTERVAL,
+    maximum_interval=RETRY_MAX_INTERVAL,
+)
+@bp.event_hub_message_trigger(
+    arg_name="events",
+    event_hub_name="%CERTROLL_CONNECTIONS_EVENTHUB%",
+    connection="CERTROLL_EVENTHUB",
+    cardinality="many",
+    consumer_group="$Default",
+)
+def connection_failures(events: list[func.EventHubEvent]) -> None:
+    handle_connection_logs(_as_list(events), rotation())

@@ -1,0 +1,48 @@
+"""Queue trigger: the rotation work queue the sweep fans out to."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import azure.functions as func
+
+from functions._parsing import parse_work_message
+from functions._services import RotationApi, rotation, to_jsonable
+from shared.domain.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+bp = func.Blueprint()
+
+
+class MalformedWorkMessage(InvalidRequestError):
+    """A work-queue message that can never be processed (it ends in ``<queue>-poison``)."""
+
+
+def handle_work_message(msg: func.QueueMessage, service: RotationApi) -> Any:
+    """Process one message; a malformed one raises with a readable reason.
+
+    The host retries a message whose function raised up to ``maxDequeueCount`` (host.json)
+    times and then moves it to ``<queue>-poison``; the reason is in the log of every try.
+    """
+    try:
+        message = parse_work_message(msg.get_body())
+        result = service.process_batch(message)
+    except InvalidRequestError as exc:
+        logger.error(
+            "rotation_worker: message %s (dequeue %s) is malformed: %s",
+            msg.id,
+            msg.dequeue_count,
+            exc.message,
+        )
+        raise MalformedWorkMessage(
+            exc.code, f"work queue message {msg.id}: {exc.message}"
+        ) from None
+    logger.info("rotation_worker: message %s done: %s", msg.id, to_jsonable(result))
+    return result
+
+
+@bp.queue_trigger(arg_name="msg", queue_name="%CERTROLL_WORK_QUEUE%", connection="CERTROLL_STORAGE")
+def rotation_worker(msg: func.QueueMessage) -> None:
+    handle_work_message(msg, rotation())

@@ -1,0 +1,156 @@
+"""A stand-in rotation service that records every call, and request builders."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import azure.functions as func
+
+import function_app
+from shared.domain.model import RotationRecord, RotationState
+
+
+@dataclass
+class FakeRotation:
+    """Records ``(method, args)`` for each call; ``fail[method]`` raises instead."""
+
+    calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    fail: dict[str, BaseException | Callable[..., BaseException | None]] = field(
+        default_factory=dict
+    )
+    known: set[str] | None = None  # when set, other device ids raise NotFoundError
+
+    def _record(self, method: str, *args: Any) -> None:
+        self.calls.append((method, args))
+        failure = self.fail.get(method)
+        if callable(failure) and not isinstance(failure, BaseException):
+            failure = failure(*args)
+        if failure is not None:
+            raise failure
+        if self.known is not None and args and isinstance(args[0], str):
+            if args[0] not in self.known:
+                from shared.domain.errors import NotFoundError
+
+                raise NotFoundError(f"no device {args[0]}")
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def on_twin_reported(
+        self, device_id: str, reported_x509: dict[str, Any], twin_version: int | None = None
+    ) -> RotationRecord:
+        self._record("on_twin_reported", device_id, reported_x509, twin_version)
+        return RotationRecord(device_id=device_id)
+
+    def on_connection_failure(self, failure: Any) -> dict[str, str]:
+        self._record("on_connection_failure", failure)
+        return {"outcome": "noop"}
+
+    def on_device_connected(self, device_id: str, at: datetime) -> RotationRecord:
+        self._record("on_device_connected", device_id, at)
+        return RotationRecord(device_id=device_id)
+
+    def on_device_created(self, device_id: str) -> None:
+        self._record("on_device_created", device_id)
+
+    def start_renewal(self, device_id: str, reason: Any, actor: str) -> RotationRecord:
+        self._record("start_renewal", device_id, reason, actor)
+        return RotationRecord(
+            device_id=device_id,
+            state=RotationState.CSR_REQUESTED,
+            request_id="req-1",
+            reason=str(reason),
+            updated_at=datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+            etag="W/secret-etag",
+        )
+
+    def sweep(self, *, dry_run: bool = False, batch_size: int = 100) -> dict[str, Any]:
+        self._record("sweep", dry_run, batch_size)
+        return {"counts": {"expiring": 2}, "dryRun": dry_run}
+
+    def process_batch(self, message: dict[str, Any]) -> dict[str, int]:
+        self._record("process_batch", message)
+        return {"processed": len(message.get("deviceIds", []))}
+
+    def disallow(self, device_id: str, reason: str, actor: str) -> dict[str, Any]:
+        self._record("disallow", device_id, reason, actor)
+        return {"deviceId": device_id, "revokedSerials": ["1f"], "noop": False}
+
+    def allow(self, device_id: str, actor: str) -> RotationRecord:
+        self._record("allow", device_id, actor)
+        return RotationRecord(device_id=device_id, state=RotationState.CSR_REQUESTED)
+
+    def status(self, device_id: str) -> dict[str, Any]:
+        self._record("status", device_id)
+        return {
+            "deviceId": device_id,
+            "state": "idle",
+            "updatedAt": datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+        }
+
+
+def indexed_functions() -> list[func.decorators.function_app.Function]:
+    """``app.get_functions()``, callable more than once per process.
+
+    azure-functions remembers the names it indexed and reports every name as a duplicate
+    on a second ``get_functions()``; the worker indexes once, tests index many times.
+    """
+    function_app.app.functions_bindings = None
+    return function_app.app.get_functions()
+
+
+def user_function(name: str) -> Callable[..., Any]:
+    for fn in indexed_functions():
+        if fn.get_function_name() == name:
+            return fn.get_user_function()
+    raise LookupError(f"function_app has no function {name}")
+
+
+def principal_header(
+    name: str | None = "alice@example.com",
+    roles: tuple[str, ...] = ("Certroll.Operator",),
+    *,
+    role_typ: str = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role",
+    role_claim: str = "roles",
+) -> str:
+    claims = [{"typ": role_claim, "val": role} for role in roles]
+    if name:
+        claims.append({"typ": "name", "val": name})
+    doc = {"auth_typ": "aad", "claims": claims, "name_typ": "name", "role_typ": role_typ}
+    return base64.b64encode(json.dumps(doc).encode()).decode()
+
+
+def http_request(
+    method: str,
+    device_id: str | None,
+    action: str | None = None,
+    *,
+    body: bytes | dict[str, Any] | None = None,
+    principal: str | None = None,
+    principal_name: str | None = None,
+) -> func.HttpRequest:
+    headers: dict[str, str] = {}
+    if principal is not None:
+        headers["X-MS-CLIENT-PRINCIPAL"] = principal
+    if principal_name is not None:
+        headers["X-MS-CLIENT-PRINCIPAL-NAME"] = principal_name
+    raw = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
+    if raw:
+        headers["Content-Type"] = "application/json"
+    route = {"id": device_id} if device_id is not None else {}
+    if action:
+        route["action"] = action
+    path = f"devices/{device_id}" + (f"/{action}" if action else "")
+    return func.HttpRequest(
+        method=method,
+        url=f"http://localhost:7071/api/{path}",
+        headers=headers,
+        params={},
+        route_params=route,
+        body=raw,
+    )

@@ -1,0 +1,361 @@
+"""devices_api through the registered function, with real azure.functions requests."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from shared.adapters.memory import MemoryAuditLog
+from shared.domain.errors import (
+    ConcurrencyError,
+    DeviceDisallowedError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceError,
+    ThrottledError,
+)
+from shared.domain.model import Trigger
+from tests.functions.fakes import FakeRotation, http_request, principal_header, user_function
+
+pytestmark = pytest.mark.usefixtures("services")
+
+api = user_function("devices_api")
+
+ROUTES = [("GET", None), ("POST", "disallow"), ("POST", "allow"), ("POST", "renew")]
+GOOD_BODY: dict[str | None, dict[str, Any] | None] = {
+    None: None,
+    "disallow": {"reason": "stolen"},
+    "allow": None,
+    "renew": None,
+}
+
+
+def call(method: str, device_id: str | None, action: str | None = None, **kw: Any) -> Any:
+    kw.setdefault("principal", principal_header())
+    return api(http_request(method, device_id, action, **kw))
+
+
+def error_of(resp: Any) -> dict[str, str]:
+    assert resp.mimetype == "application/json"
+    doc = json.loads(resp.get_body())
+    assert set(doc) == {"error"}
+    assert set(doc["error"]) == {"code", "message"}
+    assert doc["error"]["message"]
+    return dict(doc["error"])
+
+
+def assert_only_rejection(audit: MemoryAuditLog, status: int, code: str, actor: str) -> None:
+    entries = audit.list()
+    assert len(entries) == 1, entries
+    entry = entries[0]
+    assert entry.outcome == "rejected"
+    assert entry.actor == actor
+    assert entry.detail["status"] == status
+    assert entry.detail["code"] == code
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+@pytest.mark.parametrize(("method", "action"), ROUTES)
+@pytest.mark.parametrize(
+    "principal",
+    [
+        None,
+        "",
+        "%%%not-base64%%%",
+        base64.b64encode(b"not json").decode(),
+        base64.b64encode(b"[1, 2]").decode(),
+        principal_header(name=None),
+    ],
+    ids=["absent", "empty", "not-base64", "not-json", "not-object", "no-name"],
+)
+def test_unauthenticated_is_401_and_changes_nothing(
+    method: str,
+    action: str | None,
+    principal: str | None,
+    fake_rotation: FakeRotation,
+    audit: MemoryAuditLog,
+) -> None:
+    resp = call(method, "dev-1", action, body=GOOD_BODY[action], principal=principal)
+    assert resp.status_code == 401
+    assert error_of(resp)["code"] == "unauthenticated"
+    assert "WWW-Authenticate" in resp.headers
+    assert fake_rotation.calls == []
+    assert_only_rejection(audit, 401, "unauthenticated", "anonymous")
+
+
+@pytest.mark.parametrize(("method", "action"), ROUTES)
+@pytest.mark.parametrize(
+    "roles", [(), ("Certroll.Reader",), ("certroll.operator",)], ids=["none", "other", "case"]
+)
+def test_wrong_role_is_403_and_changes_nothing(
+    method: str,
+    action: str | None,
+    roles: tuple[str, ...],
+    fake_rotation: FakeRotation,
+    audit: MemoryAuditLog,
+) -> None:
+    resp = call(
+        method,
+        "dev-1",
+        action,
+        body=GOOD_BODY[action],
+        principal=principal_header("mallory", roles),
+    )
+    assert resp.status_code == 403
+    error = error_of(resp)
+    assert error["code"] == "forbidden"
+    assert "Certroll.Operator" in error["message"]
+    assert fake_rotation.calls == []
+    assert_only_rejection(audit, 403, "forbidden", "mallory")
+
+
+def test_role_setting_decides_the_role(
+    monkeypatch: pytest.MonkeyPatch, fake_rotation: FakeRotation, services: Any
+) -> None:
+    services.settings = type(services.settings)(
+        {**services.settings.values, "CERTROLL_OPERATOR_ROLE": "Fleet.Admin"}
+    )
+    refused = call("GET", "dev-1")
+    assert refused.status_code == 403
+    assert "Fleet.Admin" in error_of(refused)["message"]
+    ok = call("GET", "dev-1", principal=principal_header(roles=("Fleet.Admin",)))
+    assert ok.status_code == 200
+    assert fake_rotation.names() == ["status"]
+
+
+def test_role_from_role_typ_claim_and_name_header(fake_rotation: FakeRotation) -> None:
+    custom = "urn:example:role"
+    principal = principal_header(
+        name="claim-name", roles=("Certroll.Operator",), role_typ=custom, role_claim=custom
+    )
+    resp = call("POST", "dev-1", "allow", principal=principal, principal_name="header-name")
+    assert resp.status_code == 202
+    assert fake_rotation.calls == [("allow", ("dev-1", "header-name"))]
+
+
+def test_urlsafe_base64_principal_is_accepted(fake_rotation: FakeRotation) -> None:
+    doc = {
+        "auth_typ": "aad",
+        "claims": [{"typ": "roles", "val": "Certroll.Operator"}, {"typ": "name", "val": "ü>?~"}],
+    }
+    raw = base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+    resp = call("GET", "dev-1", principal=raw)
+    assert resp.status_code == 200
+    assert fake_rotation.calls == [("status", ("dev-1",))]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("method", "device_id", "action", "body", "code"),
+    [
+        ("GET", "bad/id", None, None, "device_id_invalid"),
+        ("GET", "x" * 129, None, None, "device_id_invalid"),
+        ("GET", "", None, None, "device_id_invalid"),
+        ("POST", "dev 1", "disallow", {"reason": "r"}, "device_id_invalid"),
+        ("GET", "dev-1", None, b'{"x": 1}', "unexpected_body"),
+        ("POST", "dev-1", "disallow", None, "body_required"),
+        ("POST", "dev-1", "disallow", b"{not json", "malformed_json"),
+        ("POST", "dev-1", "disallow", b"\xff\xfe", "malformed_json"),
+        ("POST", "dev-1", "disallow", b'["reason"]', "malformed_json"),
+        ("POST", "dev-1", "disallow", {}, "reason_required"),
+        ("POST", "dev-1", "disallow", {"reason": ""}, "reason_required"),
+        ("POST", "dev-1", "disallow", {"reason": "   "}, "reason_required"),
+        ("POST", "dev-1", "disallow", {"reason": 42}, "reason_required"),
+        ("POST", "dev-1", "disallow", {"reason": "x" * 501}, "reason_too_long"),
+        ("POST", "dev-1", "disallow", {"reason": "r", "force": True}, "unknown_field"),
+        ("POST", "dev-1", "allow", {"reason": "r"}, "unknown_field"),
+        ("POST", "dev-1", "allow", b"nope", "malformed_json"),
+        ("POST", "dev-1", "renew", {"reason": "cli"}, "reason_invalid"),
+        ("POST", "dev-1", "renew", {"reason": None}, "reason_invalid"),
+    ],
+)
+def test_bad_input_is_400_and_changes_nothing(
+    method: str,
+    device_id: str,
+    action: str | None,
+    body: Any,
+    code: str,
+    fake_rotation: FakeRotation,
+    audit: MemoryAuditLog,
+) -> None:
+    resp = call(method, device_id, action, body=body)
+    assert resp.status_code == 400
+    assert error_of(resp)["code"] == code
+    assert fake_rotation.calls == []
+    assert_only_rejection(audit, 400, code, "alice@example.com")
+
+
+@pytest.mark.parametrize(
+    ("method", "action", "status", "code"),
+    [
+        ("GET", "disallow", 405, "method_not_allowed"),
+        ("GET", "renew", 405, "method_not_allowed"),
+        ("POST", None, 404, "route_not_found"),
+        ("POST", "delete", 404, "route_not_found"),
+        ("GET", "certificates", 404, "route_not_found"),
+    ],
+)
+def test_unknown_route_is_refused(
+    method: str,
+    action: str | None,
+    status: int,
+    code: str,
+    fake_rotation: FakeRotation,
+    audit: MemoryAuditLog,
+) -> None:
+    resp = call(method, "dev-1", action, body={"reason": "r"} if method == "POST" else None)
+    assert resp.status_code == status
+    assert error_of(resp)["code"] == code
+    if status == 405:
+        assert resp.headers["Allow"] == "POST"
+    assert fake_rotation.calls == []
+    assert_only_rejection(audit, status, code, "alice@example.com")
+
+
+def test_reason_of_500_characters_is_accepted_and_trimmed(fake_rotation: FakeRotation) -> None:
+    reason = "r" * 500
+    resp = call("POST", "dev-1", "disallow", body={"reason": f"  {reason}\n"})
+    assert resp.status_code == 200
+    assert fake_rotation.calls == [("disallow", ("dev-1", reason, "alice@example.com"))]
+
+
+# --------------------------------------------------------------------------- service errors
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (NotFoundError("no device dev-1"), 404, "not_found"),
+        (DeviceDisallowedError("dev-1 is disallowed"), 409, "device_disallowed"),
+        (ConcurrencyError("changed"), 409, "conflict"),
+        (InvalidRequestError("device_id_invalid", "bad"), 400, "device_id_invalid"),
+        (ServiceError("DPS answered 500", status=500), 502, "upstream_error"),
+        (RuntimeError("boom"), 500, "internal_error"),
+    ],
+)
+@pytest.mark.parametrize(("method", "action"), ROUTES)
+def test_service_errors_map_to_status(
+    method: str,
+    action: str | None,
+    error: Exception,
+    status: int,
+    code: str,
+    fake_rotation: FakeRotation,
+) -> None:
+    method_name = {
+        None: "status",
+        "disallow": "disallow",
+        "allow": "allow",
+        "renew": "start_renewal",
+    }[action]
+    fake_rotation.fail[method_name] = error
+    resp = call(method, "dev-1", action, body=GOOD_BODY[action])
+    assert resp.status_code == status
+    body = error_of(resp)
+    assert body["code"] == code
+    if status == 500:
+        assert "boom" not in body["message"]
+    assert fake_rotation.names() == [method_name]
+
+
+@pytest.mark.parametrize(("retry_after", "header"), [(0.2, "1"), (2.5, "3"), (30, "30")])
+def test_throttling_is_429_with_retry_after(
+    retry_after: float, header: str, fake_rotation: FakeRotation
+) -> None:
+    fake_rotation.fail["disallow"] = ThrottledError("DPS 429", retry_after=retry_after)
+    resp = call("POST", "dev-1", "disallow", body={"reason": "stolen"})
+    assert resp.status_code == 429
+    assert resp.headers["Retry-After"] == header
+    assert error_of(resp)["code"] == "throttled"
+
+
+def test_unknown_device_404_with_known_set(fake_rotation: FakeRotation) -> None:
+    fake_rotation.known = {"dev-1"}
+    assert call("GET", "dev-1").status_code == 200
+    resp = call("GET", "dev-2")
+    assert resp.status_code == 404
+    assert error_of(resp) == {"code": "not_found", "message": "no device dev-2"}
+
+
+# --------------------------------------------------------------------------- success
+
+
+def test_disallow_calls_service_with_actor(fake_rotation: FakeRotation) -> None:
+    resp = call(
+        "POST",
+        "dev-1",
+        "disallow",
+        body={"reason": "stolen"},
+        principal=principal_header("bob@example.com"),
+    )
+    assert resp.status_code == 200
+    assert json.loads(resp.get_body()) == {
+        "deviceId": "dev-1",
+        "revokedSerials": ["1f"],
+        "noop": False,
+    }
+    assert fake_rotation.calls == [("disallow", ("dev-1", "stolen", "bob@example.com"))]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (None, Trigger.MANUAL),
+        (b"", Trigger.MANUAL),
+        ({}, Trigger.MANUAL),
+        ({"reason": "compromise"}, Trigger.COMPROMISE),
+        ({"reason": "ca-roll"}, Trigger.CA_ROLL),
+    ],
+)
+def test_renew_starts_renewal(body: Any, reason: Trigger, fake_rotation: FakeRotation) -> None:
+    resp = call("POST", "dev-1", "renew", body=body)
+    assert resp.status_code == 202
+    doc = json.loads(resp.get_body())
+    assert doc["device_id"] == "dev-1"
+    assert doc["state"] == "csr_requested"
+    assert doc["updated_at"] == "2026-03-01T12:00:00Z"
+    assert "etag" not in doc
+    assert fake_rotation.calls == [("start_renewal", ("dev-1", reason, "alice@example.com"))]
+    assert fake_rotation.calls[0][1][1] is reason
+
+
+def test_allow_and_status(fake_rotation: FakeRotation) -> None:
+    allow = call("POST", "dev.1:a", "allow", body=b"{}")
+    assert allow.status_code == 202
+    assert json.loads(allow.get_body())["state"] == "csr_requested"
+    status = call("GET", "dev.1:a")
+    assert status.status_code == 200
+    assert json.loads(status.get_body()) == {
+        "deviceId": "dev.1:a",
+        "state": "idle",
+        "updatedAt": "2026-03-01T12:00:00Z",
+    }
+    assert fake_rotation.names() == ["allow", "status"]
+
+
+def test_successful_calls_leave_no_rejection_in_audit(
+    fake_rotation: FakeRotation, audit: MemoryAuditLog
+) -> None:
+    for method, action in ROUTES:
+        assert call(method, "dev-1", action, body=GOOD_BODY[action]).status_code < 300
+    assert audit.list() == []
+    assert len(fake_rotation.calls) == len(ROUTES)
+
+
+def test_rejection_is_answered_even_if_audit_fails(
+    fake_rotation: FakeRotation, audit: MemoryAuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(event: Any) -> None:
+        raise ServiceError("table down")
+
+    monkeypatch.setattr(audit, "append", broken)
+    resp = call("GET", "dev-1", principal=None)
+    assert resp.status_code == 401
+    assert fake_rotation.calls == []
