@@ -6,8 +6,10 @@ writes, ETag checks, append-only audit) so one contract suite runs against both.
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
+import json
 import threading
 import uuid
 from collections import deque
@@ -15,7 +17,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.domain.errors import ConcurrencyError, ConflictError, NotFoundError
+from shared.domain.errors import (
+    ConcurrencyError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from shared.domain.model import (
     AuditEvent,
     CertificateRecord,
@@ -141,6 +148,8 @@ class MemoryAuditLog(AuditLog):
 
     def append(self, event: AuditEvent) -> None:
         stored = copy.deepcopy(event)
+        # the table adapter stores detail as JSON: keep exactly what survives that
+        stored.detail = json.loads(json.dumps(event.detail, default=str, sort_keys=True))
         if stored.at is None:
             stored.at = datetime.now(UTC)
         with self._lock:
@@ -176,8 +185,16 @@ class MemoryWorkQueue(WorkQueue):
         self._lock = threading.Lock()
 
     def send(self, message: dict[str, Any]) -> None:
+        # the storage queue carries base64(JSON): same limits, same round trip
+        if not isinstance(message, dict):
+            raise TypeError("a work message must be a dict")
+        text = json.dumps(message, separators=(",", ":"), sort_keys=True)
+        if len(base64.b64encode(text.encode("utf-8"))) > 64 * 1024:
+            raise InvalidRequestError(
+                "message_too_large", "work message exceeds the 64 KiB storage queue limit"
+            )
         with self._lock:
-            self._messages.append(copy.deepcopy(message))
+            self._messages.append(json.loads(text))
 
     def receive(self, max_messages: int = 32) -> list[dict[str, Any]]:
         with self._lock:

@@ -1,0 +1,396 @@
+"""Device Provisioning Service enrollments over the DPS service REST API (2021-10-01).
+
+``DpsEnrollmentStore`` implements :class:`shared.ports.EnrollmentStore` with azure-core's
+``PipelineClient`` (there is no stable Python SDK for the DPS service API; see
+docs/fleet-adapters.md). Every failure is one of :mod:`shared.domain.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.core.pipeline.transport import HttpTransport
+from azure.core.rest import HttpResponse
+
+from shared.adapters._azure_rest import (
+    THROTTLE_STATUSES,
+    ServiceClient,
+    json_body,
+    path_id,
+    quote_etag,
+    retry_after,
+    unquote_etag,
+)
+from shared.domain.errors import (
+    ConcurrencyError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceError,
+    ThrottledError,
+)
+from shared.domain.model import (
+    CertificateSlot,
+    EnrollmentGroup,
+    IndividualEnrollment,
+    Page,
+    ProvisioningStatus,
+    RegistrationState,
+)
+from shared.ports import EnrollmentStore
+
+logger = logging.getLogger(__name__)
+
+DPS_SCOPE = "https://azure-devices-provisioning.net/.default"
+DPS_API_VERSION = "2021-10-01"
+_INFO_CACHE_SIZE = 4096
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 timestamp from a service body as aware UTC (None when absent)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def raise_for_dps(response: HttpResponse, what: str) -> None:
+    """Map a DPS error response to a typed error; returns quietly on 2xx."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    body = json_body(response)
+    code = body.get("errorCode") if isinstance(body, dict) else None
+    text = body.get("message") if isinstance(body, dict) else None
+    message = (
+        f"DPS {what}: HTTP {status}" + (f" {code}" if code else "") + (f" {text}" if text else "")
+    )
+    if status == 404:
+        raise NotFoundError(message)
+    if status == 409:
+        raise ConflictError(message)
+    if status == 412:
+        raise ConcurrencyError(message)
+    if status in THROTTLE_STATUSES:
+        raise ThrottledError(message, retry_after=retry_after(response))
+    raise ServiceError(message, status=status)
+
+
+class DpsEnrollmentStore(EnrollmentStore):
+    """DPS individual enrollments, enrollment groups and registration states.
+
+    ``endpoint`` is the service endpoint, e.g. ``https://<dps>.azure-devices-provisioning.net``
+    (plain ``http`` only to a loopback emulator). ``credential`` is a ``TokenCredential``
+    (scope ``https://azure-devices-provisioning.net/.default``), an ``AzureSasCredential``
+    holding a ``SharedAccessSignature`` or an ``AzureNamedKeyCredential`` (policy, key).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        credential: Any,
+        *,
+        transport: HttpTransport[Any, Any] | None = None,
+        api_version: str = DPS_API_VERSION,
+        retry_total: int = 3,
+    ) -> None:
+        self._client = ServiceClient(
+            endpoint, credential, DPS_SCOPE, transport=transport, retry_total=retry_total
+        )
+        self._api_version = api_version
+        # certificate info by SHA-256 thumbprint, from reads: a slot kept on update is sent
+        # back as the info DPS returned (the service never returns the certificate itself)
+        self._infos: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    @property
+    def endpoint(self) -> str:
+        return self._client.base_url
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> HttpResponse:
+        response = self._client.send(
+            method, path, params={"api-version": self._api_version}, headers=headers, json=json
+        )
+        raise_for_dps(response, what)
+        return response
+
+    def _remember(self, info: Any) -> None:
+        if isinstance(info, dict) and isinstance(info.get("sha256Thumbprint"), str):
+            self._infos[info["sha256Thumbprint"].lower()] = info
+            self._infos.move_to_end(info["sha256Thumbprint"].lower())
+            while len(self._infos) > _INFO_CACHE_SIZE:
+                self._infos.popitem(last=False)
+
+    def _slot_from(self, raw: Any) -> CertificateSlot | None:
+        if not isinstance(raw, dict):
+            return None
+        info = raw.get("info")
+        if not isinstance(info, dict):
+            return None
+        self._remember(info)
+        thumb = info.get("sha256Thumbprint")
+        return CertificateSlot(
+            thumbprint_sha256=thumb.lower() if isinstance(thumb, str) else None,
+            not_after=parse_time(info.get("notAfterUtc")),
+            subject=info.get("subjectName"),
+            pem=None,
+        )
+
+    def _slot_to(self, slot: CertificateSlot, kind: str, name: str, reload: Any) -> dict[str, Any]:
+        if slot.pem:
+            return {"certificate": slot.pem}
+        thumb = (slot.thumbprint_sha256 or "").lower()
+        if not thumb:
+            raise InvalidRequestError(
+                "slot_empty", f"{kind} {name}: a slot needs a certificate PEM or a thumbprint"
+            )
+        if thumb not in self._infos:
+            reload()  # a read fills the info cache
+        info = self._infos.get(thumb)
+        if info is None:
+            raise InvalidRequestError(
+                "slot_unknown",
+                f"{kind} {name}: certificate {thumb} is not stored in DPS; give its PEM",
+            )
+        return {"info": info}
+
+    def _certificates(
+        self,
+        primary: CertificateSlot | None,
+        secondary: CertificateSlot | None,
+        kind: str,
+        name: str,
+        reload: Any,
+    ) -> dict[str, Any]:
+        certs: dict[str, Any] = {}
+        if primary is not None:
+            certs["primary"] = self._slot_to(primary, kind, name, reload)
+        if secondary is not None:
+            certs["secondary"] = self._slot_to(secondary, kind, name, reload)
+        return certs
+
+    @staticmethod
+    def _if_match(etag: str | None) -> dict[str, str]:
+        return {"If-Match": quote_etag(etag)} if etag else {}
+
+    def _reload_quietly(self, getter: Any, name: str) -> Any:
+        def reload() -> None:
+            try:
+                getter(name)
+            except NotFoundError:
+                pass
+
+        return reload
+
+    # ------------------------------------------------------------------ individual
+
+    def _individual_from(self, body: Any) -> IndividualEnrollment:
+        if not isinstance(body, dict) or not isinstance(body.get("registrationId"), str):
+            raise ServiceError("DPS returned an enrollment without registrationId")
+        x509 = (body.get("attestation") or {}).get("x509") or {}
+        certs = x509.get("clientCertificates") or {}
+        policy = body.get("reprovisionPolicy") or {}
+        return IndividualEnrollment(
+            registration_id=body["registrationId"],
+            device_id=body.get("deviceId"),
+            primary=self._slot_from(certs.get("primary")),
+            secondary=self._slot_from(certs.get("secondary")),
+            provisioning_status=ProvisioningStatus(body.get("provisioningStatus", "enabled")),
+            reprovision_migrate_data=bool(policy.get("migrateDeviceData", True)),
+            reprovision_update_hub_assignment=bool(policy.get("updateHubAssignment", True)),
+            iot_hub_host_name=body.get("iotHubHostName"),
+            etag=body.get("etag"),
+        )
+
+    def get_individual(self, registration_id: str) -> IndividualEnrollment:
+        path = f"/enrollments/{path_id(registration_id)}"
+        response = self._call("GET", path, f"get enrollment {registration_id}")
+        return self._individual_from(json_body(response))
+
+    def put_individual(self, enrollment: IndividualEnrollment) -> IndividualEnrollment:
+        rid = enrollment.registration_id
+        path = f"/enrollments/{path_id(rid)}"
+        body: dict[str, Any] = {
+            "registrationId": rid,
+            "attestation": {
+                "type": "x509",
+                "x509": {
+                    "clientCertificates": self._certificates(
+                        enrollment.primary,
+                        enrollment.secondary,
+                        "enrollment",
+                        rid,
+                        self._reload_quietly(self.get_individual, rid),
+                    )
+                },
+            },
+            "provisioningStatus": enrollment.provisioning_status.value,
+            "reprovisionPolicy": {
+                "updateHubAssignment": enrollment.reprovision_update_hub_assignment,
+                "migrateDeviceData": enrollment.reprovision_migrate_data,
+            },
+        }
+        if enrollment.device_id:
+            body["deviceId"] = enrollment.device_id
+        if enrollment.iot_hub_host_name:
+            body["iotHubHostName"] = enrollment.iot_hub_host_name
+        if enrollment.etag:
+            body["etag"] = enrollment.etag
+        response = self._call(
+            "PUT", path, f"put enrollment {rid}", json=body, headers=self._if_match(enrollment.etag)
+        )
+        stored = self._individual_from(json_body(response))
+        logger.info("DPS enrollment %s written (etag %s)", rid, stored.etag)
+        return stored
+
+    def delete_individual(self, registration_id: str, etag: str | None = None) -> None:
+        path = f"/enrollments/{path_id(registration_id)}"
+        self._call(
+            "DELETE", path, f"delete enrollment {registration_id}", headers=self._if_match(etag)
+        )
+        logger.info("DPS enrollment %s deleted", registration_id)
+
+    def query_individual(
+        self, page_size: int = 100, continuation: str | None = None
+    ) -> Page[IndividualEnrollment]:
+        items, token = self._query("/enrollments/query", page_size, continuation, "enrollments")
+        return Page([self._individual_from(item) for item in items], token)
+
+    def _query(
+        self, path: str, page_size: int, continuation: str | None, what: str
+    ) -> tuple[list[Any], str | None]:
+        if page_size < 1:
+            raise InvalidRequestError("page_size", "page size must be at least 1")
+        headers = {"x-ms-max-item-count": str(page_size)}
+        if continuation:
+            headers["x-ms-continuation"] = continuation
+        response = self._call("POST", path, f"query {what}", json={"query": "*"}, headers=headers)
+        body = json_body(response)
+        if not isinstance(body, list):
+            raise ServiceError(f"DPS query {what} returned no list")
+        return body, response.headers.get("x-ms-continuation") or None
+
+    # ------------------------------------------------------------------ groups
+
+    def _group_from(self, body: Any) -> EnrollmentGroup:
+        if not isinstance(body, dict) or not isinstance(body.get("enrollmentGroupId"), str):
+            raise ServiceError("DPS returned an enrollment group without enrollmentGroupId")
+        x509 = (body.get("attestation") or {}).get("x509") or {}
+        certs = x509.get("signingCertificates") or {}
+        refs = x509.get("caReferences") or {}
+        policy = body.get("reprovisionPolicy") or {}
+        return EnrollmentGroup(
+            group_id=body["enrollmentGroupId"],
+            primary=self._slot_from(certs.get("primary")),
+            secondary=self._slot_from(certs.get("secondary")),
+            ca_primary=refs.get("primary"),
+            ca_secondary=refs.get("secondary"),
+            provisioning_status=ProvisioningStatus(body.get("provisioningStatus", "enabled")),
+            reprovision_migrate_data=bool(policy.get("migrateDeviceData", True)),
+            reprovision_update_hub_assignment=bool(policy.get("updateHubAssignment", True)),
+            etag=body.get("etag"),
+        )
+
+    def get_group(self, group_id: str) -> EnrollmentGroup:
+        path = f"/enrollmentGroups/{path_id(group_id)}"
+        response = self._call("GET", path, f"get enrollment group {group_id}")
+        return self._group_from(json_body(response))
+
+    def put_group(self, group: EnrollmentGroup) -> EnrollmentGroup:
+        gid = group.group_id
+        x509: dict[str, Any] = {}
+        if group.primary is not None or group.secondary is not None:
+            x509["signingCertificates"] = self._certificates(
+                group.primary,
+                group.secondary,
+                "enrollment group",
+                gid,
+                self._reload_quietly(self.get_group, gid),
+            )
+        refs = {
+            k: v for k, v in (("primary", group.ca_primary), ("secondary", group.ca_secondary)) if v
+        }
+        if refs:
+            x509["caReferences"] = refs
+        body: dict[str, Any] = {
+            "enrollmentGroupId": gid,
+            "attestation": {"type": "x509", "x509": x509},
+            "provisioningStatus": group.provisioning_status.value,
+            "reprovisionPolicy": {
+                "updateHubAssignment": group.reprovision_update_hub_assignment,
+                "migrateDeviceData": group.reprovision_migrate_data,
+            },
+        }
+        if group.etag:
+            body["etag"] = group.etag
+        response = self._call(
+            "PUT",
+            f"/enrollmentGroups/{path_id(gid)}",
+            f"put enrollment group {gid}",
+            json=body,
+            headers=self._if_match(group.etag),
+        )
+        stored = self._group_from(json_body(response))
+        logger.info("DPS enrollment group %s written (etag %s)", gid, stored.etag)
+        return stored
+
+    def delete_group(self, group_id: str, etag: str | None = None) -> None:
+        path = f"/enrollmentGroups/{path_id(group_id)}"
+        self._call(
+            "DELETE", path, f"delete enrollment group {group_id}", headers=self._if_match(etag)
+        )
+        logger.info("DPS enrollment group %s deleted", group_id)
+
+    def query_groups(
+        self, page_size: int = 100, continuation: str | None = None
+    ) -> Page[EnrollmentGroup]:
+        items, token = self._query(
+            "/enrollmentGroups/query", page_size, continuation, "enrollment groups"
+        )
+        return Page([self._group_from(item) for item in items], token)
+
+    # ------------------------------------------------------------------ registrations
+
+    def get_registration_state(self, registration_id: str) -> RegistrationState:
+        path = f"/registrations/{path_id(registration_id)}"
+        response = self._call("GET", path, f"get registration {registration_id}")
+        body = json_body(response)
+        if not isinstance(body, dict):
+            raise ServiceError("DPS returned an empty registration state")
+        return RegistrationState(
+            registration_id=body.get("registrationId", registration_id),
+            status=body.get("status", "unassigned"),
+            assigned_hub=body.get("assignedHub"),
+            device_id=body.get("deviceId"),
+            last_updated=parse_time(body.get("lastUpdatedDateTimeUtc")),
+            error_code=body.get("errorCode"),
+            error_message=body.get("errorMessage"),
+            etag=body.get("etag") or unquote_etag(response.headers.get("ETag")),
+        )
+
+    def delete_registration_state(self, registration_id: str, etag: str | None = None) -> None:
+        path = f"/registrations/{path_id(registration_id)}"
+        self._call(
+            "DELETE", path, f"delete registration {registration_id}", headers=self._if_match(etag)
+        )
+        logger.info("DPS registration state %s deleted", registration_id)

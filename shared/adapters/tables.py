@@ -1,0 +1,639 @@
+"""Azure Table storage adapters: the issuance ledger, the rotation state and the audit log.
+
+Key design (see docs/storage.md for the reasoning):
+
+Ledger table (``<prefix>Ledger``)
+    ``PK=<device>, RK=cert-<serial>``       the certificate record (authoritative copy)
+    ``PK=<device>, RK=csr-<csr sha256>``    CSR index -> serial; written with the
+                                            certificate row in ONE entity-group transaction
+    ``PK=~serial-<last 2 hex>, RK=<serial>`` serial -> device (point read for get/set_status)
+    ``PK=~thumb-<first 2 hex>, RK=<tp>``     thumbprint -> device + serial
+    ``PK=~revoked, RK=<serial>``            full copy of every revoked record (the CRL list)
+
+State table (``<prefix>State``): ``PK=<device>, RK=rotation``, ETag-checked writes.
+
+Audit table (``<prefix>Audit``): ``PK=<device>`` plus a copy in ``PK=~global``;
+``RK=<inverted append time>-<uuid>`` so a partition reads newest first.
+
+Partition and row keys are the identifier percent-encoded (so ``?``, ``/``, ``#``, ``%``
+and ``~`` never reach a key raw); ``~`` starts every index partition and can therefore
+never be a device's partition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import (
+    TableClient,
+    TableEntity,
+    TableServiceClient,
+    TableTransactionError,
+    UpdateMode,
+)
+
+from shared.adapters.storage_clients import (
+    StorageAdapters,
+    raise_storage_error,
+    storage_from_settings,
+)
+from shared.domain.errors import ConcurrencyError, ConflictError, NotFoundError
+from shared.domain.model import (
+    AuditEvent,
+    CertificateRecord,
+    CertificateStatus,
+    RevocationReason,
+    RotationRecord,
+    RotationState,
+)
+from shared.ports import AuditLog, CertificateLedger, RotationStateStore
+
+__all__ = [
+    "StorageAdapters",
+    "TableAuditLog",
+    "TableLedger",
+    "TableRotationStore",
+    "storage_from_settings",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Table storage keeps at most 64 KiB per string property (UTF-16): 32 Ki characters.
+MAX_STRING_CHARS = 32_000
+#: Detail JSON is spread over at most this many string properties (< 1 MiB entity limit).
+MAX_DETAIL_PARTS = 12
+_SET_STATUS_ATTEMPTS = 8
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _key(value: str) -> str:
+    """``value`` made safe for PartitionKey/RowKey (no / \\ # ? % ~ or control chars)."""
+    if not value:
+        raise ValueError("a table key must not be empty")
+    return quote(value, safe="-._!*(),:=@$'").replace("~", "%7E")
+
+
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware (UTC), got a naive datetime")
+    return value.astimezone(UTC)
+
+
+def _plain(value: Any) -> datetime | None:
+    """A service datetime as a plain timezone-aware UTC ``datetime``."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    value = value.astimezone(UTC)
+    return datetime(
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+        tzinfo=UTC,
+    )
+
+
+def _required_dt(value: Any) -> datetime:
+    result = _plain(value)
+    if result is None:
+        raise TypeError("a required datetime property is missing")
+    return result
+
+
+def _ensure_table(service: TableServiceClient, table_name: str) -> TableClient:
+    try:
+        service.create_table(table_name)
+        logger.info("created table %s", table_name)
+    except ResourceExistsError:
+        pass
+    except AzureError as exc:
+        raise_storage_error(exc, f"create table {table_name}")
+    return service.get_table_client(table_name)
+
+
+class _TableBase:
+    def __init__(self, service: TableServiceClient, table_name: str) -> None:
+        self._service = service
+        self.table_name = table_name
+        self._client: TableClient | None = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def _table(self) -> TableClient:
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = _ensure_table(self._service, self.table_name)
+                client = self._client
+        return client
+
+    def _point_read(self, pk: str, rk: str, what: str) -> TableEntity | None:
+        try:
+            return self._table.get_entity(pk, rk)
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise_storage_error(exc, what)
+
+    def _query(
+        self, query_filter: str, parameters: dict[str, Any], what: str, page: int = 1000
+    ) -> Iterator[TableEntity]:
+        try:
+            yield from self._table.query_entities(
+                query_filter, parameters=parameters, results_per_page=page
+            )
+        except AzureError as exc:
+            raise_storage_error(exc, what)
+
+
+# --------------------------------------------------------------------------- ledger
+
+_CERT_PREFIX = "cert-"
+_CSR_PREFIX = "csr-"
+_REVOKED_PK = "~revoked"
+
+
+def _serial_pk(serial: str) -> str:
+    return "~serial-" + serial[-2:].rjust(2, "0").lower()
+
+
+def _thumb_pk(thumbprint: str) -> str:
+    return "~thumb-" + thumbprint[:2].lower()
+
+
+def _record_to_entity(rec: CertificateRecord, pk: str, rk: str) -> dict[str, Any]:
+    return {
+        "PartitionKey": pk,
+        "RowKey": rk,
+        "serial": rec.serial,
+        "device_id": rec.device_id,
+        "thumbprint_sha256": rec.thumbprint_sha256,
+        "not_before": _utc(rec.not_before, "not_before"),
+        "not_after": _utc(rec.not_after, "not_after"),
+        "csr_sha256": rec.csr_sha256,
+        "issuer_key_id": rec.issuer_key_id,
+        "trigger": rec.trigger,
+        "request_id": rec.request_id,
+        "status": CertificateStatus(rec.status).value,
+        "pem": rec.pem,
+        "issued_at": _utc(rec.issued_at, "issued_at"),
+        "revoked_at": _utc(rec.revoked_at, "revoked_at"),
+        "revocation_reason": (
+            RevocationReason(rec.revocation_reason).value if rec.revocation_reason else None
+        ),
+    }
+
+
+def _entity_to_record(e: Mapping[str, Any]) -> CertificateRecord:
+    reason = e.get("revocation_reason")
+    return CertificateRecord(
+        serial=e["serial"],
+        device_id=e["device_id"],
+        thumbprint_sha256=e["thumbprint_sha256"],
+        not_before=_required_dt(e["not_before"]),
+        not_after=_required_dt(e["not_after"]),
+        csr_sha256=e["csr_sha256"],
+        issuer_key_id=e["issuer_key_id"],
+        trigger=e["trigger"],
+        request_id=e["request_id"],
+        status=CertificateStatus(e["status"]),
+        pem=e["pem"],
+        issued_at=_required_dt(e["issued_at"]),
+        revoked_at=_plain(e.get("revoked_at")),
+        revocation_reason=RevocationReason(reason) if reason else None,
+    )
+
+
+class TableLedger(_TableBase, CertificateLedger):
+    """The issuance ledger on Azure Table storage; every lookup is a point read.
+
+    ``add`` writes the serial index (create-only), the thumbprint index (idempotent
+    upsert), then the certificate row and its CSR-index row in one entity-group
+    transaction: two concurrent ``add`` calls for the same device and CSR cannot both
+    succeed, and the loser returns the winner's record. A crash before the transaction
+    leaves index rows pointing at nothing; readers check the target and ignore them.
+    """
+
+    def __init__(self, service: TableServiceClient, table_name: str) -> None:
+        super().__init__(service, table_name)
+
+    # reads ---------------------------------------------------------------
+
+    def _cert_entity(self, device_id: str, serial: str) -> TableEntity | None:
+        return self._point_read(
+            _key(device_id), _CERT_PREFIX + _key(serial), f"certificate {serial}"
+        )
+
+    def _device_of(self, serial: str) -> str | None:
+        index = self._point_read(_serial_pk(serial), _key(serial), f"serial index of {serial}")
+        return None if index is None else str(index["device_id"])
+
+    def _get_entity(self, serial: str) -> TableEntity:
+        if not serial:
+            raise NotFoundError("no certificate with an empty serial")
+        device_id = self._device_of(serial)
+        entity = self._cert_entity(device_id, serial) if device_id else None
+        if entity is None:
+            raise NotFoundError(f"no certificate with serial {serial}")
+        return entity
+
+    def find_by_csr(self, device_id: str, csr_sha256: str) -> CertificateRecord | None:
+        if not device_id or not csr_sha256:
+            return None
+        index = self._point_read(
+            _key(device_id),
+            _CSR_PREFIX + _key(csr_sha256),
+            f"CSR index of {device_id}",
+        )
+        if index is None:
+            return None
+        entity = self._cert_entity(device_id, str(index["serial"]))
+        return None if entity is None else _entity_to_record(entity)
+
+    def get(self, serial: str) -> CertificateRecord:
+        return _entity_to_record(self._get_entity(serial))
+
+    def find_by_thumbprint(self, thumbprint_sha256: str) -> CertificateRecord | None:
+        if not thumbprint_sha256:
+            return None
+        index = self._point_read(
+            _thumb_pk(thumbprint_sha256),
+            _key(thumbprint_sha256),
+            f"thumbprint index of {thumbprint_sha256}",
+        )
+        if index is None:
+            return None
+        entity = self._cert_entity(str(index["device_id"]), str(index["serial"]))
+        if entity is None or entity["thumbprint_sha256"] != thumbprint_sha256:
+            return None  # an index row left by an add that did not complete
+        return _entity_to_record(entity)
+
+    def list_for_device(self, device_id: str) -> list[CertificateRecord]:
+        if not device_id:
+            return []
+        rows = self._query(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            {"pk": _key(device_id), "lo": _CERT_PREFIX, "hi": _CERT_PREFIX[:-1] + "."},
+            f"certificates of {device_id}",
+        )
+        records = [_entity_to_record(e) for e in rows]
+        return sorted(records, key=lambda r: r.issued_at)
+
+    def list_revoked(self) -> Iterator[CertificateRecord]:
+        for entity in self._query(
+            "PartitionKey eq @pk", {"pk": _REVOKED_PK}, "revoked certificates"
+        ):
+            yield _entity_to_record(entity)
+
+    # writes --------------------------------------------------------------
+
+    def _claim_serial(self, record: CertificateRecord) -> None:
+        row = {
+            "PartitionKey": _serial_pk(record.serial),
+            "RowKey": _key(record.serial),
+            "device_id": record.device_id,
+        }
+        try:
+            self._table.create_entity(row)
+            return
+        except ResourceExistsError:
+            pass
+        except AzureError as exc:
+            raise_storage_error(exc, f"serial index of {record.serial}")
+        owner = self._device_of(record.serial)
+        if owner != record.device_id:
+            raise ConflictError(f"serial {record.serial} already recorded")
+
+    def add(self, record: CertificateRecord) -> CertificateRecord:
+        if not record.device_id or not record.serial or not record.csr_sha256:
+            raise ValueError("a certificate record needs device_id, serial and csr_sha256")
+        existing = self.find_by_csr(record.device_id, record.csr_sha256)
+        if existing is not None:
+            return existing
+        cert_row = _record_to_entity(
+            record, _key(record.device_id), _CERT_PREFIX + _key(record.serial)
+        )
+        self._claim_serial(record)
+        try:
+            self._table.upsert_entity(
+                {
+                    "PartitionKey": _thumb_pk(record.thumbprint_sha256),
+                    "RowKey": _key(record.thumbprint_sha256),
+                    "device_id": record.device_id,
+                    "serial": record.serial,
+                },
+                mode=UpdateMode.REPLACE,
+            )
+        except AzureError as exc:
+            raise_storage_error(exc, f"thumbprint index of {record.serial}")
+        csr_row = {
+            "PartitionKey": _key(record.device_id),
+            "RowKey": _CSR_PREFIX + _key(record.csr_sha256),
+            "serial": record.serial,
+        }
+        try:
+            self._table.submit_transaction([("create", cert_row), ("create", csr_row)])
+        except (TableTransactionError, ResourceExistsError) as exc:
+            if exc.status_code != 409:
+                raise_storage_error(exc, f"record certificate {record.serial}")
+            winner = self.find_by_csr(record.device_id, record.csr_sha256)
+            if winner is not None:
+                logger.info(
+                    "ledger: device %s CSR %s already recorded as %s",
+                    record.device_id,
+                    record.csr_sha256,
+                    winner.serial,
+                )
+                return winner
+            raise ConflictError(f"serial {record.serial} already recorded") from exc
+        except AzureError as exc:
+            raise_storage_error(exc, f"record certificate {record.serial}")
+        return _entity_to_record(cert_row)
+
+    def set_status(
+        self,
+        serial: str,
+        status: CertificateStatus,
+        *,
+        reason: RevocationReason | None = None,
+        at: datetime | None = None,
+    ) -> CertificateRecord:
+        status = CertificateStatus(status)
+        revoked_at = _utc(at, "at")
+        for _ in range(_SET_STATUS_ATTEMPTS):
+            entity = self._get_entity(serial)
+            record = _entity_to_record(entity)
+            if record.status is CertificateStatus.REVOKED:
+                return record
+            record.status = status
+            if status is CertificateStatus.REVOKED:
+                record.revoked_at = revoked_at or datetime.now(UTC)
+                record.revocation_reason = (
+                    RevocationReason(reason) if reason else RevocationReason.UNSPECIFIED
+                )
+                # The CRL list first: a crash in between errs on the revoked side.
+                try:
+                    self._table.upsert_entity(
+                        _record_to_entity(record, _REVOKED_PK, _key(serial)),
+                        mode=UpdateMode.REPLACE,
+                    )
+                except AzureError as exc:
+                    raise_storage_error(exc, f"revocation index of {serial}")
+            try:
+                self._table.update_entity(
+                    _record_to_entity(record, entity["PartitionKey"], entity["RowKey"]),
+                    mode=UpdateMode.REPLACE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceModifiedError:
+                logger.info("ledger: certificate %s changed concurrently; retrying", serial)
+                continue
+            except AzureError as exc:
+                raise_storage_error(exc, f"status of certificate {serial}")
+            return record
+        raise ConcurrencyError(f"certificate {serial} keeps changing; status not set")
+
+
+# --------------------------------------------------------------------------- rotation state
+
+_ROTATION_RK = "rotation"
+_STATE_DATETIMES = ("current_not_after", "deadline", "updated_at")
+
+
+def _state_to_entity(rec: RotationRecord) -> dict[str, Any]:
+    if not rec.device_id:
+        raise ValueError("a rotation record needs a device_id")
+    return {
+        "PartitionKey": _key(rec.device_id),
+        "RowKey": _ROTATION_RK,
+        "device_id": rec.device_id,
+        "state": RotationState(rec.state).value,
+        "request_id": rec.request_id,
+        "reason": rec.reason,
+        "csr_sha256": rec.csr_sha256,
+        "csr_pem": rec.csr_pem,
+        "new_serial": rec.new_serial,
+        "new_thumbprint": rec.new_thumbprint,
+        "current_serial": rec.current_serial,
+        "current_thumbprint": rec.current_thumbprint,
+        "current_not_after": _utc(rec.current_not_after, "current_not_after"),
+        "slot": rec.slot,
+        "attempts": int(rec.attempts),
+        "deadline": _utc(rec.deadline, "deadline"),
+        "updated_at": _utc(rec.updated_at, "updated_at"),
+        "last_error": (rec.last_error or "")[:MAX_STRING_CHARS] or None,
+        "disallowed_by": rec.disallowed_by,
+        "disallowed_reason": rec.disallowed_reason,
+    }
+
+
+def _entity_to_state(e: TableEntity) -> RotationRecord:
+    return RotationRecord(
+        device_id=e["device_id"],
+        state=RotationState(e["state"]),
+        request_id=e.get("request_id"),
+        reason=e.get("reason"),
+        csr_sha256=e.get("csr_sha256"),
+        csr_pem=e.get("csr_pem"),
+        new_serial=e.get("new_serial"),
+        new_thumbprint=e.get("new_thumbprint"),
+        current_serial=e.get("current_serial"),
+        current_thumbprint=e.get("current_thumbprint"),
+        current_not_after=_plain(e.get("current_not_after")),
+        slot=e.get("slot"),
+        attempts=int(e.get("attempts") or 0),
+        deadline=_plain(e.get("deadline")),
+        updated_at=_plain(e.get("updated_at")),
+        last_error=e.get("last_error"),
+        disallowed_by=e.get("disallowed_by"),
+        disallowed_reason=e.get("disallowed_reason"),
+        etag=e.metadata["etag"],
+    )
+
+
+class TableRotationStore(_TableBase, RotationStateStore):
+    """One row per device (``PK=<device>, RK=rotation``) with ETag-checked writes.
+
+    ``list`` is a server-side filtered scan of the table (``RowKey eq 'rotation'`` plus
+    the state and ``updated_at`` conditions), read page by page; it serves the daily
+    sweep, which has to look at every device anyway.
+    """
+
+    def __init__(self, service: TableServiceClient, table_name: str) -> None:
+        super().__init__(service, table_name)
+
+    def get(self, device_id: str) -> RotationRecord | None:
+        if not device_id:
+            return None
+        entity = self._point_read(_key(device_id), _ROTATION_RK, f"rotation of {device_id}")
+        return None if entity is None else _entity_to_state(entity)
+
+    def put(self, record: RotationRecord) -> RotationRecord:
+        entity = _state_to_entity(record)
+        what = f"rotation record of {record.device_id}"
+        try:
+            if record.etag is None:
+                meta = self._table.create_entity(entity)
+            else:
+                meta = self._table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=record.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except ResourceExistsError as exc:
+            raise ConflictError(f"{what} exists") from exc
+        except (ResourceModifiedError, ResourceNotFoundError) as exc:
+            raise ConcurrencyError(f"{what} changed") from exc
+        except AzureError as exc:
+            raise_storage_error(exc, what)
+        stored = _entity_to_state(TableEntity(entity))
+        stored.etag = str(meta["etag"])
+        return stored
+
+    def list(
+        self,
+        states: set[RotationState] | None = None,
+        updated_before: datetime | None = None,
+    ) -> Iterator[RotationRecord]:
+        clauses = ["RowKey eq @rk"]
+        params: dict[str, Any] = {"rk": _ROTATION_RK}
+        if states is not None:
+            if not states:
+                return
+            ors = []
+            for i, state in enumerate(sorted(RotationState(s).value for s in states)):
+                params[f"s{i}"] = state
+                ors.append(f"state eq @s{i}")
+            clauses.append("( " + " or ".join(ors) + " )")
+        if updated_before is not None:
+            params["before"] = _utc(updated_before, "updated_before")
+            clauses.append("updated_at lt @before")
+        for entity in self._query(" and ".join(clauses), params, "rotation records"):
+            yield _entity_to_state(entity)
+
+
+# --------------------------------------------------------------------------- audit
+
+_GLOBAL_PK = "~global"
+_INVERT_BASE = 10**20 - 1
+
+
+class _AppendClock:
+    """Strictly increasing nanosecond stamps within the process (insertion order)."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            self._last = max(time.time_ns(), self._last + 1)
+            return self._last
+
+
+_APPEND_CLOCK = _AppendClock()
+
+
+def _detail_properties(detail: Mapping[str, Any]) -> dict[str, Any]:
+    text = json.dumps(detail, default=str, sort_keys=True)
+    parts = [text[i : i + MAX_STRING_CHARS] for i in range(0, len(text), MAX_STRING_CHARS)]
+    if len(parts) > MAX_DETAIL_PARTS:
+        logger.warning("audit detail of %d characters truncated to a summary", len(text))
+        summary = {"truncated": True, "chars": len(text), "keys": sorted(map(str, detail))[:100]}
+        parts = [json.dumps(summary)[:MAX_STRING_CHARS]]
+    props: dict[str, Any] = {"detail_parts": len(parts) or 1}
+    for i, part in enumerate(parts or ["{}"]):
+        props["detail" if i == 0 else f"detail_{i}"] = part
+    return props
+
+
+def _detail_from(e: Mapping[str, Any]) -> dict[str, Any]:
+    count = int(e.get("detail_parts") or 1)
+    text = (e.get("detail") or "{}") + "".join(e.get(f"detail_{i}") or "" for i in range(1, count))
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {"value": value}
+
+
+class TableAuditLog(_TableBase, AuditLog):
+    """Append-only audit entries, newest first per partition.
+
+    Each entry goes to its device's partition and to the ``~global`` partition (entries
+    without a device only to the latter), so ``list(device_id)`` and ``list(None)`` are
+    both single-partition reads that stop after ``limit`` rows. Order is append order
+    within a process (an inverted nanosecond stamp as RowKey prefix), which is also the
+    in-memory fake's order.
+    """
+
+    def __init__(self, service: TableServiceClient, table_name: str) -> None:
+        super().__init__(service, table_name)
+
+    def append(self, event: AuditEvent) -> None:
+        at = _utc(event.at, "at") or datetime.now(UTC)
+        rk = f"{_INVERT_BASE - _APPEND_CLOCK.next():020d}-{uuid.uuid4().hex}"
+        body: dict[str, Any] = {
+            "RowKey": rk,
+            "action": event.action,
+            "outcome": event.outcome,
+            "actor": event.actor,
+            "device_id": event.device_id,
+            "request_id": event.request_id,
+            "at": at,
+            **_detail_properties(event.detail),
+        }
+        partitions = [_key(event.device_id)] if event.device_id else []
+        partitions.append(_GLOBAL_PK)
+        for pk in partitions:
+            try:
+                self._table.create_entity({**body, "PartitionKey": pk})
+            except AzureError as exc:
+                raise_storage_error(exc, f"audit entry {event.action} for {event.device_id}")
+
+    def list(self, device_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
+        if limit <= 0:
+            return []
+        pk = _key(device_id) if device_id else _GLOBAL_PK
+        events: list[AuditEvent] = []
+        for e in self._query(
+            "PartitionKey eq @pk", {"pk": pk}, "audit entries", page=min(limit, 1000)
+        ):
+            events.append(
+                AuditEvent(
+                    action=e["action"],
+                    outcome=e["outcome"],
+                    actor=e["actor"],
+                    device_id=e.get("device_id"),
+                    request_id=e.get("request_id"),
+                    detail=_detail_from(e),
+                    at=_plain(e.get("at")),
+                )
+            )
+            if len(events) >= limit:
+                break
+        return events

@@ -1,0 +1,73 @@
+"""Azurite fixtures for the storage adapter integration tests (unique names per test)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableServiceClient
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueServiceClient
+
+from shared.settings import AZURITE_CONNECTION_STRING
+
+
+@pytest.fixture(scope="session")
+def azurite() -> str:
+    for port in (10000, 10001, 10002):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                pass
+        except OSError:
+            pytest.fail(f"Azurite is not reachable on 127.0.0.1:{port}: run `make azurite`")
+    return AZURITE_CONNECTION_STRING
+
+
+def unique(kind: str) -> str:
+    return f"it{kind}{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def tables(azurite: str) -> TableServiceClient:
+    return TableServiceClient.from_connection_string(azurite)
+
+
+@pytest.fixture
+def table_name(tables: TableServiceClient) -> Iterator[str]:
+    name = unique("t")
+    yield name
+    tables.delete_table(name)
+
+
+@pytest.fixture
+def blobs(azurite: str) -> BlobServiceClient:
+    return BlobServiceClient.from_connection_string(azurite)
+
+
+@pytest.fixture
+def container_name(blobs: BlobServiceClient) -> Iterator[str]:
+    name = unique("c")
+    yield name
+    try:
+        blobs.delete_container(name)
+    except ResourceNotFoundError:
+        pass
+
+
+@pytest.fixture
+def queues(azurite: str) -> QueueServiceClient:
+    return QueueServiceClient.from_connection_string(azurite)
+
+
+@pytest.fixture
+def queue_name(queues: QueueServiceClient) -> Iterator[str]:
+    name = unique("q")
+    yield name
+    for each in (name, name + "-poison"):
+        try:
+            queues.delete_queue(each)
+        except ResourceNotFoundError:
+            pass

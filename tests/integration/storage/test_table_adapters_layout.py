@@ -1,0 +1,154 @@
+"""Table adapters against Azurite: key layout, index rows, crash leftovers, size limits."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from azure.data.tables import TableServiceClient
+
+from shared.adapters.tables import (
+    MAX_STRING_CHARS,
+    TableAuditLog,
+    TableLedger,
+    TableRotationStore,
+)
+from shared.domain.errors import ConflictError, NotFoundError
+from shared.domain.model import (
+    AuditEvent,
+    CertificateRecord,
+    CertificateStatus,
+    RevocationReason,
+    RotationRecord,
+)
+
+pytestmark = pytest.mark.azurite
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def record(serial: str, device_id: str = "dev-1", csr: str = "c" * 64) -> CertificateRecord:
+    return CertificateRecord(
+        serial=serial,
+        device_id=device_id,
+        thumbprint_sha256=f"{serial:0>64}",
+        not_before=T0,
+        not_after=T0 + timedelta(days=30),
+        csr_sha256=csr,
+        issuer_key_id="file:/tmp/issuing.pem",
+        trigger="manual",
+        request_id="r",
+        status=CertificateStatus.ISSUED,
+        pem="PEM",
+        issued_at=T0,
+    )
+
+
+def rows(tables: TableServiceClient, table_name: str) -> dict[tuple[str, str], dict[str, object]]:
+    client = tables.get_table_client(table_name)
+    return {(e["PartitionKey"], e["RowKey"]): dict(e) for e in client.list_entities()}
+
+
+def test_ledger_rows_and_indexes(tables: TableServiceClient, table_name: str) -> None:
+    ledger = TableLedger(tables, table_name)
+    ledger.add(record("12ab"))
+    ledger.set_status("12ab", CertificateStatus.REVOKED, reason=RevocationReason.KEY_COMPROMISE)
+    stored = rows(tables, table_name)
+    assert set(stored) == {
+        ("dev-1", "cert-12ab"),
+        ("dev-1", "csr-" + "c" * 64),
+        ("~serial-ab", "12ab"),
+        ("~thumb-00", f"{'12ab':0>64}"),
+        ("~revoked", "12ab"),
+    }
+    assert stored[("~serial-ab", "12ab")]["device_id"] == "dev-1"
+    assert stored[("dev-1", "csr-" + "c" * 64)]["serial"] == "12ab"
+    cert = stored[("dev-1", "cert-12ab")]
+    assert cert["status"] == "revoked"
+    assert cert["revocation_reason"] == "keyCompromise"
+    assert stored[("~revoked", "12ab")]["status"] == "revoked"
+
+
+def test_ledger_keys_escape_characters_tables_forbid(
+    tables: TableServiceClient, table_name: str
+) -> None:
+    ledger = TableLedger(tables, table_name)
+    device = "a/b?c#d%e~f"
+    ledger.add(record("0f", device_id=device))
+    assert ledger.get("0f").device_id == device
+    pks = {pk for pk, _ in rows(tables, table_name)}
+    assert "a%2Fb%3Fc%23d%25e%7Ef" in pks
+    assert all("/" not in pk and "?" not in pk and "#" not in pk for pk in pks)
+
+
+def test_ledger_ignores_index_rows_left_by_an_unfinished_add(
+    tables: TableServiceClient, table_name: str
+) -> None:
+    ledger = TableLedger(tables, table_name)
+    ledger.add(record("01"))  # creates the table
+    client = tables.get_table_client(table_name)
+    # a crash after the index writes and before the transaction leaves these behind
+    client.create_entity({"PartitionKey": "~serial-77", "RowKey": "77", "device_id": "dev-2"})
+    client.create_entity(
+        {
+            "PartitionKey": "~thumb-00",
+            "RowKey": f"{'77':0>64}",
+            "device_id": "dev-2",
+            "serial": "77",
+        }
+    )
+    with pytest.raises(NotFoundError):
+        ledger.get("77")
+    assert ledger.find_by_thumbprint(f"{'77':0>64}") is None
+    # the retry of that add completes over the leftovers
+    stored = ledger.add(record("77", device_id="dev-2", csr="d" * 64))
+    assert ledger.get("77") == stored
+    assert ledger.find_by_thumbprint(f"{'77':0>64}") == stored
+    # while the serial stays bound to its device
+    with pytest.raises(ConflictError):
+        ledger.add(record("77", device_id="dev-3", csr="e" * 64))
+
+
+def test_state_rows_and_filters_use_utc(tables: TableServiceClient, table_name: str) -> None:
+    store = TableRotationStore(tables, table_name)
+    local = datetime(2026, 5, 1, 16, 0, tzinfo=timezone(timedelta(hours=2)))
+    store.put(RotationRecord("dev-1", updated_at=local))
+    (row,) = rows(tables, table_name).values()
+    assert row["RowKey"] == "rotation"
+    assert row["state"] == "idle"
+    fetched = store.get("dev-1")
+    assert fetched is not None
+    assert fetched.updated_at == datetime(2026, 5, 1, 14, 0, tzinfo=UTC)
+    assert fetched.updated_at.tzinfo is UTC
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.put(RotationRecord("dev-2", updated_at=datetime(2026, 5, 1)))
+    assert store.get("dev-2") is None
+
+
+def test_audit_global_copy_and_large_detail(tables: TableServiceClient, table_name: str) -> None:
+    log = TableAuditLog(tables, table_name)
+    big = {"chain": "A" * (MAX_STRING_CHARS * 3 + 17), "n": 1}
+    log.append(AuditEvent("issue", "ok", "system:worker", "dev-1", detail=big))
+    log.append(AuditEvent("crl_publish", "ok", "system:sweep"))
+    stored = rows(tables, table_name)
+    assert sorted({pk for pk, _ in stored}) == ["dev-1", "~global"]
+    assert len(stored) == 3
+    (entry,) = log.list("dev-1")
+    assert entry.detail == big
+    row = next(v for (pk, _), v in stored.items() if pk == "dev-1")
+    assert row["detail_parts"] == 4
+    assert all(len(str(row[k])) <= MAX_STRING_CHARS for k in row if str(k).startswith("detail_"))
+    newest, oldest = log.list()
+    assert newest.action == "crl_publish"
+    assert oldest.detail == big
+
+
+def test_audit_oversized_detail_is_summarised(tables: TableServiceClient, table_name: str) -> None:
+    log = TableAuditLog(tables, table_name)
+    huge = {"blob": "B" * (MAX_STRING_CHARS * 13), "other": 2}
+    log.append(AuditEvent("issue", "ok", "x", "dev-1", detail=huge))
+    (entry,) = log.list("dev-1")
+    assert entry.detail["truncated"] is True
+    assert entry.detail["keys"] == ["blob", "other"]
+    assert entry.detail["chars"] == len(json.dumps(huge, sort_keys=True))
