@@ -1,0 +1,345 @@
+"""The rotation state machine end to end on fakes: every transition, slots, events."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from shared.domain.errors import DeviceDisallowedError, InvalidRequestError, NotFoundError
+from shared.domain.model import (
+    AuthType,
+    CertificateStatus,
+    RevocationReason,
+    RotationRecord,
+    RotationState,
+    Trigger,
+)
+from shared.domain.rotation import RotationService
+from tests.unit.rotation.fakes import Device, World, thumb
+
+DAY = 86400.0
+
+
+class Recording:
+    """Wraps the state store to list every state written."""
+
+    def __init__(self, world: World) -> None:
+        self.states: list[RotationState] = []
+        inner = world.state.put
+
+        def put(record: RotationRecord) -> RotationRecord:
+            saved = inner(record)
+            if not self.states or self.states[-1] is not saved.state:
+                self.states.append(saved.state)
+            return saved
+
+        world.state.put = put  # type: ignore[method-assign]
+
+
+def adopt(svc: RotationService, dev: Device) -> RotationRecord:
+    return svc.on_twin_reported(dev.device_id, dev.section(), twin_version=1)
+
+
+def rotate(svc: RotationService, dev: Device, reason: Trigger = Trigger.MANUAL) -> RotationRecord:
+    """One full rotation driven by the device's answers."""
+    svc.start_renewal(dev.device_id, reason, "operator@example.com")
+    answer = dev.answer()
+    assert answer is not None
+    svc.on_twin_reported(dev.device_id, answer)
+    return svc.on_twin_reported(dev.device_id, dev.install())
+
+
+def test_every_transition_in_order(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    assert rec.current_thumbprint == thumb(dev.cert)
+    recorder = Recording(world)
+    old_cert = dev.cert
+
+    started = svc.start_renewal("dev-1", Trigger.MANUAL, "operator@example.com")
+    assert started.state is RotationState.CSR_REQUESTED
+    assert dev.renewal_request() == started.request_id
+    assert world.registry.twins["dev-1"].desired["x509"]["renewal"]["reason"] == "manual"
+
+    answer = dev.answer()
+    assert answer is not None
+    after_csr = svc.on_twin_reported("dev-1", answer)
+    # the CSR drove the record through issue, enroll, deliver and the reprovision call
+    assert after_csr.state is RotationState.REPROVISION_SENT
+    assert world.registry.methods == [("dev-1", "reprovision", {"requestId": started.request_id})]
+    delivered = dev.delivered()
+    assert delivered is not None
+    assert after_csr.new_thumbprint == thumb(delivered)
+
+    done = svc.on_twin_reported("dev-1", dev.install())
+    assert recorder.states == [
+        RotationState.CSR_REQUESTED,
+        RotationState.CSR_RECEIVED,
+        RotationState.ISSUED,
+        RotationState.ENROLLED,
+        RotationState.DELIVERED,
+        RotationState.REPROVISION_SENT,
+        RotationState.CONFIRMED,
+        RotationState.IDLE,
+    ]
+    assert done.state is RotationState.IDLE
+    assert done.current_thumbprint == thumb(dev.cert) != thumb(old_cert)
+    assert done.request_id is None
+    assert done.new_serial is None
+    # DPS: the new certificate went to the free slot, the old one retired after confirmation
+    enr = world.enrollments.individual["dev-1"]
+    assert enr.primary is None
+    assert enr.secondary is not None
+    assert enr.secondary.thumbprint_sha256 == thumb(dev.cert)
+    # hub identity holds only the new thumbprint
+    ident = world.registry.devices["dev-1"]
+    assert {ident.primary_thumbprint, ident.secondary_thumbprint} == {thumb(dev.cert), None}
+    # ledger
+    statuses = {c.thumbprint_sha256: c.status for c in world.ledger.list_for_device("dev-1")}
+    assert statuses == {
+        thumb(old_cert): CertificateStatus.SUPERSEDED,
+        thumb(dev.cert): CertificateStatus.ACTIVE,
+    }
+    # desired cleaned up, events out
+    assert "renewal" not in world.registry.twins["dev-1"].desired.get("x509", {})
+    assert "issued" not in world.registry.twins["dev-1"].desired.get("x509", {})
+    kinds = [e.event_type for e in world.events.events]
+    assert kinds == ["CertificateIssued", "RotationCompleted"]
+    assert world.events.events[1].data["requestId"] == started.request_id
+
+
+def test_slots_alternate_over_rotations(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    slots = []
+    for _ in range(3):
+        rotate(svc, dev)
+        enr = world.enrollments.individual["dev-1"]
+        slot = "primary" if enr.primary is not None else "secondary"
+        held = enr.primary if enr.primary is not None else enr.secondary
+        assert held is not None
+        assert held.thumbprint_sha256 == thumb(dev.cert)
+        slots.append(slot)
+    assert slots == ["secondary", "primary", "secondary"]
+    assert len(world.ledger.list_for_device("dev-1")) == 4
+
+
+def test_new_certificate_sits_beside_the_old_until_confirmed(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+    answer = dev.answer()
+    assert answer is not None
+    rec = svc.on_twin_reported("dev-1", answer)
+    enr = world.enrollments.individual["dev-1"]
+    assert enr.primary is not None
+    assert enr.secondary is not None
+    assert enr.primary.thumbprint_sha256 == thumb(dev.cert)
+    assert enr.secondary.thumbprint_sha256 == rec.new_thumbprint
+    ident = world.registry.devices["dev-1"]
+    assert ident.primary_thumbprint == thumb(dev.cert)
+    assert ident.secondary_thumbprint == rec.new_thumbprint
+
+
+def test_due_certificate_starts_a_renewal_from_the_twin(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    assert adopt(svc, dev).state is RotationState.IDLE
+    assert dev.renewal_request() is None
+    world.clock.advance(25 * DAY)  # past 2/3 +- 5 % of 30 days
+    rec = adopt(svc, dev)
+    assert rec.state is RotationState.CSR_REQUESTED
+    assert rec.reason == "expiring"
+    assert dev.renewal_request() == rec.request_id
+
+
+def test_group_member_enrollment_untouched(world: World) -> None:
+    dev = world.add_device("dev-g", group=True, auth=AuthType.CERTIFICATE_AUTHORITY)
+    svc = world.service()
+    adopt(svc, dev)
+    done = rotate(svc, dev)
+    assert done.state is RotationState.IDLE
+    assert world.enrollments.individual == {}
+    assert world.enrollments.writes == 0
+    ident = world.registry.devices["dev-g"]
+    assert ident.auth_type is AuthType.CERTIFICATE_AUTHORITY
+    assert ident.primary_thumbprint is None
+
+
+def test_compromise_removes_old_slot_at_once_and_revokes_on_completion(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    old = dev.cert
+    svc.start_renewal("dev-1", Trigger.COMPROMISE, "op")
+    answer = dev.answer()
+    assert answer is not None
+    rec = svc.on_twin_reported("dev-1", answer)
+    enr = world.enrollments.individual["dev-1"]
+    held = {s.thumbprint_sha256 for s in (enr.primary, enr.secondary) if s is not None}
+    assert held == {rec.new_thumbprint}
+    svc.on_twin_reported("dev-1", dev.install())
+    old_rec = world.ledger.find_by_thumbprint(thumb(old))
+    assert old_rec is not None
+    assert old_rec.status is CertificateStatus.REVOKED
+    assert old_rec.revocation_reason is RevocationReason.KEY_COMPROMISE
+    assert "crl/issuing.crl" in " ".join(world.crl.objects) or world.crl.objects
+
+
+def test_device_failure_fails_rotation_and_sweep_retries(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    first = svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+    rec = svc.on_twin_reported("dev-1", dev.fail("DPS said no"))
+    assert rec.state is RotationState.FAILED
+    assert rec.last_error is not None
+    assert "DPS said no" in rec.last_error
+    assert [e.event_type for e in world.events.events] == ["RotationFailed"]
+    plan = svc.sweep()
+    assert plan.failed == ["dev-1"]
+    result = svc.process_batch(world.queue.receive()[0])
+    assert result.started == ["dev-1"]
+    again = world.state.get("dev-1")
+    assert again is not None
+    assert again.state is RotationState.CSR_REQUESTED
+    assert again.request_id != first.request_id
+    assert again.reason == "manual"
+
+
+def test_rejected_csr_fails_without_issuing(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    started = svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+    other = Device(world, "someone-else")
+    bad = {"csr": {"requestId": started.request_id, "pem": other.new_csr("x")}}
+    rec = svc.on_twin_reported("dev-1", bad)
+    assert rec.state is RotationState.FAILED
+    assert rec.last_error is not None
+    assert rec.last_error.startswith("subject_mismatch")
+    assert len(world.ledger.list_for_device("dev-1")) == 1
+
+
+def test_start_renewal_coalesces_and_refuses(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    first = svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+    second = svc.start_renewal("dev-1", Trigger.EXPIRING, "system:sweep")
+    assert second.request_id == first.request_id
+    assert second.reason == "manual"
+    with pytest.raises(NotFoundError):
+        svc.start_renewal("ghost", Trigger.MANUAL, "op")
+
+
+def test_status_view_is_json(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    rotate(svc, dev)
+    view = svc.status("dev-1").to_dict()
+    text = json.dumps(view)
+    assert thumb(dev.cert) in text
+    assert view["rotation"]["state"] == "idle"
+    assert [c["status"] for c in view["certificates"]] == ["superseded", "active"]
+    assert view["enrollment"]["secondary"]["thumbprint"] == thumb(dev.cert)
+    assert view["hubIdentity"]["status"] == "enabled"
+    assert any(a["action"] == "rotation_complete" for a in view["audit"])
+    with pytest.raises(NotFoundError):
+        svc.status("ghost")
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        {"thumbprint": "zz"},
+        {"thumbprint": "a" * 64, "serialNumber": "1", "notBefore": "x", "notAfter": "y"},
+        {"csr": {"requestId": "r1", "pem": "not a csr"}},
+        {"csr": "text"},
+        {"renewal": {"requestId": "r1", "status": "maybe"}},
+        {"renewal": {"requestId": "", "status": "installed"}},
+    ],
+)
+def test_bad_report_is_rejected_and_changes_nothing(world: World, report: dict[str, Any]) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    before = adopt(svc, dev)
+    with pytest.raises(InvalidRequestError):
+        svc.on_twin_reported("dev-1", report)
+    after = world.state.get("dev-1")
+    assert after is not None
+    assert after.etag == before.etag
+
+
+def test_offline_device_backs_off_then_completes_when_back(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    world.registry.online.discard("dev-1")
+    svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+    answer = dev.answer()
+    assert answer is not None
+    rec = svc.on_twin_reported("dev-1", answer)
+    assert rec.state is RotationState.DELIVERED
+    assert rec.attempts == 1
+    assert rec.deadline is not None
+    first_wait = rec.deadline - world.clock.now()
+    assert timedelta(minutes=4) < first_wait <= timedelta(minutes=5)
+    rec = svc.advance("dev-1")
+    assert rec.state is RotationState.DELIVERED
+    assert rec.attempts == 2
+    assert rec.deadline is not None
+    assert rec.deadline - world.clock.now() > first_wait
+    # the sweep lists it once the next try is due
+    assert "dev-1" not in svc.sweep(dry_run=True).stuck
+    world.clock.advance(3600)
+    assert "dev-1" in svc.sweep(dry_run=True).stuck
+    world.registry.online.add("dev-1")
+    rec2 = svc.on_device_connected("dev-1", world.clock.now())
+    assert rec2 is not None
+    assert rec2.state is RotationState.REPROVISION_SENT
+    done = svc.on_twin_reported("dev-1", dev.install())
+    assert done.state is RotationState.IDLE
+
+
+def test_bulk_reprovision_uses_one_job(world: World) -> None:
+    world.policy = type(world.policy)(bulk_threshold=2)
+    devs = [world.add_device(f"dev-{i}") for i in range(3)]
+    svc = world.service()
+    for dev in devs:
+        adopt(svc, dev)
+        svc.start_renewal(dev.device_id, Trigger.MANUAL, "op")
+        answer = dev.answer()
+        assert answer is not None
+        world.registry.online.discard(dev.device_id)
+        svc.on_twin_reported(dev.device_id, answer)
+        world.registry.online.add(dev.device_id)
+    result = svc.process_batch(
+        {"kind": "rotate", "deviceIds": [d.device_id for d in devs], "reason": "expiring"}
+    )
+    assert result.reprovision_job is not None
+    condition, method, _payload = world.registry.jobs[result.reprovision_job]
+    assert method == "reprovision"
+    assert condition == "deviceId IN ['dev-0','dev-1','dev-2']"
+    for dev in devs:
+        rec = world.state.get(dev.device_id)
+        assert rec is not None
+        assert rec.state is RotationState.REPROVISION_SENT
+
+
+def test_disallowed_device_refuses_renewal(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    svc.disallow("dev-1", "stolen", "sec@example.com")
+    with pytest.raises(DeviceDisallowedError):
+        svc.start_renewal("dev-1", Trigger.MANUAL, "op")

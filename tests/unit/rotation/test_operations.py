@@ -1,0 +1,382 @@
+"""Disallow, allow, reconcile on 401, the sweep and the queue worker."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.domain.errors import InvalidRequestError, NotFoundError
+from shared.domain.model import (
+    AuthType,
+    CertificateStatus,
+    ConnectionFailure,
+    DeviceStatus,
+    ProvisioningStatus,
+    RevocationReason,
+    RotationState,
+    Trigger,
+)
+from shared.domain.rotation import RotationService
+from tests.unit.rotation.fakes import Device, World, thumb
+
+DAY = 86400.0
+
+
+def _ready(world: World, device_id: str = "dev-1", **kw: Any) -> tuple[Device, RotationService]:
+    dev = world.add_device(device_id, **kw)
+    svc = world.service()
+    svc.on_twin_reported(device_id, dev.section())
+    return dev, svc
+
+
+def _mid_rotation(world: World, svc: RotationService, dev: Device) -> None:
+    svc.start_renewal(dev.device_id, Trigger.MANUAL, "op")
+    answer = dev.answer()
+    assert answer is not None
+    svc.on_twin_reported(dev.device_id, answer)
+
+
+# --------------------------------------------------------------------------- disallow
+
+
+def test_disallow_during_rotation_blocks_everything(world: World) -> None:
+    dev, svc = _ready(world)
+    _mid_rotation(world, svc, dev)
+    in_flight = world.state.get("dev-1")
+    assert in_flight is not None
+    result = svc.disallow("dev-1", "device reported stolen", "sec@example.com")
+    assert result.changed
+    assert result.cancelled_request_id == in_flight.request_id
+    assert result.enrollment == "disabled"
+    assert result.hub_identity == "disabled"
+    assert sorted(result.revoked) == sorted(c.serial for c in world.ledger.list_for_device("dev-1"))
+    assert len(result.revoked) == 2  # the one in use and the one being rolled out
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    assert rec.state is RotationState.DISALLOWED
+    assert rec.disallowed_by == "sec@example.com"
+    assert rec.last_error is None
+    enr = world.enrollments.individual["dev-1"]
+    assert enr.provisioning_status is ProvisioningStatus.DISABLED
+    assert world.registry.devices["dev-1"].status is DeviceStatus.DISABLED
+    for cert in world.ledger.list_for_device("dev-1"):
+        assert cert.status is CertificateStatus.REVOKED
+        assert cert.revocation_reason is RevocationReason.KEY_COMPROMISE
+    assert world.crl.objects, "CRL published"
+    assert world.events.events[-1].event_type == "DeviceDisallowed"
+    entry = world.audit.list("dev-1", 1)[0]
+    assert (entry.action, entry.outcome, entry.actor) == ("disallow", "ok", "sec@example.com")
+    assert entry.detail["reason"] == "device reported stolen"
+    # the device finishing its side of the rotation changes nothing now
+    svc.on_twin_reported("dev-1", dev.install())
+    after = world.state.get("dev-1")
+    assert after is not None
+    assert after.state is RotationState.DISALLOWED
+    assert world.events.events[-1].event_type == "DeviceDisallowed"
+
+
+def test_disallow_twice_is_a_noop(world: World) -> None:
+    _dev, svc = _ready(world)
+    svc.disallow("dev-1", "stolen", "sec")
+    events = len(world.events.events)
+    crls = copy.deepcopy(world.crl.objects)
+    again = svc.disallow("dev-1", "stolen", "sec")
+    assert not again.changed
+    assert again.revoked == ()
+    assert len(world.events.events) == events
+    assert world.crl.objects == crls
+    entry = world.audit.list("dev-1", 1)[0]
+    assert (entry.action, entry.outcome) == ("disallow", "noop")
+
+
+def test_disallow_group_member_adds_disabled_individual_enrollment(world: World) -> None:
+    dev, svc = _ready(world, "dev-g", group=True, auth=AuthType.CERTIFICATE_AUTHORITY)
+    result = svc.disallow("dev-g", "decommissioned", "ops")
+    assert result.enrollment == "created_disabled"
+    enr = world.enrollments.individual["dev-g"]
+    assert enr.provisioning_status is ProvisioningStatus.DISABLED
+    assert enr.primary is not None
+    assert enr.primary.thumbprint_sha256 == thumb(dev.cert)
+
+
+@pytest.mark.parametrize(
+    ("device_id", "reason", "actor", "error"),
+    [
+        ("ghost", "stolen", "sec", NotFoundError),
+        ("dev-1", "  ", "sec", InvalidRequestError),
+        ("dev-1", "stolen", "", InvalidRequestError),
+    ],
+)
+def test_disallow_bad_input_changes_nothing(
+    world: World, device_id: str, reason: str, actor: str, error: type[Exception]
+) -> None:
+    _dev, svc = _ready(world)
+    before = world.state.get("dev-1")
+    with pytest.raises(error):
+        svc.disallow(device_id, reason, actor)
+    assert world.state.get("dev-1") == before
+    assert world.registry.devices["dev-1"].status is DeviceStatus.ENABLED
+
+
+# --------------------------------------------------------------------------- allow
+
+
+def test_allow_needs_a_disallowed_device(world: World) -> None:
+    _dev, svc = _ready(world)
+    with pytest.raises(InvalidRequestError, match="not_disallowed"):
+        svc.allow("dev-1", "ops")
+    with pytest.raises(NotFoundError):
+        svc.allow("ghost", "ops")
+
+
+def test_allow_waits_for_new_certificate_before_enabling(world: World) -> None:
+    _dev, svc = _ready(world)
+    svc.disallow("dev-1", "stolen", "sec")
+    rec = svc.allow("dev-1", "ops")
+    assert rec.state is RotationState.CSR_REQUESTED
+    assert rec.reason == "allow"
+    assert world.registry.twins["dev-1"].desired["x509"]["renewal"]["reason"] == "manual"
+    # nothing is enabled before a new certificate is enrolled
+    assert world.enrollments.individual["dev-1"].provisioning_status is ProvisioningStatus.DISABLED
+    assert world.registry.devices["dev-1"].status is DeviceStatus.DISABLED
+    assert svc.allow("dev-1", "ops").request_id == rec.request_id  # repeat: same request
+
+
+def test_allow_with_csr_enables_only_the_new_certificate(world: World) -> None:
+    dev, svc = _ready(world)
+    old = thumb(dev.cert)
+    svc.disallow("dev-1", "stolen", "sec")
+    csr = dev.new_csr("from-the-bench")
+    rec = svc.allow("dev-1", "ops", csr_pem=csr)
+    assert rec.state in (RotationState.DELIVERED, RotationState.REPROVISION_SENT)
+    new = rec.new_thumbprint
+    assert new is not None
+    assert new != old
+    enr = world.enrollments.individual["dev-1"]
+    assert enr.provisioning_status is ProvisioningStatus.ENABLED
+    held = {s.thumbprint_sha256 for s in (enr.primary, enr.secondary) if s is not None}
+    assert held == {new}
+    ident = world.registry.devices["dev-1"]
+    assert ident.status is DeviceStatus.ENABLED
+    assert {ident.primary_thumbprint, ident.secondary_thumbprint} == {new, None}
+    old_rec = world.ledger.find_by_thumbprint(old)
+    assert old_rec is not None
+    assert old_rec.status is CertificateStatus.REVOKED
+
+
+def test_allow_rejects_a_bad_csr_without_change(world: World) -> None:
+    _dev, svc = _ready(world)
+    svc.disallow("dev-1", "stolen", "sec")
+    with pytest.raises(InvalidRequestError):
+        svc.allow("dev-1", "ops", csr_pem="garbage")
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    assert rec.state is RotationState.DISALLOWED
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def _failure(
+    world: World, device_id: str, thumbprint: str | None, code: int = 401003
+) -> ConnectionFailure:
+    return ConnectionFailure(
+        device_id=device_id, code=code, at=world.clock.now(), thumbprint=thumbprint
+    )
+
+
+def test_reconcile_puts_certroll_certificate_back(world: World) -> None:
+    dev, svc = _ready(world)
+    _mid_rotation(world, svc, dev)
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    new = rec.new_thumbprint
+    assert new is not None
+    # someone removed the new certificate from DPS and the hub; the device rolled anyway
+    enr = world.enrollments.individual["dev-1"]
+    world.enrollments.individual["dev-1"] = type(enr)(
+        registration_id="dev-1", primary=enr.primary, secondary=None, etag=enr.etag
+    )
+    ident = world.registry.devices["dev-1"]
+    ident.secondary_thumbprint = None
+    outcome = svc.on_connection_failure(_failure(world, "dev-1", new))
+    assert outcome.action == "reconciled"
+    assert set(outcome.changed) == {"enrollment.secondary", "hub_identity"}
+    enr = world.enrollments.individual["dev-1"]
+    assert enr.secondary is not None
+    assert enr.secondary.thumbprint_sha256 == new
+    assert world.registry.devices["dev-1"].secondary_thumbprint == new
+    # rate limited: a second 401 within the interval is not acted on
+    again = svc.on_connection_failure(_failure(world, "dev-1", new))
+    assert again.action == "rate_limited"
+    world.clock.advance(16 * 60)
+    assert svc.on_connection_failure(_failure(world, "dev-1", new)).action == "already_consistent"
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("disabled", "disabled_device"),
+        ("no_thumbprint", "no_thumbprint"),
+        ("unknown", "unknown_certificate"),
+        ("foreign", "foreign_certificate"),
+        ("revoked", "revoked_certificate"),
+        ("disallowed", "device_disallowed"),
+    ],
+)
+def test_reconcile_refusals_change_nothing(world: World, case: str, expected: str) -> None:
+    dev, svc = _ready(world)
+    other, _ = _ready(world, "dev-2")
+    code, thumbprint = 401003, thumb(dev.cert)
+    if case == "disabled":
+        code = 403012
+    elif case == "no_thumbprint":
+        thumbprint = None
+    elif case == "unknown":
+        thumbprint = "ab" * 32
+    elif case == "foreign":
+        thumbprint = thumb(other.cert)
+    elif case == "revoked":
+        serial = world.ledger.list_for_device("dev-1")[0].serial
+        world.issuer.revoke(serial, RevocationReason.KEY_COMPROMISE, "test")
+    elif case == "disallowed":
+        svc.disallow("dev-1", "stolen", "sec")
+    dps = copy.deepcopy(world.enrollments.individual)
+    hub = copy.deepcopy(world.registry.devices)
+    outcome = svc.on_connection_failure(_failure(world, "dev-1", thumbprint, code))
+    assert outcome.action == expected
+    assert outcome.changed == ()
+    assert world.enrollments.individual == dps
+    assert world.registry.devices == hub
+    entry = world.audit.list("dev-1", 1)[0]
+    assert entry.action == "reconcile"
+    assert entry.outcome in ("rejected", "noop")
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _snapshot(world: World) -> str:
+    return json.dumps(
+        {
+            "state": sorted(repr(r) for r in world.state.list()),
+            "audit": len(world.audit.list(limit=10_000)),
+            "crl": sorted(world.crl.objects),
+            "desired": {k: t.desired for k, t in world.registry.twins.items()},
+            "events": len(world.events.events),
+        },
+        default=str,
+    )
+
+
+def test_sweep_plan_categories_and_dry_run_changes_nothing(world: World) -> None:
+    _ready(world, "fresh")
+    _ready(world, "due")
+    _ready(world, "late")
+    _ready(world, "stuck")
+    failed, svc = _ready(world, "failed")
+    world.clock.advance(25 * DAY)
+    fresh2 = world.add_device("fresh2")  # born later: not due
+    svc.on_twin_reported("fresh2", fresh2.section())
+    svc.start_renewal("stuck", Trigger.MANUAL, "op")
+    svc.start_renewal("failed", Trigger.MANUAL, "op")
+    svc.on_twin_reported("failed", failed.fail())
+    world.clock.advance(6 * DAY)  # the first certificates are past notAfter; "stuck" too old
+    before = _snapshot(world)
+    plan = svc.sweep(dry_run=True, batch_size=2)
+    assert _snapshot(world) == before
+    assert world.queue.receive() == []
+    assert plan.crl_url is None
+    assert sorted(plan.overdue) == ["due", "fresh", "late"]
+    assert plan.expiring == []
+    assert plan.stuck == ["stuck"]
+    assert plan.failed == ["failed"]
+    assert "fresh2" not in plan.device_ids()
+    data = plan.to_dict()
+    json.dumps(data)
+    assert data["counts"]["overdue"] == 3
+    assert len(plan.messages) == 3  # 5 devices in batches of 2
+    # for real: messages enqueued, CRL published
+    real = svc.sweep(batch_size=2)
+    sent = world.queue.receive(100)
+    assert sent == real.messages
+    assert sum(len(m["deviceIds"]) for m in sent) == 5
+    assert real.crl_url is not None
+    assert world.audit.list(limit=1)[0].action == "sweep"
+    for message in sent:
+        svc.process_batch(message)
+    for device_id in ("fresh", "due", "late", "failed"):
+        rec = world.state.get(device_id)
+        assert rec is not None
+        assert rec.state is RotationState.CSR_REQUESTED, device_id
+
+
+def test_sweep_expiring_is_separate_from_overdue(world: World) -> None:
+    _dev, svc = _ready(world)
+    world.clock.advance(22 * DAY)  # between the renewal point (20 +- 1.5 days) and expiry
+    plan = svc.sweep(dry_run=True)
+    assert plan.expiring == ["dev-1"]
+    assert plan.overdue == []
+
+
+def test_sweep_warns_about_issuing_ca_expiry(world: World) -> None:
+    _dev, svc = _ready(world)
+    left = world.authority.certificate.not_valid_after_utc - world.clock.now()
+    assert svc.sweep(dry_run=True).ca_expiring == []
+    world.clock.advance((left - timedelta(days=10)).total_seconds())
+    warned = svc.sweep(dry_run=True).ca_expiring
+    assert len(warned) == 1
+    assert warned[0]["daysLeft"] <= 10
+
+
+def test_sweep_finds_silent_devices(world: World) -> None:
+    _dev, svc = _ready(world)
+    world.registry.twins["dev-1"].reported.pop("x509")
+    world.clock.advance(31 * DAY)
+    plan = svc.sweep(dry_run=True)
+    assert plan.silent == ["dev-1"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        None,
+        "rotate",
+        {},
+        {"kind": "other", "deviceIds": ["a"]},
+        {"kind": "rotate", "deviceIds": []},
+        {"kind": "rotate", "deviceIds": "dev-1"},
+        {"kind": "rotate", "deviceIds": ["bad id with spaces"]},
+        {"kind": "rotate", "deviceIds": ["a"], "reason": "because"},
+        {"kind": "rotate", "deviceIds": ["a"], "enqueuedAt": "yesterday"},
+    ],
+)
+def test_process_batch_rejects_garbage(world: World, message: Any) -> None:
+    _dev, svc = _ready(world)
+    before = _snapshot(world)
+    with pytest.raises(InvalidRequestError) as info:
+        svc.process_batch(message)
+    assert info.value.code == "malformed_message"
+    assert _snapshot(world) == before
+
+
+def test_process_batch_reports_per_device(world: World) -> None:
+    _dev, svc = _ready(world)
+    _ready(world, "dev-x")
+    svc.disallow("dev-x", "stolen", "sec")
+    result = svc.process_batch(
+        {
+            "kind": "rotate",
+            "deviceIds": ["dev-1", "dev-x", "ghost"],
+            "reason": "expiring",
+            "enqueuedAt": datetime(2026, 1, 2, tzinfo=UTC).isoformat(),
+        }
+    )
+    assert result.started == ["dev-1"]
+    assert result.skipped == {"dev-x": "disallowed"}
+    assert list(result.errors) == ["ghost"]
+    json.dumps(result.to_dict())
