@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
+
 from shared.clock import SystemClock
 from shared.domain.model import DomainEvent
 from shared.ports import (
@@ -114,7 +116,8 @@ class Services:
     @cached_property
     def issuer(self) -> Issuer:
         from shared.domain.model import RotationState
-        from shared.pki.issuer import IssuancePolicy, Issuer
+        from shared.pki.issuer import Issuer
+        from shared.pki.profile import IssuancePolicy
 
         state = self.state
 
@@ -184,8 +187,15 @@ class Services:
                 queue=self.queue,
                 clock=self.clock,
                 policy=RotationPolicy.from_settings(self.settings),
+                ca_certificates=self._ca_certificates(),
             )
         )
+
+
+    def _ca_certificates(self) -> tuple[x509.Certificate, ...]:
+        root = self.authority.root
+        chain = self.authority.chain or (self.authority.certificate,)
+        return (*chain, root) if root is not None else chain
 
 
 class _MemoryStorage:
