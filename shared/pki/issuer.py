@@ -1,0 +1,362 @@
+"""The issuer: CSR in, device certificate out, with ledger, audit and CRL.
+
+``Issuer.issue`` runs, in order: CSR policy (size, parse, key, signature, subject,
+extensions, SAN) -> disallowed check -> idempotency lookup (same device + CSR returns
+the certificate already issued, no second signature) -> sign -> ledger -> audit. Every
+rejection leaves an ``issue_rejected`` audit entry and nothing in the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from shared.domain.errors import (
+    CsrRejectedError,
+    DeviceDisallowedError,
+    InvalidRequestError,
+    ServiceError,
+    SigningError,
+    ThrottledError,
+)
+from shared.domain.model import AuditEvent, CertificateRecord, CertificateStatus, RevocationReason
+from shared.pki.csr_policy import check_csr
+from shared.pki.local_ca import ISSUING_CERT_NAME, ISSUING_CRL_NAME
+from shared.pki.profile import IssuancePolicy, build_device_certificate, signature_hash_for
+from shared.ports import AuditLog, CertificateLedger, Clock, CrlPublisher, IssuingAuthority
+
+__all__ = [
+    "IssuanceDisallowedError",
+    "IssuancePolicy",
+    "IssuedCertificate",
+    "Issuer",
+    "parse_reason",
+    "parse_serial",
+    "serial_hex",
+    "thumbprint_sha256",
+]
+
+logger = logging.getLogger(__name__)
+
+PEM = serialization.Encoding.PEM
+
+
+class IssuanceDisallowedError(CsrRejectedError, DeviceDisallowedError):
+    """The device is disallowed: the CSR is rejected with code ``device_disallowed``.
+
+    Catch it as either :class:`CsrRejectedError` or :class:`DeviceDisallowedError`.
+    """
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    record: CertificateRecord
+    certificate: x509.Certificate
+    chain_pem: str  # the leaf, then the issuing CA (and any intermediates), PEM
+    reused: bool  # True when an earlier issuance for the same device + CSR was returned
+
+
+def thumbprint_sha256(certificate: x509.Certificate) -> str:
+    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+def parse_reason(value: str | RevocationReason) -> RevocationReason:
+    """A revocation reason from its RFC 5280 spelling; InvalidRequestError when unknown."""
+    try:
+        return RevocationReason(value)
+    except ValueError:
+        choices = ", ".join(r.value for r in RevocationReason)
+        raise InvalidRequestError(
+            "reason_invalid", f"unknown revocation reason {value!r}; use one of {choices}"
+        ) from None
+
+
+def parse_serial(value: str) -> str:
+    """Normalise a hex serial (``0x`` prefix, colons and case allowed) to model form."""
+    text = value.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        number = int(text, 16)
+    except ValueError:
+        raise InvalidRequestError(
+            "serial_invalid", f"{value!r} is not a hexadecimal certificate serial"
+        ) from None
+    if number <= 0:
+        raise InvalidRequestError("serial_invalid", "a certificate serial is positive")
+    return serial_hex(number)
+
+
+class Issuer:
+    def __init__(
+        self,
+        authority: IssuingAuthority,
+        ledger: CertificateLedger,
+        audit: AuditLog,
+        policy: IssuancePolicy,
+        clock: Clock,
+        crl_publisher: CrlPublisher | None = None,
+        is_disallowed: Callable[[str], bool] = lambda _id: False,
+    ) -> None:
+        self.authority = authority
+        self.ledger = ledger
+        self.audit = audit
+        self.policy = policy
+        self.clock = clock
+        self.crl_publisher = crl_publisher
+        self.is_disallowed = is_disallowed
+        self._chain_pem = "".join(c.public_bytes(PEM).decode("ascii") for c in authority.chain)
+        if not self._chain_pem:
+            self._chain_pem = authority.certificate.public_bytes(PEM).decode("ascii")
+        self._crl_lock = threading.Lock()
+        self._last_crl_number = 0
+
+    # ------------------------------------------------------------------ issue
+
+    def issue(
+        self,
+        device_id: str,
+        csr_pem: str | bytes,
+        *,
+        request_id: str,
+        trigger: str,
+        actor: str,
+    ) -> IssuedCertificate:
+        """Issue (or return the already issued) certificate for ``device_id`` and the CSR.
+
+        Raises :class:`CsrRejectedError` (``IssuanceDisallowedError`` for a disallowed
+        device) after writing an ``issue_rejected`` audit entry; ``SigningError`` /
+        ``ThrottledError`` when the signing key fails (audit ``issue`` ``failed``).
+        """
+        try:
+            accepted = check_csr(device_id, csr_pem, max_bytes=self.policy.csr_max_bytes)
+            if self.is_disallowed(device_id):
+                raise IssuanceDisallowedError(
+                    "device_disallowed", f"device {device_id!r} is disallowed; nothing is issued"
+                )
+        except CsrRejectedError as exc:
+            logger.warning("CSR rejected for device %s request %s: %s", device_id, request_id, exc)
+            self._audit(
+                "issue_rejected",
+                "rejected",
+                actor,
+                device_id,
+                request_id,
+                {"code": exc.code, "message": exc.message, "trigger": trigger},
+            )
+            raise
+
+        existing = self.ledger.find_by_csr(device_id, accepted.csr_sha256)
+        if existing is not None:
+            logger.info(
+                "device %s request %s: CSR already issued as %s",
+                device_id,
+                request_id,
+                existing.serial,
+            )
+            self._audit(
+                "issue",
+                "noop",
+                actor,
+                device_id,
+                request_id,
+                {"serial": existing.serial, "reused": True, "trigger": trigger},
+            )
+            return self._result(existing, reused=True)
+
+        now = self.clock.now()
+        try:
+            certificate = build_device_certificate(
+                accepted.csr,
+                device_id,
+                self.authority,
+                self.policy,
+                now,
+                public_key=accepted.public_key,
+            )
+        except (SigningError, ThrottledError) as exc:
+            logger.error("signing failed for device %s request %s: %s", device_id, request_id, exc)
+            self._audit("issue", "failed", actor, device_id, request_id, {"error": str(exc)})
+            raise
+        pem = certificate.public_bytes(PEM).decode("ascii")
+        record = CertificateRecord(
+            serial=serial_hex(certificate.serial_number),
+            device_id=device_id,
+            thumbprint_sha256=thumbprint_sha256(certificate),
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+            csr_sha256=accepted.csr_sha256,
+            issuer_key_id=self.authority.key_id,
+            trigger=str(trigger),
+            request_id=request_id,
+            status=CertificateStatus.ISSUED,
+            pem=pem,
+            issued_at=now,
+        )
+        stored = self.ledger.add(record)
+        if stored.serial != record.serial:
+            logger.info(
+                "device %s request %s: a concurrent issuance won (%s)",
+                device_id,
+                request_id,
+                stored.serial,
+            )
+            return self._result(stored, reused=True)
+        logger.info(
+            "issued %s to device %s request %s until %s",
+            record.serial,
+            device_id,
+            request_id,
+            record.not_after.isoformat(),
+        )
+        self._audit(
+            "issue",
+            "ok",
+            actor,
+            device_id,
+            request_id,
+            {
+                "serial": record.serial,
+                "thumbprint": record.thumbprint_sha256,
+                "notAfter": record.not_after.isoformat(),
+                "trigger": record.trigger,
+                "keyId": self.authority.key_id,
+            },
+        )
+        return IssuedCertificate(stored, certificate, pem + self._chain_pem, reused=False)
+
+    def _result(self, record: CertificateRecord, *, reused: bool) -> IssuedCertificate:
+        certificate = x509.load_pem_x509_certificate(record.pem.encode("ascii"))
+        pem = record.pem if record.pem.endswith("\n") else record.pem + "\n"
+        return IssuedCertificate(record, certificate, pem + self._chain_pem, reused=reused)
+
+    # ------------------------------------------------------------------ revoke
+
+    def revoke(self, serial: str, reason: RevocationReason | str, actor: str) -> CertificateRecord:
+        """Mark ``serial`` revoked (idempotent: a second call changes nothing).
+
+        NotFoundError for an unknown serial, InvalidRequestError for a bad serial/reason.
+        """
+        normal = parse_serial(serial)
+        why = parse_reason(reason)
+        record = self.ledger.get(normal)
+        if record.status is CertificateStatus.REVOKED:
+            self._audit(
+                "revoke",
+                "noop",
+                actor,
+                record.device_id,
+                None,
+                {"serial": normal, "reason": str(record.revocation_reason)},
+            )
+            return record
+        updated = self.ledger.set_status(
+            normal, CertificateStatus.REVOKED, reason=why, at=self.clock.now()
+        )
+        logger.warning(
+            "revoked %s of device %s (%s) by %s", normal, record.device_id, why.value, actor
+        )
+        self._audit(
+            "revoke",
+            "ok",
+            actor,
+            record.device_id,
+            None,
+            {"serial": normal, "reason": why.value},
+        )
+        return updated
+
+    # ------------------------------------------------------------------ CRL
+
+    def _next_crl_number(self) -> int:
+        with self._crl_lock:
+            candidate = int(self.clock.now().timestamp() * 1000)
+            self._last_crl_number = max(candidate, self._last_crl_number + 1)
+            return self._last_crl_number
+
+    def build_crl(self, next_update_hours: int = 24) -> bytes:
+        """The issuing CA's CRL (DER), signed by the issuing key.
+
+        Lists every revoked certificate that has not expired yet, with its revocation
+        date and a reasonCode entry extension (omitted for ``unspecified``, as RFC 5280
+        recommends); CRL number (milliseconds since the epoch, strictly increasing per
+        issuer) and AKI.
+        """
+        if not 1 <= next_update_hours <= 24 * 31:
+            raise ValueError("next_update_hours must be 1-744")
+        now = self.clock.now()
+        cert = self.authority.certificate
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(cert.subject)
+            .last_update(now)
+            .next_update(now + timedelta(hours=next_update_hours))
+            .add_extension(x509.CRLNumber(self._next_crl_number()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                critical=False,
+            )
+        )
+        for record in self.ledger.list_revoked():
+            if record.not_after <= now:
+                continue
+            entry = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(record.serial, 16))
+                .revocation_date(record.revoked_at or now)
+            )
+            reason = record.revocation_reason or RevocationReason.UNSPECIFIED
+            if reason is not RevocationReason.UNSPECIFIED:
+                entry = entry.add_extension(
+                    x509.CRLReason(x509.ReasonFlags(reason.value)), critical=False
+                )
+            builder = builder.add_revoked_certificate(entry.build())
+        crl = builder.sign(self.authority.key, signature_hash_for(self.authority))
+        return crl.public_bytes(serialization.Encoding.DER)
+
+    def publish_crl(self, next_update_hours: int = 24) -> str:
+        """Build the CRL and publish it (``crl/issuing.crl``) with the issuing CA
+        certificate (``ca/issuing.pem``); returns the CRL URL."""
+        if self.crl_publisher is None:
+            raise ServiceError("no CRL publisher is configured")
+        der = self.build_crl(next_update_hours)
+        url = self.crl_publisher.publish(ISSUING_CRL_NAME, der, "application/pkix-crl")
+        self.crl_publisher.publish(
+            ISSUING_CERT_NAME, self._chain_pem.encode("ascii"), "application/x-pem-file"
+        )
+        logger.info("published the CRL (%d bytes) at %s", len(der), url)
+        self._audit("crl_publish", "ok", "system:issuer", None, None, {"url": url})
+        return url
+
+    # ------------------------------------------------------------------ audit
+
+    def _audit(
+        self,
+        action: str,
+        outcome: str,
+        actor: str,
+        device_id: str | None,
+        request_id: str | None,
+        detail: dict[str, object],
+    ) -> None:
+        self.audit.append(
+            AuditEvent(
+                action=action,
+                outcome=outcome,
+                actor=actor,
+                device_id=device_id,
+                request_id=request_id,
+                detail=dict(detail),
+                at=self.clock.now(),
+            )
+        )

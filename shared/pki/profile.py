@@ -1,0 +1,221 @@
+"""The device certificate profile and the issuance policy numbers.
+
+A device certificate (RFC 5280, one builder chain, explicit ``critical=`` flags):
+
+- subject: ``CN=<device id>`` only; issuer: the issuing CA's subject;
+- serial: random positive 159-bit integer (bit 158 set, so always 20 DER bytes);
+- validity: ``now - backdate`` to ``now + validity_days`` (never past the issuing CA);
+- basicConstraints CA:false (critical);
+- keyUsage digitalSignature only (critical): TLS client authentication signs with the
+  key (ECDHE provides the key exchange), so keyAgreement/keyEncipherment are not granted;
+- extendedKeyUsage clientAuth (not critical);
+- subjectKeyIdentifier (method 1: SHA-1 of the public key), authorityKeyIdentifier from
+  the issuing CA's SKI;
+- cRLDistributionPoints with ``authority.crl_url`` when the authority has one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shared.ports import IssuingAuthority
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+MIN_VALIDITY_DAYS = 1
+MAX_VALIDITY_DAYS = 90
+
+
+@dataclass(frozen=True)
+class IssuancePolicy:
+    """How long device certificates live and when they renew.
+
+    ``renewal_fraction`` of the lifetime elapses before renewal starts; each device's
+    renewal time is moved by up to ``renewal_jitter`` of the lifetime (deterministic per
+    device) so a fleet born on one day does not renew in one hour.
+    """
+
+    validity_days: int = 30
+    renewal_fraction: float = 0.6667
+    renewal_jitter: float = 0.05
+    backdate_seconds: int = 300
+    csr_max_bytes: int = 8192
+
+    def __post_init__(self) -> None:
+        if not MIN_VALIDITY_DAYS <= self.validity_days <= MAX_VALIDITY_DAYS:
+            raise ValueError(
+                f"validity_days must be {MIN_VALIDITY_DAYS}-{MAX_VALIDITY_DAYS}, "
+                f"not {self.validity_days}"
+            )
+        if not 0.5 <= self.renewal_fraction <= 0.9:
+            raise ValueError(f"renewal_fraction must be 0.5-0.9, not {self.renewal_fraction}")
+        if not 0.0 <= self.renewal_jitter <= 0.2:
+            raise ValueError(f"renewal_jitter must be 0-0.2, not {self.renewal_jitter}")
+        if self.renewal_fraction + self.renewal_jitter >= 1.0:
+            raise ValueError("renewal_fraction + renewal_jitter must stay below 1")
+        if not 0 <= self.backdate_seconds <= 86400:
+            raise ValueError(f"backdate_seconds must be 0-86400, not {self.backdate_seconds}")
+        if not 256 <= self.csr_max_bytes <= 1_048_576:
+            raise ValueError(f"csr_max_bytes must be 256-1048576, not {self.csr_max_bytes}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IssuancePolicy:
+        """From CERTROLL_CERT_VALIDITY_DAYS, _RENEWAL_FRACTION, _RENEWAL_JITTER,
+        _BACKDATE_SECONDS and _CSR_MAX_BYTES (ValueError when out of range)."""
+        return cls(
+            validity_days=settings.int("CERTROLL_CERT_VALIDITY_DAYS"),
+            renewal_fraction=settings.float("CERTROLL_RENEWAL_FRACTION"),
+            renewal_jitter=settings.float("CERTROLL_RENEWAL_JITTER"),
+            backdate_seconds=settings.int("CERTROLL_BACKDATE_SECONDS"),
+            csr_max_bytes=settings.int("CERTROLL_CSR_MAX_BYTES"),
+        )
+
+    @property
+    def validity(self) -> timedelta:
+        return timedelta(days=self.validity_days)
+
+    @property
+    def backdate(self) -> timedelta:
+        return timedelta(seconds=self.backdate_seconds)
+
+    def renew_at(self, not_before: datetime, not_after: datetime, device_id: str) -> datetime:
+        """When renewal of a certificate valid ``not_before``..``not_after`` should start.
+
+        ``renewal_fraction`` of the lifetime, plus a jitter in ``[-j, +j]`` of the lifetime
+        derived from the device id (stable across calls and processes).
+        """
+        lifetime = not_after - not_before
+        h = hashlib.sha256(device_id.encode("utf-8")).digest()
+        unit = int.from_bytes(h[:8], "big") / float(1 << 64)  # [0, 1)
+        fraction = self.renewal_fraction + (2.0 * unit - 1.0) * self.renewal_jitter
+        return not_before + lifetime * fraction
+
+
+def random_serial() -> int:
+    """A random positive serial of exactly 159 bits."""
+    return secrets.randbits(158) | (1 << 158)
+
+
+def signature_hash_for(authority: IssuingAuthority) -> hashes.SHA256 | hashes.SHA384:
+    key = authority.key
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+DEVICE_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+DEVICE_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+DEVICE_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+
+
+@dataclass(frozen=True)
+class _IssuerParts:
+    """What every certificate of one authority shares (computed once per authority)."""
+
+    name: x509.Name
+    aki: x509.AuthorityKeyIdentifier
+    crl_dp: x509.CRLDistributionPoints | None
+    hash: hashes.SHA256 | hashes.SHA384
+    not_after: datetime
+
+
+_PARTS: dict[int, tuple[IssuingAuthority, _IssuerParts]] = {}
+
+
+def _issuer_parts(authority: IssuingAuthority) -> _IssuerParts:
+    cached = _PARTS.get(id(authority))
+    if cached is not None and cached[0] is authority:
+        return cached[1]
+    cert = authority.certificate
+    try:
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key())
+    crl_dp = None
+    if authority.crl_url:
+        crl_dp = x509.CRLDistributionPoints(
+            [
+                x509.DistributionPoint(
+                    full_name=[x509.UniformResourceIdentifier(authority.crl_url)],
+                    relative_name=None,
+                    reasons=None,
+                    crl_issuer=None,
+                )
+            ]
+        )
+    parts = _IssuerParts(
+        name=cert.subject,
+        aki=aki,
+        crl_dp=crl_dp,
+        hash=signature_hash_for(authority),
+        not_after=cert.not_valid_after_utc,
+    )
+    if len(_PARTS) > 64:
+        _PARTS.clear()
+    _PARTS[id(authority)] = (authority, parts)
+    return parts
+
+
+def build_device_certificate(
+    csr: x509.CertificateSigningRequest,
+    device_id: str,
+    authority: IssuingAuthority,
+    policy: IssuancePolicy,
+    now: datetime,
+    *,
+    serial: int | None = None,
+    public_key: CertificatePublicKeyTypes | None = None,
+) -> x509.Certificate:
+    """Sign the device certificate for an accepted ``csr`` (see the module docstring).
+
+    The CSR must have passed :func:`shared.pki.csr_policy.check_csr`; nothing requested
+    in it except the public key is used (``public_key``, when given, is the CSR's key
+    already parsed by the policy check).
+    """
+    if now.tzinfo is None or now.utcoffset() != timedelta(0):
+        raise ValueError("now must be timezone-aware UTC")
+    parts = _issuer_parts(authority)
+    not_after = min(now + policy.validity, parts.not_after)
+    if public_key is None:
+        public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise ValueError("device keys are EC or RSA (check the CSR with csr_policy first)")
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .issuer_name(parts.name)
+        .public_key(public_key)
+        .serial_number(serial if serial is not None else random_serial())
+        .not_valid_before(now - policy.backdate)
+        .not_valid_after(not_after)
+        .add_extension(DEVICE_BASIC_CONSTRAINTS, critical=True)
+        .add_extension(DEVICE_KEY_USAGE, critical=True)
+        .add_extension(DEVICE_EKU, critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(parts.aki, critical=False)
+    )
+    if parts.crl_dp is not None:
+        builder = builder.add_extension(parts.crl_dp, critical=False)
+    return builder.sign(authority.key, parts.hash)
