@@ -8,9 +8,11 @@
 #   link-dps      link the IoT Hub to DPS (hub policy 'dps-link'; the key stays in az)
 #   hsm-rbac      Managed HSM only: "Managed HSM Crypto User" on /keys/<key> for the app
 #   issuing-csr   CSR for the issuing CA from the HSM key   -> $WORK/issuing.csr
+#                 (certroll pki issuing-csr; sign it offline: certroll pki sign-issuing)
 #   upload-ca     upload root + issuing CA (+ root CRL) to the PKI container
 #                 (needs $WORK/issuing.pem and $WORK/root.pem signed offline)
 #   verify-ca     upload the issuing CA to DPS and IoT Hub, verify proof of possession
+#                 (certroll pki verification-cert, signed with the HSM key)
 #   enrollment    create the DPS enrollment group that trusts the issuing CA
 #   code          publish the function code (func, or zip deploy)
 #   eventgrid     redeploy with functionCodeDeployed=true (Event Grid -> device_lifecycle)
@@ -27,9 +29,10 @@ steps=("$@")
 
 WORK=${WORK:-.certroll/deploy/$deployment}
 PY=${PY:-.venv/bin/python}
+CERTROLL=${CERTROLL:-.venv/bin/certroll}
 ENROLLMENT_GROUP=${ENROLLMENT_GROUP:-certroll-fleet}
 CA_NAME=${CA_NAME:-certroll-issuing}
-ISSUING_SUBJECT=${ISSUING_SUBJECT:-CN=certroll issuing CA}
+ISSUING_SUBJECT=${ISSUING_SUBJECT:-CN=certroll Issuing CA,O=certroll}
 mkdir -p "$WORK"
 
 out() { az deployment sub show --name "$deployment" --query "properties.outputs.$1.value" -o tsv; }
@@ -50,75 +53,15 @@ HUB=$(out IOTHUB_NAME)
 HUB_POLICY=$(out IOTHUB_DPS_LINK_POLICY)
 DPS=$(out DPS_NAME)
 
-# A helper that signs with the HSM-held issuing key through Key Vault (the private key
-# never leaves the HSM): "csr" writes the issuing CA CSR, "verification" writes the
-# proof-of-possession certificate for a DPS / IoT Hub verification code.
-hsm_sign() {
-  "$PY" - "$@" <<'PYEOF'
-import sys
-from datetime import UTC, datetime, timedelta
+# certroll with the deployment's issuing key (Key Vault / Managed HSM): the CSR and the
+# proof-of-possession certificates are signed inside the HSM, the private key never leaves it.
+certroll_hsm() {
+  CERTROLL_KEY_BACKEND=keyvault CERTROLL_KEYVAULT_KEY_ID="$KEY_ID" "$CERTROLL" "$@"
+}
 
-from azure.identity import DefaultAzureCredential
-from azure.keyvault.keys import KeyClient
-from azure.keyvault.keys.crypto import CryptographyClient, SignatureAlgorithm
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import NameOID
-
-from shared.pki.keys import DigestSigningEcKey
-
-mode, key_id, out = sys.argv[1], sys.argv[2], sys.argv[3]
-credential = DefaultAzureCredential()
-vault_url = key_id.split("/keys/")[0]
-name, version = key_id.split("/keys/")[1].split("/")[:2]
-jwk = KeyClient(vault_url, credential).get_key(name, version).key
-public = ec.EllipticCurvePublicNumbers(
-    int.from_bytes(jwk.x, "big"), int.from_bytes(jwk.y, "big"), ec.SECP384R1()
-).public_key()
-crypto = CryptographyClient(key_id, credential)
-
-
-class VaultKey(DigestSigningEcKey):
-    backend_name = "Key Vault"
-
-    def _sign_digest(self, digest: bytes, algorithm: hashes.HashAlgorithm) -> bytes:
-        raw = crypto.sign(SignatureAlgorithm.es384, digest).signature
-        half = len(raw) // 2
-        return encode_dss_signature(
-            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
-        )
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return public
-
-
-key = VaultKey()
-if mode == "csr":
-    subject = x509.Name.from_rfc4514_string(sys.argv[4])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA384())
-    open(out, "wb").write(csr.public_bytes(serialization.Encoding.PEM))
-elif mode == "verification":
-    code, issuer_pem = sys.argv[4], open(sys.argv[5], "rb").read()
-    issuer = x509.load_pem_x509_certificate(issuer_pem)
-    now = datetime.now(UTC)
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, code)]))
-        .issuer_name(issuer.subject)
-        .public_key(leaf_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA384())
-    )
-    open(out, "wb").write(cert.public_bytes(serialization.Encoding.PEM))
-else:
-    raise SystemExit(f"unknown mode {mode}")
-PYEOF
+# Writes the proof-of-possession certificate for a DPS / IoT Hub verification code.
+verification_cert() { # <verification code> <out file>
+  certroll_hsm pki verification-cert --ca-cert "$WORK/issuing.pem" --code "$1" --out "$2"
 }
 
 need_issuing_pem() {
@@ -155,8 +98,8 @@ step_hsm_rbac() {
 step_issuing_csr() {
   if [[ -s $WORK/issuing.csr ]]; then say "issuing CSR exists: $WORK/issuing.csr"; return; fi
   say "issuing CA CSR from $KEY_ID"
-  hsm_sign csr "$KEY_ID" "$WORK/issuing.csr" "$ISSUING_SUBJECT"
-  echo "take $WORK/issuing.csr to the offline root and sign it (docs/deploy.md, step 3)"
+  certroll_hsm pki issuing-csr --subject "$ISSUING_SUBJECT" --out "$WORK/issuing.csr"
+  echo "take $WORK/issuing.csr to the offline root: certroll pki sign-issuing (docs/deploy.md, step 3)"
 }
 
 upload() {
@@ -186,7 +129,7 @@ step_verify_ca() {
       --resource-group "$RG" --name "$CA_NAME" --etag \
       "$(az iot hub certificate show --hub-name "$HUB" --resource-group "$RG" --name "$CA_NAME" --query etag -o tsv)" \
       --query "[etag, properties.verificationCode]" -o tsv | paste -sd' ')
-    hsm_sign verification "$KEY_ID" "$WORK/hub-verification.pem" "$code" "$WORK/issuing.pem"
+    verification_cert "$code" "$WORK/hub-verification.pem"
     az iot hub certificate verify --hub-name "$HUB" --resource-group "$RG" --name "$CA_NAME" \
       --path "$WORK/hub-verification.pem" --etag "$etag" --output none
   fi
@@ -200,7 +143,7 @@ step_verify_ca() {
       --resource-group "$RG" --certificate-name "$CA_NAME" --etag \
       "$(az iot dps certificate show --dps-name "$DPS" --resource-group "$RG" --certificate-name "$CA_NAME" --query etag -o tsv)" \
       --query "[etag, properties.verificationCode]" -o tsv | paste -sd' ')
-    hsm_sign verification "$KEY_ID" "$WORK/dps-verification.pem" "$code" "$WORK/issuing.pem"
+    verification_cert "$code" "$WORK/dps-verification.pem"
     az iot dps certificate verify --dps-name "$DPS" --resource-group "$RG" \
       --certificate-name "$CA_NAME" --path "$WORK/dps-verification.pem" --etag "$etag" --output none
   fi
@@ -254,7 +197,7 @@ step_crl() {
   CERTROLL_STORAGE__blobServiceUri="https://$PKI_ACCOUNT.blob.core.windows.net/" \
   CERTROLL_STORAGE__tableServiceUri="https://$(out STORAGE_ACCOUNT_NAME).table.core.windows.net/" \
   CERTROLL_STORAGE__queueServiceUri="https://$(out STORAGE_ACCOUNT_NAME).queue.core.windows.net/" \
-    .venv/bin/certroll crl
+    "$CERTROLL" crl
 }
 
 for step in "${steps[@]}"; do

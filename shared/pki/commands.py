@@ -1,4 +1,5 @@
-"""PKI subcommands of ``certroll``: ``pki init``, ``issue``, ``revoke``, ``crl``.
+"""PKI subcommands of ``certroll``: ``pki init``, ``issue``, ``revoke``, ``crl``, and the
+issuing CA's ceremony: ``pki issuing-csr``, ``pki sign-issuing``, ``pki verification-cert``.
 
 Each ``cmd_*`` function takes the parsed arguments and the objects it works on (the
 issuer, or settings), so tests can pass in-memory fakes; the ``run_*`` wrappers get
@@ -9,19 +10,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from shared.cli import EXIT_OK, cli_actor, register_command
 from shared.domain.errors import InvalidRequestError
 from shared.domain.model import RevocationReason, Trigger
+from shared.pki import ceremony
+from shared.pki.authority import KEY_BACKENDS, load_signing_key
 from shared.pki.issuer import Issuer
-from shared.pki.local_ca import ISSUING_CRL_NAME, ROOT_CRL_FILE, ROOT_CRL_NAME, init_pki
+from shared.pki.local_ca import (
+    ISSUING_CRL_NAME,
+    ROOT_CRL_FILE,
+    ROOT_CRL_NAME,
+    init_pki,
+    root_crl_url,
+)
 from shared.settings import Settings
 
 
@@ -58,6 +72,7 @@ def configure_pki(parser: argparse.ArgumentParser) -> None:
         help="public base URL of the PKI container (default: CERTROLL_CRL_BASE_URL)",
     )
     init.add_argument("--json", action="store_true", help="print the result as JSON")
+    _configure_ceremony(sub)
 
 
 def cmd_pki_init(args: argparse.Namespace, settings: Settings) -> int:
@@ -82,7 +97,176 @@ def cmd_pki_init(args: argparse.Namespace, settings: Settings) -> int:
 def run_pki(args: argparse.Namespace) -> int:
     if args.pki_command == "init":
         return cmd_pki_init(args, Settings.from_env())
+    if args.pki_command == "issuing-csr":
+        subject = ceremony.parse_subject(args.subject)  # bad input fails before the HSM
+        return _with_signing_key(
+            args, lambda key, key_id: cmd_issuing_csr(args, key, subject, key_id)
+        )
+    if args.pki_command == "sign-issuing":
+        return cmd_sign_issuing(args)
+    if args.pki_command == "verification-cert":
+        ceremony.check_verification_code(args.code)
+        ca_cert = _read_certificate(args.ca_cert, "CA certificate")
+        return _with_signing_key(args, lambda key, _: cmd_verification_cert(args, key, ca_cert))
     raise InvalidRequestError("command_invalid", f"unknown pki action {args.pki_command!r}")
+
+
+# --------------------------------------------------------------------------- ceremony
+
+
+def _configure_ceremony(sub: Any) -> None:
+    backend_help = "where the issuing key lives (default: CERTROLL_KEY_BACKEND)"
+    csr = sub.add_parser(
+        "issuing-csr",
+        help="CSR for the issuing CA, signed by the configured issuing key",
+        description="Write a CSR for the issuing CA (CA:true, pathlen 0) signed through the "
+        "configured key backend; the private key never leaves the key store.",
+    )
+    csr.add_argument("--out", required=True, help="where to write the CSR (PEM)")
+    csr.add_argument(
+        "--subject",
+        default=ceremony.DEFAULT_ISSUING_SUBJECT,
+        help=f"RFC 4514 subject (default: {ceremony.DEFAULT_ISSUING_SUBJECT!r})",
+    )
+    csr.add_argument("--backend", choices=KEY_BACKENDS, default=None, help=backend_help)
+
+    sign = sub.add_parser(
+        "sign-issuing",
+        help="offline root: sign the issuing CA CSR",
+        description="On the offline root machine: check the issuing CA CSR and sign it with "
+        "the root key (CA:true pathlen 0, keyCertSign+cRLSign, SKI, AKI).",
+    )
+    sign.add_argument("--csr", required=True, help="the issuing CA CSR (PEM or DER)")
+    sign.add_argument("--root-cert", required=True, help="the root CA certificate (PEM)")
+    sign.add_argument("--root-key", required=True, help="the root CA private key (PEM)")
+    sign.add_argument(
+        "--root-key-password-file", default=None, help="file holding the root key's password"
+    )
+    sign.add_argument(
+        "--days",
+        type=int,
+        default=ceremony.DEFAULT_ISSUING_DAYS,
+        help=f"validity in days (default {ceremony.DEFAULT_ISSUING_DAYS}; never past the root)",
+    )
+    sign.add_argument(
+        "--crl-base-url",
+        default="",
+        help="public base URL of the PKI container: adds a CRL distribution point "
+        "<base>/crl/root.crl",
+    )
+    sign.add_argument("--out", required=True, help="where to write the issuing CA certificate")
+
+    ver = sub.add_parser(
+        "verification-cert",
+        help="proof-of-possession certificate for DPS / IoT Hub",
+        description="Write a certificate with subject CN=<verification code>, signed by the "
+        "CA's key through the configured key backend, valid for one day.",
+    )
+    ver.add_argument("--ca-cert", required=True, help="the CA certificate being verified (PEM)")
+    ver.add_argument("--code", required=True, help="the verification code from DPS / IoT Hub")
+    ver.add_argument("--out", required=True, help="where to write the certificate (PEM)")
+    ver.add_argument("--backend", choices=KEY_BACKENDS, default=None, help=backend_help)
+
+
+def _read_input(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidRequestError(
+            "file_unreadable", f"cannot read the {what} {path}: {exc.strerror}"
+        ) from exc
+
+
+def _read_certificate(path: str, what: str) -> x509.Certificate:
+    return ceremony.load_certificate(_read_input(path, what), what)
+
+
+def _write_new_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` all at once (a temporary file renamed into place)."""
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    except OSError as exc:
+        raise InvalidRequestError(
+            "output_unwritable", f"cannot write {path}: {exc.strerror}"
+        ) from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _with_signing_key(
+    args: argparse.Namespace, run: Callable[[CertificateIssuerPrivateKeyTypes, str], int]
+) -> int:
+    """Run ``run(key, key id)`` with the configured issuing key, closing it afterwards."""
+    key, key_id = load_signing_key(Settings.from_env(), args.backend)
+    try:
+        return run(key, key_id)
+    finally:
+        close = getattr(key, "close", None)
+        if callable(close):
+            close()
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def cmd_issuing_csr(
+    args: argparse.Namespace,
+    key: CertificateIssuerPrivateKeyTypes,
+    subject: x509.Name,
+    key_id: str = "",
+) -> int:
+    csr = ceremony.build_issuing_csr(key, subject)
+    _write_new_file(args.out, csr.public_bytes(serialization.Encoding.PEM))
+    print(f"issuing CA CSR {csr.subject.rfc4514_string()} (key {key_id}) -> {args.out}")
+    return EXIT_OK
+
+
+def cmd_sign_issuing(args: argparse.Namespace, now: datetime | None = None) -> int:
+    csr = ceremony.load_csr(_read_input(args.csr, "CSR"))
+    root_cert = _read_certificate(args.root_cert, "root certificate")
+    password = None
+    if args.root_key_password_file:
+        password = _read_input(args.root_key_password_file, "password file").rstrip(b"\r\n")
+    root_key = ceremony.load_private_key(_read_input(args.root_key, "root key"), password)
+    issuing = ceremony.sign_issuing_csr(
+        csr,
+        root_cert,
+        root_key,
+        now=now or datetime.now(UTC),
+        days=args.days,
+        root_crl_url=root_crl_url(args.crl_base_url),
+    )
+    _write_new_file(args.out, issuing.public_bytes(serialization.Encoding.PEM))
+    print(f"issuing CA {issuing.subject.rfc4514_string()} -> {args.out}")
+    print(f"  serial   {issuing.serial_number:x}")
+    print(
+        f"  valid    {issuing.not_valid_before_utc.isoformat()} .. "
+        f"{issuing.not_valid_after_utc.isoformat()}"
+    )
+    print(f"  sha256   {_fingerprint(issuing)}")
+    return EXIT_OK
+
+
+def cmd_verification_cert(
+    args: argparse.Namespace,
+    key: CertificateIssuerPrivateKeyTypes,
+    ca_cert: x509.Certificate,
+    now: datetime | None = None,
+) -> int:
+    cert = ceremony.build_verification_certificate(
+        ca_cert, key, args.code, now=now or datetime.now(UTC)
+    )
+    _write_new_file(args.out, cert.public_bytes(serialization.Encoding.PEM))
+    print(f"verification certificate CN={args.code} -> {args.out}")
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- issue
