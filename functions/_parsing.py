@@ -22,11 +22,17 @@ from shared.domain.errors import InvalidRequestError
 from shared.domain.messages import check_device_id
 from shared.domain.messages import parse_time as parse_iso_time
 from shared.domain.model import ConnectionFailure, Trigger
+from shared.settings import SETTING_DEFAULTS
 
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _SHA256_IN_TEXT = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])")
 _PRESENTED_IN_TEXT = re.compile(
     r"presented[^0-9a-fA-F]{0,40}?(?<![0-9a-fA-F])([0-9a-fA-F]{64})(?![0-9a-fA-F])", re.I
+)
+_PEM_CSR = re.compile(
+    r"\s*-----BEGIN CERTIFICATE REQUEST-----\r?\n"
+    r"([A-Za-z0-9+/=\s]+?)"
+    r"-----END CERTIFICATE REQUEST-----\s*"
 )
 
 #: Connections-log result types certroll acts on.
@@ -48,6 +54,8 @@ DEVICE_CONNECTED = "Microsoft.Devices.DeviceConnected"
 DEVICE_CREATED = "Microsoft.Devices.DeviceCreated"
 
 MAX_REASON_LENGTH = 500
+#: The default of ``CERTROLL_CSR_MAX_BYTES`` (the API passes the configured value).
+DEFAULT_CSR_MAX_BYTES = int(SETTING_DEFAULTS["CERTROLL_CSR_MAX_BYTES"])
 #: Reasons an operator may give for ``POST devices/{id}/renew``.
 RENEW_REASONS = (Trigger.MANUAL, Trigger.COMPROMISE, Trigger.CA_ROLL, Trigger.EXPIRING)
 
@@ -446,6 +454,7 @@ class DisallowCommand:
 class AllowCommand:
     device_id: str
     actor: str
+    csr_pem: str | None = None  # a CSR made on the device, brought by the operator
 
 
 @dataclass(frozen=True)
@@ -477,9 +486,47 @@ def parse_disallow(device_id: str, body: bytes, actor: str) -> DisallowCommand:
     return DisallowCommand(device_id=device_id, reason=check_reason(doc["reason"]), actor=actor)
 
 
-def parse_allow(device_id: str, body: bytes, actor: str) -> AllowCommand:
-    _no_extra(_body_object(body, required=False), set())
-    return AllowCommand(device_id=device_id, actor=actor)
+def check_csr_text(value: object, max_bytes: int, what: str = "'csr'") -> str:
+    """A CSR as the operator API accepts it: one PEM ``CERTIFICATE REQUEST`` block.
+
+    ``value`` must be a string of at most ``max_bytes`` UTF-8 bytes (the issuing policy's
+    ``CERTROLL_CSR_MAX_BYTES``) holding exactly one such block and nothing but blanks
+    around it. Whether the request meets the issuing policy (key, subject, signature) is
+    not decided here. Raises InvalidRequestError ``csr_invalid`` or ``csr_too_large``.
+    """
+    if not isinstance(value, str):
+        raise InvalidRequestError(
+            "csr_invalid", f"{what} must be a string holding a PEM certificate request"
+        )
+    size = len(value.encode("utf-8"))
+    if size > max_bytes:
+        raise InvalidRequestError(
+            "csr_too_large", f"{what} has {size} bytes; at most {max_bytes} are allowed"
+        )
+    match = _PEM_CSR.fullmatch(value)
+    if match is None:
+        raise InvalidRequestError(
+            "csr_invalid",
+            f"{what} is not one PEM block '-----BEGIN CERTIFICATE REQUEST-----' ... "
+            "'-----END CERTIFICATE REQUEST-----'",
+        )
+    try:
+        der = base64.b64decode("".join(match.group(1).split()), validate=True)
+    except (binascii.Error, ValueError):
+        der = b""
+    if not der:
+        raise InvalidRequestError("csr_invalid", f"{what} does not hold base64 data")
+    return value
+
+
+def parse_allow(
+    device_id: str, body: bytes, actor: str, *, csr_max_bytes: int = DEFAULT_CSR_MAX_BYTES
+) -> AllowCommand:
+    """An empty body, ``{}`` or ``{"csr": "<PEM CSR>"}`` (see :func:`check_csr_text`)."""
+    doc = _body_object(body, required=False)
+    _no_extra(doc, {"csr"})
+    csr = check_csr_text(doc["csr"], csr_max_bytes) if "csr" in doc else None
+    return AllowCommand(device_id=device_id, actor=actor, csr_pem=csr)
 
 
 def parse_renew(device_id: str, body: bytes, actor: str) -> RenewCommand:

@@ -3,7 +3,7 @@
 Routes (under ``/api``; see docs/api.md and ``functions/openapi.json``):
 
 - ``POST devices/{id}/disallow`` body ``{"reason": "..."}``
-- ``POST devices/{id}/allow``
+- ``POST devices/{id}/allow`` optional body ``{"csr": "<PEM CSR made on the device>"}``
 - ``POST devices/{id}/renew`` optional body ``{"reason": "manual|compromise|ca-roll|expiring"}``
 - ``GET  devices/{id}``
 - ``GET  openapi.json``
@@ -12,7 +12,9 @@ The function key is enforced by the host (``AuthLevel.FUNCTION``). The device ro
 also require the App Service Authentication principal (``X-MS-CLIENT-PRINCIPAL``) to
 hold the app role named by ``CERTROLL_OPERATOR_ROLE``. Every refusal decided here (401,
 403, 400, 404/405 for an unknown route) is answered before the rotation service is
-called and is written to the audit log with outcome ``rejected``.
+called and is written to the audit log with outcome ``rejected``; so is a CSR brought
+to ``allow`` that the issuing policy refuses (422), checked before the device leaves
+``disallowed``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import azure.functions as func
 
 from functions._errors import HttpError, http_error_for
 from functions._parsing import (
+    AllowCommand,
     Principal,
     PrincipalError,
     parse_allow,
@@ -35,9 +38,10 @@ from functions._parsing import (
     parse_renew,
 )
 from functions._services import RotationApi, audit_log, rotation, services, to_jsonable
-from shared.domain.errors import CertrollError, InvalidRequestError
+from shared.domain.errors import CertrollError, CsrRejectedError, InvalidRequestError
 from shared.domain.messages import check_device_id
 from shared.domain.model import AuditEvent
+from shared.pki.csr_policy import check_csr
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -154,7 +158,12 @@ class DevicesApi:
             if operation == "disallow":
                 command = parse_disallow(device_id, body, principal.name)
             elif operation == "allow":
-                command = parse_allow(device_id, body, principal.name)
+                command = parse_allow(
+                    device_id,
+                    body,
+                    principal.name,
+                    csr_max_bytes=self._settings().int("CERTROLL_CSR_MAX_BYTES"),
+                )
             elif operation == "renew":
                 command = parse_renew(device_id, body, principal.name)
             elif body.strip():
@@ -162,6 +171,16 @@ class DevicesApi:
         except InvalidRequestError as exc:
             valid_id = raw_id if isinstance(raw_id, str) and _is_device_id(raw_id) else None
             return refuse(400, exc.code, exc.message, principal.name, valid_id)
+        if isinstance(command, AllowCommand) and command.csr_pem is not None:
+            try:
+                check_csr(
+                    device_id,
+                    command.csr_pem,
+                    max_bytes=self._settings().int("CERTROLL_CSR_MAX_BYTES"),
+                )
+            except CsrRejectedError as exc:
+                error = http_error_for(exc)
+                return refuse(error.status, error.code, error.message, principal.name, device_id)
         return self._call(operation, device_id, command, principal)
 
     def _call(
@@ -173,7 +192,7 @@ class DevicesApi:
                 result = service.disallow(command.device_id, command.reason, command.actor)
                 status = 200
             elif operation == "allow":
-                result = service.allow(command.device_id, command.actor)
+                result = service.allow(command.device_id, command.actor, csr_pem=command.csr_pem)
                 status = 202
             elif operation == "renew":
                 result = service.start_renewal(command.device_id, command.reason, command.actor)

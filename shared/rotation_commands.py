@@ -36,6 +36,7 @@ from shared.domain.errors import (
 )
 from shared.domain.messages import check_device_id
 from shared.domain.model import RotationState, Trigger
+from shared.pki.csr_policy import check_csr
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +179,42 @@ def run_disallow(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def read_csr_file(path: str, device_id: str, max_bytes: int) -> str:
+    """The PEM CSR in ``path``, checked against the issuing policy for ``device_id``.
+
+    Raises InvalidRequestError (``csr_unreadable``, ``csr_too_large``, ``csr_invalid``)
+    or CsrRejectedError (the issuing policy's code) before anything is changed.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise InvalidRequestError(
+            "csr_unreadable", f"--csr {path}: {exc.strerror or exc}"
+        ) from None
+    if len(data) > max_bytes:
+        raise InvalidRequestError("csr_too_large", f"--csr {path} is larger than {max_bytes} bytes")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        text = ""
+    if "-----BEGIN CERTIFICATE REQUEST-----" not in text:
+        raise InvalidRequestError(
+            "csr_invalid", f"--csr {path} is not a PEM certificate request (openssl req -out)"
+        )
+    check_csr(device_id, text, max_bytes=max_bytes)
+    return text
+
+
 @_guarded
 def run_allow(args: argparse.Namespace) -> int:
     device_id = check_device_id(args.device_id)
-    record = _services().rotation.allow(device_id, cli_actor(args.actor))
+    services = _services()
+    csr_pem = None
+    if args.csr is not None:
+        max_bytes = services.settings.int("CERTROLL_CSR_MAX_BYTES")
+        csr_pem = read_csr_file(args.csr, device_id, max_bytes)
+    record = services.rotation.allow(device_id, cli_actor(args.actor), csr_pem=csr_pem)
     _print_result(jsonable(record), args.json, _out(args))
     return EXIT_OK
 
@@ -266,6 +299,12 @@ def configure_disallow(parser: argparse.ArgumentParser) -> None:
 
 def configure_allow(parser: argparse.ArgumentParser) -> None:
     _device_arg(parser)
+    parser.add_argument(
+        "--csr",
+        metavar="FILE",
+        help="a PEM CSR made on the device (its identity is disabled, so certroll cannot "
+        "ask it for one); checked against the issuing policy before anything changes",
+    )
     _actor_arg(parser)
     _json_arg(parser)
 

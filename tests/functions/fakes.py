@@ -81,8 +81,9 @@ class FakeRotation:
         self._record("disallow", device_id, reason, actor)
         return {"deviceId": device_id, "revokedSerials": ["1f"], "noop": False}
 
-    def allow(self, device_id: str, actor: str) -> RotationRecord:
-        self._record("allow", device_id, actor)
+    def allow(self, device_id: str, actor: str, csr_pem: str | None = None) -> RotationRecord:
+        """Recorded as ``(device_id, actor)``, with ``csr_pem`` appended when one is given."""
+        self._record("allow", device_id, actor, *(() if csr_pem is None else (csr_pem,)))
         return RotationRecord(device_id=device_id, state=RotationState.CSR_REQUESTED)
 
     def status(self, device_id: str) -> dict[str, Any]:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from shared.adapters.memory import MemoryAuditLog
+from shared.bootstrap import Services, override_services
 from shared.domain.errors import (
     ConcurrencyError,
+    CsrRejectedError,
     DeviceDisallowedError,
     InvalidRequestError,
     NotFoundError,
@@ -18,7 +22,9 @@ from shared.domain.errors import (
     ThrottledError,
 )
 from shared.domain.model import Trigger
+from shared.settings import Settings
 from tests.functions.fakes import FakeRotation, http_request, principal_header, user_function
+from tests.support.pki import make_csr, make_device_key
 
 pytestmark = pytest.mark.usefixtures("services")
 
@@ -359,3 +365,142 @@ def test_rejection_is_answered_even_if_audit_fails(
     resp = call("GET", "dev-1", principal=None)
     assert resp.status_code == 401
     assert fake_rotation.calls == []
+
+
+# --------------------------------------------------------------------------- allow with a CSR
+
+
+def pem_csr(device_id: str = "dev-1", key: str = "ec-p256") -> str:
+    return make_csr(device_id, make_device_key(key)).decode()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param(lambda pem: pem, id="as-made"),
+        pytest.param(lambda pem: pem.replace("\n", "\r\n"), id="crlf"),
+        pytest.param(lambda pem: "\n  " + pem + "\n\n", id="blanks-around"),
+    ],
+)
+def test_allow_passes_the_csr_to_the_service(
+    shape: Callable[[str], str], fake_rotation: FakeRotation, audit: MemoryAuditLog
+) -> None:
+    csr = shape(pem_csr())
+    resp = call("POST", "dev-1", "allow", body={"csr": csr})
+    assert resp.status_code == 202, resp.get_body()
+    assert json.loads(resp.get_body())["device_id"] == "dev-1"
+    assert fake_rotation.calls == [("allow", ("dev-1", "alice@example.com", csr))]
+    assert audit.list() == []
+
+
+def test_allow_without_a_csr_passes_none(fake_rotation: FakeRotation) -> None:
+    for body in (None, b"{}", b"  "):
+        assert call("POST", "dev-1", "allow", body=body).status_code == 202
+    assert fake_rotation.calls == [("allow", ("dev-1", "alice@example.com"))] * 3
+
+
+def _malformed_csrs() -> list[Any]:
+    good = pem_csr()
+    begin, end = "-----BEGIN CERTIFICATE REQUEST-----", "-----END CERTIFICATE REQUEST-----"
+    inner = good.split(begin)[1].split(end)[0]
+    return [
+        pytest.param(None, "csr_invalid", id="null"),
+        pytest.param(42, "csr_invalid", id="number"),
+        pytest.param([good], "csr_invalid", id="list"),
+        pytest.param({"pem": good}, "csr_invalid", id="object"),
+        pytest.param("", "csr_invalid", id="empty"),
+        pytest.param("MIIB" + inner.strip(), "csr_invalid", id="no-pem-armour"),
+        pytest.param(
+            good.replace("CERTIFICATE REQUEST", "CERTIFICATE"), "csr_invalid", id="certificate"
+        ),
+        pytest.param(
+            good.replace("CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"),
+            "csr_invalid",
+            id="legacy-label",
+        ),
+        pytest.param(good + good, "csr_invalid", id="two-blocks"),
+        pytest.param("subject=CN=dev-1\n" + good, "csr_invalid", id="text-before"),
+        pytest.param(good + "junk", "csr_invalid", id="text-after"),
+        pytest.param(f"{begin}\n{end}\n", "csr_invalid", id="empty-block"),
+        pytest.param(f"{begin}\n{inner.strip()}!\n{end}\n", "csr_invalid", id="not-base64"),
+        pytest.param(f"{begin}\nQUJ\n{end}\n", "csr_invalid", id="bad-padding"),
+        pytest.param(good.replace("\n", "", 1), "csr_invalid", id="no-line-break"),
+        pytest.param("x" * 8193, "csr_too_large", id="too-large"),
+        pytest.param(good + " " * (8193 - len(good)), "csr_too_large", id="padded-too-large"),
+        pytest.param(good.replace(begin, begin + "é" * 4000), "csr_too_large", id="utf8-bytes"),
+    ]
+
+
+@pytest.mark.parametrize(("csr", "code"), _malformed_csrs())
+def test_malformed_csr_is_400_and_changes_nothing(
+    csr: Any, code: str, fake_rotation: FakeRotation, audit: MemoryAuditLog
+) -> None:
+    resp = call("POST", "dev-1", "allow", body={"csr": csr})
+    assert resp.status_code == 400, resp.get_body()
+    assert error_of(resp)["code"] == code
+    assert fake_rotation.calls == []
+    assert_only_rejection(audit, 400, code, "alice@example.com")
+    assert audit.list()[0].device_id == "dev-1"
+    assert audit.list()[0].action == "api_allow"
+
+
+def test_csr_with_another_field_is_400(fake_rotation: FakeRotation, audit: MemoryAuditLog) -> None:
+    resp = call("POST", "dev-1", "allow", body={"csr": pem_csr(), "reason": "back"})
+    assert resp.status_code == 400
+    assert error_of(resp)["code"] == "unknown_field"
+    assert fake_rotation.calls == []
+    assert_only_rejection(audit, 400, "unknown_field", "alice@example.com")
+
+
+def test_csr_size_bound_is_the_configured_one(
+    fake_rotation: FakeRotation, audit: MemoryAuditLog
+) -> None:
+    csr = pem_csr(key="rsa-2048")  # about 1 KB
+    settings = Settings.from_env({"CERTROLL_STORAGE": "memory", "CERTROLL_CSR_MAX_BYTES": "512"})
+    with override_services(Services(settings, rotation=fake_rotation, audit=audit)):
+        resp = call("POST", "dev-1", "allow", body={"csr": csr})
+    assert resp.status_code == 400
+    assert error_of(resp)["code"] == "csr_too_large"
+    assert "512" in error_of(resp)["message"]
+    assert fake_rotation.calls == []
+    assert call("POST", "dev-1", "allow", body={"csr": csr}).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        pytest.param(lambda: pem_csr("dev-2"), "subject_mismatch", id="other-cn"),
+        pytest.param(lambda: pem_csr(key="rsa-1024"), "key_not_allowed", id="rsa-1024"),
+        pytest.param(lambda: pem_csr(key="ec-k256"), "key_not_allowed", id="secp256k1"),
+        pytest.param(
+            lambda: make_csr(
+                "dev-1", extensions=[(x509.BasicConstraints(ca=True, path_length=None), True)]
+            ).decode(),
+            "extension_not_allowed",
+            id="asks-for-ca",
+        ),
+        pytest.param(
+            lambda: (
+                "-----BEGIN CERTIFICATE REQUEST-----\nQUJDRA==\n-----END CERTIFICATE REQUEST-----\n"
+            ),
+            "csr_malformed",
+            id="not-pkcs10",
+        ),
+    ],
+)
+def test_csr_the_issuing_policy_refuses_is_422_and_changes_nothing(
+    make: Callable[[], str], code: str, fake_rotation: FakeRotation, audit: MemoryAuditLog
+) -> None:
+    resp = call("POST", "dev-1", "allow", body={"csr": make()})
+    assert resp.status_code == 422, resp.get_body()
+    assert error_of(resp)["code"] == code
+    assert fake_rotation.calls == []
+    assert_only_rejection(audit, 422, code, "alice@example.com")
+
+
+def test_csr_rejected_by_the_service_is_422(fake_rotation: FakeRotation) -> None:
+    fake_rotation.fail["allow"] = CsrRejectedError("subject_mismatch", "decided by the issuer")
+    resp = call("POST", "dev-1", "allow", body={"csr": pem_csr()})
+    assert resp.status_code == 422
+    assert error_of(resp) == {"code": "subject_mismatch", "message": "decided by the issuer"}
+    assert fake_rotation.names() == ["allow"]

@@ -186,6 +186,7 @@ def test_every_registered_route_is_documented_and_vice_versa() -> None:
 def test_each_documented_device_route_is_served(fake_rotation: FakeRotation) -> None:
     doc = document()
     api = user_function("devices_api")
+    device_id = "pump-0042"  # the device the allow example's CSR was made for
     for method, path in sorted(documented_from_openapi()):
         if not path.startswith("/devices/"):
             continue
@@ -194,14 +195,21 @@ def test_each_documented_device_route_is_served(fake_rotation: FakeRotation) -> 
         body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
         resp = api(
             http_request(
-                method, "dev-1", action, body=body.get("example"), principal=principal_header()
+                method, device_id, action, body=body.get("example"), principal=principal_header()
             )
         )
         status = str(resp.status_code)
         assert status in op["responses"], (method, path, status)
-        schema = op["responses"][status]["content"]["application/json"]["schema"]
+        response = op["responses"][status]
+        if "$ref" in response:
+            response = resolve(doc, response["$ref"])
+        schema = response["content"]["application/json"]["schema"]
         jsonschema.validate(json.loads(resp.get_body()), as_json_schema(doc, schema))
     assert len(fake_rotation.calls) == len(OPERATIONS)
+    example_csr = doc["paths"]["/devices/{id}/allow"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]["example"]["csr"]
+    assert ("allow", (device_id, "alice@example.com", example_csr)) in fake_rotation.calls
 
 
 @pytest.mark.parametrize(

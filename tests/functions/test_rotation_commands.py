@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from shared import rotation_commands
 from shared.adapters.memory import MemoryRotationStore
@@ -22,6 +24,7 @@ from shared.domain.errors import (
 )
 from shared.domain.model import RotationRecord, RotationState, Trigger
 from tests.functions.fakes import FakeRotation
+from tests.support.pki import make_csr, make_device_key
 
 pytestmark = pytest.mark.usefixtures("services")
 
@@ -136,6 +139,50 @@ def test_allow(fake_rotation: FakeRotation) -> None:
     assert code == 0
     assert "state: csr_requested" in out
     assert fake_rotation.calls == [("allow", ("dev-1", "cli:ops1"))]
+
+
+def test_allow_with_csr_file(tmp_path: Path, fake_rotation: FakeRotation) -> None:
+    pem = make_csr("dev-1").decode()
+    csr_file = tmp_path / "dev-1.csr"
+    csr_file.write_text(pem)
+    code, out, err = run("allow", "dev-1", "--csr", str(csr_file), "--actor", "carol", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["device_id"] == "dev-1"
+    assert fake_rotation.calls == [("allow", ("dev-1", "cli:carol", pem))]
+
+
+@pytest.mark.parametrize(
+    ("content", "code_text"),
+    [
+        pytest.param(None, "csr_unreadable", id="missing"),
+        pytest.param(b"", "csr_invalid", id="empty"),
+        pytest.param(
+            lambda: make_csr("dev-1", encoding=serialization.Encoding.DER), "csr_invalid", id="der"
+        ),
+        pytest.param(b"\xff" * 100, "csr_invalid", id="binary"),
+        pytest.param(b"x" * 8193, "csr_too_large", id="too-large"),
+        pytest.param(lambda: make_csr("dev-2"), "subject_mismatch", id="other-cn"),
+        pytest.param(
+            lambda: make_csr("dev-1", make_device_key("rsa-1024")), "key_not_allowed", id="weak"
+        ),
+        pytest.param(
+            b"-----BEGIN CERTIFICATE REQUEST-----\nQUJDRA==\n-----END CERTIFICATE REQUEST-----\n",
+            "csr_malformed",
+            id="not-pkcs10",
+        ),
+    ],
+)
+def test_allow_with_a_bad_csr_file_exits_2_and_changes_nothing(
+    tmp_path: Path, content: Any, code_text: str, fake_rotation: FakeRotation
+) -> None:
+    csr_file = tmp_path / "device.csr"
+    if content is not None:
+        csr_file.write_bytes(content() if callable(content) else content)
+    code, out, err = run("allow", "dev-1", "--csr", str(csr_file))
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"rejected: {code_text}: "), err
+    assert fake_rotation.calls == []
 
 
 def test_status_of_one_device(fake_rotation: FakeRotation) -> None:
