@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -126,7 +126,16 @@ def check_key(public_key: CertificatePublicKeyTypes) -> None:
     )
 
 
-def check_signature(csr: x509.CertificateSigningRequest) -> None:
+def check_signature(
+    csr: x509.CertificateSigningRequest,
+    public_key: CertificatePublicKeyTypes | None = None,
+) -> None:
+    """Allowed hash, then proof of possession: the CSR's signature over its request info
+    verifies with its own public key (``public_key``: that key, when already parsed).
+
+    The same verification ``csr.is_signature_valid`` makes (signature algorithm of the key's
+    type, with the parameters and hash the CSR names), without parsing the key again.
+    """
     try:
         algorithm = csr.signature_hash_algorithm
     except UnsupportedAlgorithm:
@@ -138,14 +147,35 @@ def check_signature(csr: x509.CertificateSigningRequest) -> None:
             f"the CSR is signed with {name}; SHA-256, SHA-384 or SHA-512 is required",
         )
     try:
-        valid = csr.is_signature_valid
-    except (InvalidSignature, UnsupportedAlgorithm, ValueError):
+        valid = _proves_possession(csr, public_key or csr.public_key(), algorithm)
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
         valid = False
     if not valid:
         raise CsrRejectedError(
             "csr_signature_invalid",
             "the CSR signature does not verify with its own public key (no proof of possession)",
         )
+
+
+def _proves_possession(
+    csr: x509.CertificateSigningRequest,
+    public_key: CertificatePublicKeyTypes,
+    algorithm: hashes.HashAlgorithm,
+) -> bool:
+    """True when the signature verifies; raises InvalidSignature when it does not."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        params = csr.signature_algorithm_parameters
+        if not isinstance(params, ec.ECDSA):  # e.g. an RSA signature algorithm on an EC key
+            return False
+        public_key.verify(csr.signature, csr.tbs_certrequest_bytes, params)
+        return True
+    if isinstance(public_key, rsa.RSAPublicKey):
+        params = csr.signature_algorithm_parameters
+        if not isinstance(params, padding.PKCS1v15 | padding.PSS):
+            return False
+        public_key.verify(csr.signature, csr.tbs_certrequest_bytes, params, algorithm)
+        return True
+    return csr.is_signature_valid  # other key types are refused by check_key before this
 
 
 def check_subject(csr: x509.CertificateSigningRequest, device_id: str) -> None:
@@ -221,7 +251,7 @@ def check_csr(device_id: str, csr_pem: str | bytes, *, max_bytes: int) -> Accept
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise CsrRejectedError("key_not_allowed", "the CSR's public key is not supported") from exc
     check_key(public_key)
-    check_signature(csr)
+    check_signature(csr, public_key)
     check_subject(csr, device_id)
     check_extensions(csr, device_id)
     _, digest = csr_der_and_hash(csr)

@@ -8,6 +8,7 @@ rejection leaves an ``issue_rejected`` audit entry and nothing in the ledger.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import threading
@@ -29,7 +30,12 @@ from shared.domain.errors import (
 from shared.domain.model import AuditEvent, CertificateRecord, CertificateStatus, RevocationReason
 from shared.pki.csr_policy import check_csr
 from shared.pki.local_ca import ISSUING_CERT_NAME, ISSUING_CRL_NAME
-from shared.pki.profile import IssuancePolicy, build_device_certificate, signature_hash_for
+from shared.pki.profile import (
+    IssuancePolicy,
+    build_device_certificate,
+    random_serial,
+    signature_hash_for,
+)
 from shared.ports import AuditLog, CertificateLedger, Clock, CrlPublisher, IssuingAuthority
 
 __all__ = [
@@ -37,6 +43,7 @@ __all__ = [
     "IssuancePolicy",
     "IssuedCertificate",
     "Issuer",
+    "der_to_pem",
     "parse_reason",
     "parse_serial",
     "serial_hex",
@@ -46,6 +53,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PEM = serialization.Encoding.PEM
+DER = serialization.Encoding.DER
 
 
 class IssuanceDisallowedError(CsrRejectedError, DeviceDisallowedError):
@@ -64,7 +72,14 @@ class IssuedCertificate:
 
 
 def thumbprint_sha256(certificate: x509.Certificate) -> str:
-    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return hashlib.sha256(certificate.public_bytes(DER)).hexdigest()
+
+
+def der_to_pem(der: bytes, label: str = "CERTIFICATE") -> str:
+    """PEM text of ``der``: the bytes ``public_bytes(Encoding.PEM)`` gives (64-column base64)."""
+    b64 = base64.b64encode(der).decode("ascii")
+    lines = "\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    return f"-----BEGIN {label}-----\n{lines}\n-----END {label}-----\n"
 
 
 def serial_hex(serial: int) -> str:
@@ -174,6 +189,7 @@ class Issuer:
             return self._result(existing, reused=True)
 
         now = self.clock.now()
+        serial = random_serial()
         try:
             certificate = build_device_certificate(
                 accepted.csr,
@@ -181,17 +197,19 @@ class Issuer:
                 self.authority,
                 self.policy,
                 now,
+                serial=serial,
                 public_key=accepted.public_key,
             )
         except (SigningError, ThrottledError) as exc:
             logger.error("signing failed for device %s request %s: %s", device_id, request_id, exc)
             self._audit("issue", "failed", actor, device_id, request_id, {"error": str(exc)})
             raise
-        pem = certificate.public_bytes(PEM).decode("ascii")
+        der = certificate.public_bytes(DER)  # encoded once: thumbprint and PEM come from it
+        pem = der_to_pem(der)
         record = CertificateRecord(
-            serial=serial_hex(certificate.serial_number),
+            serial=serial_hex(serial),
             device_id=device_id,
-            thumbprint_sha256=thumbprint_sha256(certificate),
+            thumbprint_sha256=hashlib.sha256(der).hexdigest(),
             not_before=certificate.not_valid_before_utc,
             not_after=certificate.not_valid_after_utc,
             csr_sha256=accepted.csr_sha256,
@@ -211,12 +229,13 @@ class Issuer:
                 stored.serial,
             )
             return self._result(stored, reused=True)
+        not_after = record.not_after.isoformat()
         logger.info(
             "issued %s to device %s request %s until %s",
             record.serial,
             device_id,
             request_id,
-            record.not_after.isoformat(),
+            not_after,
         )
         self._audit(
             "issue",
@@ -227,7 +246,7 @@ class Issuer:
             {
                 "serial": record.serial,
                 "thumbprint": record.thumbprint_sha256,
-                "notAfter": record.not_after.isoformat(),
+                "notAfter": not_after,
                 "trigger": record.trigger,
                 "keyId": self.authority.key_id,
             },

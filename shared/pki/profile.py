@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.ports import IssuingAuthority
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 MIN_VALIDITY_DAYS = 1
 MAX_VALIDITY_DAYS = 90
+EARLIEST_TIME = datetime(1950, 1, 1, tzinfo=UTC)  # RFC 5280 UTCTime
 
 
 @dataclass(frozen=True)
@@ -129,13 +131,48 @@ DEVICE_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
 DEVICE_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
 
 
+def _encoded(value: x509.ExtensionType, critical: bool) -> x509.Extension[x509.ExtensionType]:
+    """``value`` as an extension whose DER is encoded once, here.
+
+    The certificate holds the same bytes as when the typed value is encoded at every
+    signature; reading it back yields the typed value again.
+    """
+    raw = x509.UnrecognizedExtension(value.oid, value.public_bytes())
+    return x509.Extension(value.oid, critical, raw)
+
+
+#: basicConstraints, keyUsage, extendedKeyUsage: the same in every device certificate.
+_DEVICE_HEAD: tuple[x509.Extension[x509.ExtensionType], ...] = (
+    _encoded(DEVICE_BASIC_CONSTRAINTS, critical=True),
+    _encoded(DEVICE_KEY_USAGE, critical=True),
+    _encoded(DEVICE_EKU, critical=False),
+)
+_SKI_OID = x509.SubjectKeyIdentifier.oid
+
+
+def subject_key_identifier(
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+) -> x509.Extension[x509.ExtensionType]:
+    """The subjectKeyIdentifier extension (RFC 5280 method 1: SHA-1 of the subjectPublicKey
+    BIT STRING: the uncompressed point for EC, the PKCS#1 RSAPublicKey for RSA), exactly
+    what ``x509.SubjectKeyIdentifier.from_public_key`` computes, without a SPKI round trip."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        bits = public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    else:
+        bits = public_key.public_bytes(Encoding.DER, PublicFormat.PKCS1)
+    digest = hashlib.sha1(bits, usedforsecurity=False).digest()
+    # DER OCTET STRING of the 20-byte key identifier
+    return x509.Extension(
+        _SKI_OID, False, x509.UnrecognizedExtension(_SKI_OID, b"\x04\x14" + digest)
+    )
+
+
 @dataclass(frozen=True)
 class _IssuerParts:
     """What every certificate of one authority shares (computed once per authority)."""
 
     name: x509.Name
-    aki: x509.AuthorityKeyIdentifier
-    crl_dp: x509.CRLDistributionPoints | None
+    tail: tuple[x509.Extension[x509.ExtensionType], ...]  # AKI, then the CRL DP if any
     hash: hashes.SHA256 | hashes.SHA384
     not_after: datetime
 
@@ -153,7 +190,7 @@ def _issuer_parts(authority: IssuingAuthority) -> _IssuerParts:
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
     except x509.ExtensionNotFound:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key())
-    crl_dp = None
+    tail = [_encoded(aki, critical=False)]
     if authority.crl_url:
         crl_dp = x509.CRLDistributionPoints(
             [
@@ -165,10 +202,10 @@ def _issuer_parts(authority: IssuingAuthority) -> _IssuerParts:
                 )
             ]
         )
+        tail.append(_encoded(crl_dp, critical=False))
     parts = _IssuerParts(
         name=cert.subject,
-        aki=aki,
-        crl_dp=crl_dp,
+        tail=tuple(tail),
         hash=signature_hash_for(authority),
         not_after=cert.not_valid_after_utc,
     )
@@ -197,25 +234,29 @@ def build_device_certificate(
     if now.tzinfo is None or now.utcoffset() != timedelta(0):
         raise ValueError("now must be timezone-aware UTC")
     parts = _issuer_parts(authority)
+    not_before = now - policy.backdate
     not_after = min(now + policy.validity, parts.not_after)
+    if not_before < EARLIEST_TIME:
+        raise ValueError("the certificate cannot start before 1950")
+    if not_after < not_before:
+        raise ValueError("the issuing CA expires before the certificate would start")
+    if serial is None:
+        serial = random_serial()
+    elif not isinstance(serial, int) or not 0 < serial < 1 << 159:
+        raise ValueError("a serial is a positive integer of at most 159 bits")
     if public_key is None:
         public_key = csr.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise ValueError("device keys are EC or RSA (check the CSR with csr_policy first)")
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-        .issuer_name(parts.name)
-        .public_key(public_key)
-        .serial_number(serial if serial is not None else random_serial())
-        .not_valid_before(now - policy.backdate)
-        .not_valid_after(not_after)
-        .add_extension(DEVICE_BASIC_CONSTRAINTS, critical=True)
-        .add_extension(DEVICE_KEY_USAGE, critical=True)
-        .add_extension(DEVICE_EKU, critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(parts.aki, critical=False)
+    # Every value is checked above, so the builder is made in one step from them (the
+    # chained setters would check them again) with the extensions in profile order.
+    builder = x509.CertificateBuilder(
+        issuer_name=parts.name,
+        subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]),
+        public_key=public_key,
+        serial_number=serial,
+        not_valid_before=not_before.replace(tzinfo=None),
+        not_valid_after=not_after.replace(tzinfo=None),
+        extensions=[*_DEVICE_HEAD, subject_key_identifier(public_key), *parts.tail],
     )
-    if parts.crl_dp is not None:
-        builder = builder.add_extension(parts.crl_dp, critical=False)
     return builder.sign(authority.key, parts.hash)
