@@ -87,5 +87,6 @@ CSR_REJECTION_CODES: frozenset[str] = frozenset(
         "csr_too_large",
         "device_disallowed",
         "device_id_invalid",
+        "key_reused",
     }
 )

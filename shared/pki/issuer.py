@@ -18,6 +18,7 @@ from datetime import timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from shared.domain.errors import (
     CsrRejectedError,
@@ -69,6 +70,12 @@ class IssuedCertificate:
     certificate: x509.Certificate
     chain_pem: str  # the leaf, then the issuing CA (and any intermediates), PEM
     reused: bool  # True when an earlier issuance for the same device + CSR was returned
+
+
+def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def thumbprint_sha256(certificate: x509.Certificate) -> str:
@@ -136,6 +143,40 @@ class Issuer:
         self._last_crl_number = 0
 
     # ------------------------------------------------------------------ issue
+
+    def check(
+        self, device_id: str, csr_pem: str | bytes, *, request_id: str, trigger: str, actor: str
+    ) -> None:
+        """Apply the CSR policy without issuing, and refuse a key the device's revoked
+        certificates held (``key_reused``): re-admitting a device needs a fresh key.
+
+        A rejection is audited (``issue_rejected``) and raised as :class:`CsrRejectedError`;
+        nothing else changes.
+        """
+        try:
+            accepted = check_csr(device_id, csr_pem, max_bytes=self.policy.csr_max_bytes)
+            spki = _spki(accepted.csr.public_key())
+            for record in self.ledger.list_for_device(device_id):
+                if record.status is not CertificateStatus.REVOKED:
+                    continue
+                held = x509.load_pem_x509_certificate(record.pem.encode("ascii"))
+                if _spki(held.public_key()) == spki:
+                    raise CsrRejectedError(
+                        "key_reused",
+                        f"the CSR's key is the key of revoked certificate {record.serial}; "
+                        "the device must make a new key",
+                    )
+        except CsrRejectedError as exc:
+            logger.warning("CSR refused for device %s request %s: %s", device_id, request_id, exc)
+            self._audit(
+                "issue_rejected",
+                "rejected",
+                actor,
+                device_id,
+                request_id,
+                {"code": exc.code, "message": exc.message, "trigger": trigger},
+            )
+            raise
 
     def issue(
         self,

@@ -168,8 +168,8 @@ def test_bad_csr_is_rejected_with_its_code(code: str, make: Callable[[], bytes |
 
 def test_every_policy_code_is_covered() -> None:
     covered = {code for _, code, _ in BAD_CSRS}
-    # device_disallowed is the issuer's check, not the CSR policy's
-    assert covered == CSR_REJECTION_CODES - {"device_disallowed"}
+    # device_disallowed and key_reused are the issuer's checks (ledger), not the CSR policy's
+    assert covered == CSR_REJECTION_CODES - {"device_disallowed", "key_reused"}
 
 
 @pytest.mark.parametrize(

@@ -178,6 +178,50 @@ def test_allow_rejects_a_bad_csr_without_change(world: World) -> None:
     assert rec.state is RotationState.DISALLOWED
 
 
+def _csr_with(key: Any, device_id: str) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.mark.parametrize(
+    ("which", "code"),
+    [("other-device", "subject_mismatch"), ("revoked-key", "key_reused")],
+)
+def test_allow_refuses_a_policy_rejected_csr_without_change(
+    world: World, which: str, code: str
+) -> None:
+    from shared.domain.errors import CsrRejectedError
+
+    dev, svc = _ready(world)
+    _mid_rotation(world, svc, dev)
+    # the delivered certificate (certroll's) is the one whose key the device holds pending
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    assert rec.request_id is not None
+    svc.disallow("dev-1", "stolen", "sec")
+    before = world.state.get("dev-1")
+    certificates = world.ledger.list_for_device("dev-1")
+    assert all(c.status is CertificateStatus.REVOKED for c in certificates)
+    if which == "other-device":
+        csr = _csr_with(dev.pending[rec.request_id], "dev-2")
+    else:
+        csr = _csr_with(dev.pending[rec.request_id], "dev-1")  # the revoked certificate's key
+    with pytest.raises(CsrRejectedError) as refused:
+        svc.allow("dev-1", "ops", csr_pem=csr)
+    assert refused.value.code == code
+    after = world.state.get("dev-1")
+    assert after == before
+    assert world.ledger.list_for_device("dev-1") == certificates
+    assert world.enrollments.individual["dev-1"].provisioning_status is ProvisioningStatus.DISABLED
+    assert world.registry.devices["dev-1"].status is DeviceStatus.DISABLED
+    assert world.audit.list("dev-1", 1)[0].action == "issue_rejected"
+
+
 # --------------------------------------------------------------------------- reconcile
 
 
