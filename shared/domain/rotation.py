@@ -109,6 +109,10 @@ CONFIRMABLE: frozenset[RotationState] = frozenset(
 WAITING_ON_DEVICE: frozenset[RotationState] = frozenset(
     {RotationState.CSR_REQUESTED, RotationState.DELIVERED, RotationState.REPROVISION_SENT}
 )
+#: states a repeated CSR report drives on: nothing in them waits for the device
+_RESUMABLE_ON_CSR: frozenset[RotationState] = frozenset(
+    {RotationState.CSR_RECEIVED, RotationState.ISSUED, RotationState.ENROLLED}
+)
 #: the reasons the device contract knows (docs/device-contract.md)
 _DEVICE_REASONS = {
     Trigger.EXPIRING: "expiring",
@@ -151,6 +155,12 @@ class IssuerLike(Protocol):
     def issue(
         self, device_id: str, csr_pem: str, *, request_id: str, trigger: Trigger, actor: str
     ) -> IssuedLike: ...
+
+    def check(
+        self, device_id: str, csr_pem: str, *, request_id: str, trigger: Trigger, actor: str
+    ) -> None:
+        """Apply the issuing policy without issuing (CsrRejectedError, audited), refusing
+        a key that one of the device's revoked certificates held."""
 
     def revoke(self, serial: str, reason: RevocationReason, actor: str) -> CertificateRecord: ...
 
@@ -654,6 +664,11 @@ class RotationService:
                 request_id=rec.request_id,
                 reason="a different CSR was already accepted for this request",
             )
+            return rec
+        if rec.state in _RESUMABLE_ON_CSR:
+            # the same CSR again: a redelivered report after a crash between two steps
+            # (e.g. signed but the record not written); carry on now, not at the sweep
+            return self._drive(rec)
         return rec
 
     def _on_current_certificate(
@@ -1735,6 +1750,16 @@ class RotationService:
                 device_id, {"csr": {"requestId": "operator", "pem": csr_pem}}
             )
             csr = parsed.csr
+            # refuse a CSR the issuer would refuse (or that reuses a revoked key) before
+            # the device leaves ``disallowed``: a refused allow changes nothing
+            self._call(
+                self.deps.issuer.check,
+                device_id,
+                csr_pem,
+                request_id="operator",
+                trigger=Trigger.ALLOW,
+                actor=actor,
+            )
 
         def go(rec: RotationRecord | None) -> RotationRecord:
             if rec is None:
