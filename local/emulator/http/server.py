@@ -241,7 +241,8 @@ class FleetHttpApp:
         headers: dict[str, str] = {}
         if retry_after is not None:
             headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-            headers["x-ms-retry-after-ms"] = str(max(0, round(retry_after * 1000)))
+            # rounded up: a client that waits exactly this long must find the capacity
+            headers["x-ms-retry-after-ms"] = str(max(1, math.ceil(retry_after * 1000)))
         if service == "dps":
             code = _dps_code(status, name)
             headers["x-ms-error-code"] = str(code)
