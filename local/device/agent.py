@@ -494,7 +494,7 @@ class DeviceAgent:
         logger.info(
             "device %s staged certificate %s for request %s",
             self.device_id,
-            contract.serial_hex(chain[0]),
+            contract.serial_hex(chain[0].serial_number),
             delivery.request_id,
         )
 
@@ -549,7 +549,7 @@ class DeviceAgent:
         logger.info(
             "device %s installed certificate %s (request %s)",
             self.device_id,
-            contract.serial_hex(staged.chain[0]),
+            contract.serial_hex(staged.chain[0].serial_number),
             staged.request_id,
         )
         self._report(
@@ -666,7 +666,9 @@ class DeviceAgent:
             if tl.certificates:
                 tl.certificates[-1].until = now
             tl.certificates.append(
-                CertificateUse(thumb, contract.serial_hex(leaf), leaf.not_valid_after_utc, now)
+                CertificateUse(
+                    thumb, contract.serial_hex(leaf.serial_number), leaf.not_valid_after_utc, now
+                )
             )
         if self._reported_thumbprint != thumb and chain is self._chain:
             self._report({SECTION: contract.certificate_section(leaf)})

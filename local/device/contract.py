@@ -20,7 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from shared.domain.certs import serial_hex
+from shared.domain.certs import sha256_thumbprint as thumbprint
 from shared.domain.errors import InvalidRequestError
+from shared.domain.messages import format_time
 
 #: The twin section (reported and desired) that carries the certificate exchange.
 SECTION = "x509"
@@ -82,27 +85,10 @@ class ContractError(InvalidRequestError):
 # --------------------------------------------------------------------------- formats
 
 
-def format_time(moment: datetime) -> str:
-    """``YYYY-MM-DDTHH:MM:SSZ`` in UTC, so that strings compare in time order."""
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: the contract speaks UTC only")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def parse_time(text: Any) -> datetime:
     if not isinstance(text, str) or not _TIME_RE.match(text):
         raise ContractError("request_malformed", f"time {text!r} is not YYYY-MM-DDTHH:MM:SSZ")
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-def thumbprint(cert: x509.Certificate) -> str:
-    """Lower-case hex SHA-256 of the DER certificate."""
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def serial_hex(cert: x509.Certificate) -> str:
-    """Lower-case hex serial without leading zeros."""
-    return format(cert.serial_number, "x")
 
 
 def common_name(name: x509.Name) -> str | None:
@@ -117,7 +103,7 @@ def certificate_section(cert: x509.Certificate) -> dict[str, str]:
     """The certificate part of reported ``x509``: thumbprint, serialNumber, notBefore, notAfter."""
     return {
         "thumbprint": thumbprint(cert),
-        "serialNumber": serial_hex(cert),
+        "serialNumber": serial_hex(cert.serial_number),
         "notBefore": format_time(cert.not_valid_before_utc),
         "notAfter": format_time(cert.not_valid_after_utc),
     }

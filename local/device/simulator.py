@@ -27,12 +27,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from local.device import contract
 from local.device.agent import DeviceAgent, FleetLike
 from shared.domain.errors import ThrottledError
 from shared.domain.model import CertificateSlot, EnrollmentGroup, IndividualEnrollment
+from shared.pki.profile import DEVICE_BASIC_CONSTRAINTS, DEVICE_EKU, DEVICE_KEY_USAGE
 from shared.ports import IssuingAuthority
 
 logger = logging.getLogger(__name__)
@@ -233,22 +234,9 @@ class FleetSimulator:
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
             .not_valid_after(not_before + self.initial_validity)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(DEVICE_BASIC_CONSTRAINTS, critical=True)
+            .add_extension(DEVICE_KEY_USAGE, critical=True)
+            .add_extension(DEVICE_EKU, critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(

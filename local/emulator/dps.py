@@ -8,7 +8,7 @@ import binascii
 import bisect
 import copy
 import re
-from typing import Any, TypeVar
+from typing import Any
 
 from local.emulator import limits
 from local.emulator.core import Core, EnrollmentRecord
@@ -31,8 +31,6 @@ from shared.ports import EnrollmentStore
 
 _REG_ID = re.compile(r"^[A-Za-z0-9\-._:]{1,128}$")
 MAX_PAGE_SIZE = 1000
-
-E = TypeVar("E", IndividualEnrollment, EnrollmentGroup)
 
 
 def check_registration_id(value: Any, what: str = "registration id") -> str:
@@ -102,12 +100,7 @@ class EmulatedDps(EnrollmentStore):
     # -- individual enrollments -------------------------------------------------------
 
     def get_individual(self, registration_id: str) -> IndividualEnrollment:
-        with self._core.txn():
-            self._service_op()
-            rec = self._core.individuals.get(registration_id)
-            if rec is None:
-                raise NotFoundError(f"no individual enrollment {registration_id} (404)")
-            return _view(rec)  # type: ignore[no-any-return]
+        return self._get(self._core.individuals, registration_id, "individual enrollment")
 
     def put_individual(self, enrollment: IndividualEnrollment) -> IndividualEnrollment:
         if not isinstance(enrollment, IndividualEnrollment):
@@ -148,14 +141,7 @@ class EmulatedDps(EnrollmentStore):
             return _view(rec)  # type: ignore[no-any-return]
 
     def delete_individual(self, registration_id: str, etag: str | None = None) -> None:
-        with self._core.txn():
-            self._service_op()
-            rec = self._core.individuals.get(registration_id)
-            if rec is None:
-                raise NotFoundError(f"no individual enrollment {registration_id} (404)")
-            if etag not in (None, "*") and etag != rec.view.etag:
-                raise ConcurrencyError(f"enrollment {registration_id} changed (412)")
-            del self._core.individuals[registration_id]
+        self._delete(self._core.individuals, registration_id, etag, "individual enrollment")
 
     def query_individual(
         self, page_size: int = 100, continuation: str | None = None
@@ -165,12 +151,7 @@ class EmulatedDps(EnrollmentStore):
     # -- groups -------------------------------------------------------------------------
 
     def get_group(self, group_id: str) -> EnrollmentGroup:
-        with self._core.txn():
-            self._service_op()
-            rec = self._core.groups.get(group_id)
-            if rec is None:
-                raise NotFoundError(f"no enrollment group {group_id} (404)")
-            return _view(rec)  # type: ignore[no-any-return]
+        return self._get(self._core.groups, group_id, "enrollment group")
 
     def put_group(self, group: EnrollmentGroup) -> EnrollmentGroup:
         if not isinstance(group, EnrollmentGroup):
@@ -214,14 +195,7 @@ class EmulatedDps(EnrollmentStore):
             return _view(rec)  # type: ignore[no-any-return]
 
     def delete_group(self, group_id: str, etag: str | None = None) -> None:
-        with self._core.txn():
-            self._service_op()
-            rec = self._core.groups.get(group_id)
-            if rec is None:
-                raise NotFoundError(f"no enrollment group {group_id} (404)")
-            if etag not in (None, "*") and etag != rec.view.etag:
-                raise ConcurrencyError(f"group {group_id} changed (412)")
-            del self._core.groups[group_id]
+        self._delete(self._core.groups, group_id, etag, "enrollment group")
 
     def query_groups(
         self, page_size: int = 100, continuation: str | None = None
@@ -249,6 +223,26 @@ class EmulatedDps(EnrollmentStore):
             del self._core.registrations[registration_id]
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _get(self, table: dict[str, EnrollmentRecord], key: str, what: str) -> Any:
+        with self._core.txn():
+            self._service_op()
+            rec = table.get(key)
+            if rec is None:
+                raise NotFoundError(f"no {what} {key} (404)")
+            return _view(rec)
+
+    def _delete(
+        self, table: dict[str, EnrollmentRecord], key: str, etag: str | None, what: str
+    ) -> None:
+        with self._core.txn():
+            self._service_op()
+            rec = table.get(key)
+            if rec is None:
+                raise NotFoundError(f"no {what} {key} (404)")
+            if etag not in (None, "*") and etag != rec.view.etag:
+                raise ConcurrencyError(f"{what} {key} changed (412)")
+            del table[key]
 
     @staticmethod
     def _check_etag(stored: EnrollmentRecord | None, etag: str | None, what: str) -> None:

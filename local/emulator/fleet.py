@@ -40,10 +40,9 @@ from local.emulator.store import (
     common_name,
     is_valid_at,
     new_etag,
-    sha1_hex,
-    sha256_hex,
 )
 from shared.clock import SystemClock
+from shared.domain.certs import sha1_thumbprint, sha256_thumbprint
 from shared.domain.errors import InvalidRequestError, ThrottledError
 from shared.domain.model import ProvisioningStatus, RegistrationState
 from shared.ports import Clock
@@ -150,10 +149,6 @@ class FleetEmulator:
         with self._core.txn():
             self._core.verified_cas[name] = StoredCert(certificate)
 
-    def remove_verified_ca(self, name: str) -> None:
-        with self._core.txn():
-            self._core.verified_cas.pop(name, None)
-
     # -- DPS device API -----------------------------------------------------------------
 
     def register(
@@ -187,7 +182,7 @@ class FleetEmulator:
         core = self._core
         now = core.now()
         leaf = certs[0]
-        leaf_sha256 = sha256_hex(leaf)
+        leaf_sha256 = sha256_thumbprint(leaf)
         if not is_valid_at(leaf, now):
             raise RegistrationError(
                 401, DPS_UNAUTHORIZED, f"the certificate is not valid at {iso(now)}"
@@ -254,7 +249,7 @@ class FleetEmulator:
         """Create or update the hub identity and the registration state (lock held)."""
         core = self._core
         now = core.now()
-        thumbprint = sha256_hex(leaf)
+        thumbprint = sha256_thumbprint(leaf)
         d = core.devices.get(device_id)
         previous = core.registrations.get(registration_id)
         if d is None:
@@ -340,13 +335,13 @@ class FleetEmulator:
             now = core.now()
             leaf = certs[0]
             d = core.devices.get(device_id)
-            sha256 = sha256_hex(leaf)
+            sha256 = sha256_thumbprint(leaf)
             if d is None:
                 self._refuse(post, device_id, HUB_UNAUTHORIZED, leaf, "device not registered")
             elif d.status != "enabled":
                 self._refuse(post, device_id, HUB_DEVICE_DISABLED, leaf, "device is disabled")
             elif d.auth_type == "selfSigned":
-                sha1 = sha1_hex(leaf)
+                sha1 = sha1_thumbprint(leaf)
                 known = {t for t in (d.primary_tp, d.secondary_tp) if t}
                 if not (known & {sha256, sha1}):
                     self._refuse(
@@ -388,7 +383,7 @@ class FleetEmulator:
     ) -> None:
         """Record a Connections-log failure and raise HubConnectError (lock held)."""
         core = self._core
-        sha256 = sha256_hex(leaf)
+        sha256 = sha256_thumbprint(leaf)
         description = "IoTHubUnauthorized" if code == HUB_UNAUTHORIZED else "DeviceDisabled"
         detail = f"{reason}; presented certificate thumbprint {sha256.upper()}"
         if expected is not None:

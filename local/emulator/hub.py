@@ -53,6 +53,27 @@ def check_device_id(device_id: Any) -> str:
     return device_id
 
 
+def _identity_fields(identity: DeviceIdentity) -> dict[str, Any]:
+    """The device record fields an identity write sets (validated; changes nothing)."""
+    check_device_id(identity.device_id)
+    primary = _check_thumbprint(identity.primary_thumbprint, "primary")
+    secondary = _check_thumbprint(identity.secondary_thumbprint, "secondary")
+    status = DeviceStatus(identity.status)
+    auth = AuthType(identity.auth_type).value
+    if auth == AuthType.SELF_SIGNED and primary is None and secondary is None:
+        raise InvalidRequestError(
+            "thumbprint_missing",
+            "a selfSigned identity needs a primary or secondary thumbprint",
+        )
+    return {
+        "status": status,
+        "status_reason": identity.status_reason,
+        "auth_type": auth,
+        "primary_tp": primary,
+        "secondary_tp": secondary,
+    }
+
+
 def _check_thumbprint(tp: str | None, slot: str) -> str | None:
     if tp is None:
         return None
@@ -202,27 +223,15 @@ class EmulatedHub(DeviceRegistry):
             return identity_of(self._get(device_id))
 
     def create_device(self, identity: DeviceIdentity) -> DeviceIdentity:
-        check_device_id(identity.device_id)
-        primary = _check_thumbprint(identity.primary_thumbprint, "primary")
-        secondary = _check_thumbprint(identity.secondary_thumbprint, "secondary")
-        status = DeviceStatus(identity.status)
-        auth = AuthType(identity.auth_type).value
-        if auth == AuthType.SELF_SIGNED and primary is None and secondary is None:
-            raise InvalidRequestError(
-                "thumbprint_missing",
-                "a selfSigned identity needs a primary or secondary thumbprint",
-            )
+        fields = _identity_fields(identity)
         self._core.run_due_jobs()
         with self._core.txn() as post:
             self._core.limiter.take(limits.HUB_IDENTITY_OPS)
             if identity.device_id in self._core.devices:
                 raise ConflictError(f"device {identity.device_id} already exists (409001)")
             d = self._core.add_device(identity.device_id)
-            d.status = status
-            d.status_reason = identity.status_reason
-            d.auth_type = auth
-            d.primary_tp = primary
-            d.secondary_tp = secondary
+            for name, value in fields.items():
+                setattr(d, name, value)
             self._core.emit(
                 post,
                 "lifecycle",
@@ -231,16 +240,7 @@ class EmulatedHub(DeviceRegistry):
             return identity_of(d)
 
     def update_device(self, identity: DeviceIdentity) -> DeviceIdentity:
-        check_device_id(identity.device_id)
-        primary = _check_thumbprint(identity.primary_thumbprint, "primary")
-        secondary = _check_thumbprint(identity.secondary_thumbprint, "secondary")
-        status = DeviceStatus(identity.status)
-        auth = AuthType(identity.auth_type).value
-        if auth == AuthType.SELF_SIGNED and primary is None and secondary is None:
-            raise InvalidRequestError(
-                "thumbprint_missing",
-                "a selfSigned identity needs a primary or secondary thumbprint",
-            )
+        fields = _identity_fields(identity)
         self._core.run_due_jobs()
         with self._core.txn() as post:
             self._core.limiter.take(limits.HUB_IDENTITY_OPS)
@@ -249,13 +249,10 @@ class EmulatedHub(DeviceRegistry):
                 raise ConcurrencyError(
                     f"device {identity.device_id} changed since it was read (412002)"
                 )
-            d.status = status
-            d.status_reason = identity.status_reason
-            d.auth_type = auth
-            d.primary_tp = primary
-            d.secondary_tp = secondary
+            for name, value in fields.items():
+                setattr(d, name, value)
             d.etag = new_etag()
-            if status == DeviceStatus.DISABLED:
+            if fields["status"] == DeviceStatus.DISABLED:
                 self._core.drop_session(post, d)  # the hub closes a disabled device's link
             return identity_of(d)
 

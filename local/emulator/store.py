@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import itertools
 from collections.abc import Sequence
 from datetime import datetime
@@ -12,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
+from shared.domain.certs import certificate_pem, sha1_thumbprint, sha256_thumbprint
 from shared.domain.errors import InvalidRequestError
 from shared.domain.model import CertificateSlot, DeviceStatus
 
@@ -32,14 +31,6 @@ def new_etag() -> str:
 def twin_etag(version: int) -> str:
     """IoT Hub style twin ETag: base64 of the 8-byte twin version."""
     return base64.b64encode(version.to_bytes(8, "big")).decode()
-
-
-def sha256_hex(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def sha1_hex(cert: x509.Certificate) -> str:
-    return hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def common_name(cert: x509.Certificate) -> str | None:
@@ -78,12 +69,12 @@ def chains_to(
     """
     if not chain or not anchors:
         return None
-    anchor_fps = {sha256_hex(a): a for a in anchors}
+    anchor_fps = {sha256_thumbprint(a): a for a in anchors}
     for i, cert in enumerate(chain):
         if not is_valid_at(cert, now):
             return None
         if i > 0:
-            fp = sha256_hex(cert)
+            fp = sha256_thumbprint(cert)
             if fp in anchor_fps:
                 return anchor_fps[fp]
         for anchor in anchors:
@@ -108,9 +99,9 @@ class StoredCert:
 
     def __init__(self, cert: x509.Certificate) -> None:
         self.cert = cert
-        self.pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        self.sha1 = sha1_hex(cert)
-        self.sha256 = sha256_hex(cert)
+        self.pem = certificate_pem(cert)
+        self.sha1 = sha1_thumbprint(cert)
+        self.sha256 = sha256_thumbprint(cert)
         self.subject = cert.subject.rfc4514_string()
         self.not_after = cert.not_valid_after_utc
 

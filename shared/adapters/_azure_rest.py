@@ -25,7 +25,7 @@ import hmac
 import logging
 import time
 import urllib.parse
-from typing import Any
+from typing import Any, NoReturn
 
 from azure.core import PipelineClient
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
@@ -44,7 +44,14 @@ from azure.core.pipeline.policies import (
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpRequest, HttpResponse
 
-from shared.domain.errors import InvalidRequestError, ServiceError
+from shared.domain.errors import (
+    ConcurrencyError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceError,
+    ThrottledError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +210,23 @@ def retry_after(response: HttpResponse, default: float = DEFAULT_RETRY_AFTER_SEC
         except ValueError:
             pass  # an HTTP date: rare for these services, use the default
     return default
+
+
+def raise_status_error(
+    response: HttpResponse, message: str, *, throttled: bool = False
+) -> NoReturn:
+    """Raise the typed error for a non-2xx ``response``: 404, 409, 412, throttling (429, 503
+    or ``throttled``) and anything else as :class:`ServiceError`."""
+    status = response.status_code
+    if status == 404:
+        raise NotFoundError(message)
+    if status == 409:
+        raise ConflictError(message)
+    if status == 412:
+        raise ConcurrencyError(message)
+    if throttled or status in THROTTLE_STATUSES:
+        raise ThrottledError(message, retry_after=retry_after(response))
+    raise ServiceError(message, status=status)
 
 
 def json_body(response: HttpResponse) -> Any:

@@ -16,21 +16,17 @@ from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpResponse
 
 from shared.adapters._azure_rest import (
-    THROTTLE_STATUSES,
     ServiceClient,
     json_body,
     path_id,
     quote_etag,
-    retry_after,
+    raise_status_error,
     unquote_etag,
 )
 from shared.domain.errors import (
-    ConcurrencyError,
-    ConflictError,
     InvalidRequestError,
     NotFoundError,
     ServiceError,
-    ThrottledError,
 )
 from shared.domain.model import (
     CertificateSlot,
@@ -73,15 +69,7 @@ def raise_for_dps(response: HttpResponse, what: str) -> None:
     message = (
         f"DPS {what}: HTTP {status}" + (f" {code}" if code else "") + (f" {text}" if text else "")
     )
-    if status == 404:
-        raise NotFoundError(message)
-    if status == 409:
-        raise ConflictError(message)
-    if status == 412:
-        raise ConcurrencyError(message)
-    if status in THROTTLE_STATUSES:
-        raise ThrottledError(message, retry_after=retry_after(response))
-    raise ServiceError(message, status=status)
+    raise_status_error(response, message)
 
 
 class DpsEnrollmentStore(EnrollmentStore):

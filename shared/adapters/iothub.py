@@ -18,22 +18,17 @@ from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpResponse
 
 from shared.adapters._azure_rest import (
-    THROTTLE_STATUSES,
     ServiceClient,
     json_body,
     path_id,
     quote_etag,
-    retry_after,
+    raise_status_error,
 )
 from shared.clock import SystemClock
 from shared.domain.errors import (
-    ConcurrencyError,
-    ConflictError,
     DeviceOfflineError,
     InvalidRequestError,
-    NotFoundError,
     ServiceError,
-    ThrottledError,
 )
 from shared.domain.model import (
     AuthType,
@@ -102,15 +97,7 @@ def raise_for_hub(response: HttpResponse, what: str, *, method_call: bool = Fals
         or status == 504
     ):
         raise DeviceOfflineError(message)
-    if status == 404:
-        raise NotFoundError(message)
-    if status == 409:
-        raise ConflictError(message)
-    if status == 412:
-        raise ConcurrencyError(message)
-    if status in THROTTLE_STATUSES or code == 429001 or name == "ThrottlingException":
-        raise ThrottledError(message, retry_after=retry_after(response))
-    raise ServiceError(message, status=status)
+    raise_status_error(response, message, throttled=code == 429001 or name == "ThrottlingException")
 
 
 def _without_meta(props: Any) -> dict[str, Any]:

@@ -28,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 
+from shared.domain.certs import certificate_pem, sha1_thumbprint
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
@@ -359,12 +359,12 @@ def _sha1_of_pem(pem: str) -> str | None:
         cert = x509.load_pem_x509_certificate(pem.encode())
     except ValueError:
         return None
-    return cert.fingerprint(hashes.SHA1()).hex()  # hub thumbprints may be SHA-1
+    return sha1_thumbprint(cert)  # hub thumbprints may be SHA-1
 
 
 def _leaf_chain(issued: IssuedLike) -> str:
     """The PEM chain to deliver: the leaf first, then the issuing chain."""
-    leaf = issued.certificate.public_bytes(serialization.Encoding.PEM).decode()
+    leaf = certificate_pem(issued.certificate)
     chain = issued.chain_pem or ""
     if leaf.strip() in chain:
         return chain if chain.endswith("\n") else chain + "\n"

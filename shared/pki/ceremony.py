@@ -38,7 +38,7 @@ from cryptography.x509.oid import NameOID
 
 from shared.domain.errors import InvalidRequestError
 from shared.pki.local_ca import CA_BACKDATE, CA_KEY_USAGE, crl_distribution_points
-from shared.pki.profile import random_serial
+from shared.pki.profile import DEVICE_BASIC_CONSTRAINTS, DEVICE_KEY_USAGE, random_serial
 
 #: Subject of the issuing CA unless ``--subject`` says otherwise (as ``pki init`` makes it).
 DEFAULT_ISSUING_SUBJECT = "CN=certroll Issuing CA,O=certroll"
@@ -379,21 +379,8 @@ def build_verification_certificate(
         .serial_number(random_serial())
         .not_valid_before(max(now - CA_BACKDATE, ca_certificate.not_valid_before_utc))
         .not_valid_after(min(now + validity, ca_certificate.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(DEVICE_BASIC_CONSTRAINTS, critical=True)
+        .add_extension(DEVICE_KEY_USAGE, critical=True)
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(subject_key.public_key()), critical=False
         )

@@ -9,10 +9,11 @@ rejection leaves an ``issue_rejected`` audit entry and nothing in the ledger.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from shared.domain.certs import serial_hex
 from shared.domain.errors import (
     CsrRejectedError,
     DeviceDisallowedError,
@@ -47,8 +49,6 @@ __all__ = [
     "der_to_pem",
     "parse_reason",
     "parse_serial",
-    "serial_hex",
-    "thumbprint_sha256",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,19 +78,11 @@ def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
     )
 
 
-def thumbprint_sha256(certificate: x509.Certificate) -> str:
-    return hashlib.sha256(certificate.public_bytes(DER)).hexdigest()
-
-
 def der_to_pem(der: bytes, label: str = "CERTIFICATE") -> str:
     """PEM text of ``der``: the bytes ``public_bytes(Encoding.PEM)`` gives (64-column base64)."""
     b64 = base64.b64encode(der).decode("ascii")
     lines = "\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
     return f"-----BEGIN {label}-----\n{lines}\n-----END {label}-----\n"
-
-
-def serial_hex(serial: int) -> str:
-    return format(serial, "x")
 
 
 def parse_reason(value: str | RevocationReason) -> RevocationReason:
@@ -153,7 +145,7 @@ class Issuer:
         A rejection is audited (``issue_rejected``) and raised as :class:`CsrRejectedError`;
         nothing else changes.
         """
-        try:
+        with self._audit_rejection(device_id, request_id, trigger, actor):
             accepted = check_csr(device_id, csr_pem, max_bytes=self.policy.csr_max_bytes)
             spki = _spki(accepted.csr.public_key())
             for record in self.ledger.list_for_device(device_id):
@@ -166,17 +158,6 @@ class Issuer:
                         f"the CSR's key is the key of revoked certificate {record.serial}; "
                         "the device must make a new key",
                     )
-        except CsrRejectedError as exc:
-            logger.warning("CSR refused for device %s request %s: %s", device_id, request_id, exc)
-            self._audit(
-                "issue_rejected",
-                "rejected",
-                actor,
-                device_id,
-                request_id,
-                {"code": exc.code, "message": exc.message, "trigger": trigger},
-            )
-            raise
 
     def issue(
         self,
@@ -193,23 +174,12 @@ class Issuer:
         device) after writing an ``issue_rejected`` audit entry; ``SigningError`` /
         ``ThrottledError`` when the signing key fails (audit ``issue`` ``failed``).
         """
-        try:
+        with self._audit_rejection(device_id, request_id, trigger, actor):
             accepted = check_csr(device_id, csr_pem, max_bytes=self.policy.csr_max_bytes)
             if self.is_disallowed(device_id):
                 raise IssuanceDisallowedError(
                     "device_disallowed", f"device {device_id!r} is disallowed; nothing is issued"
                 )
-        except CsrRejectedError as exc:
-            logger.warning("CSR rejected for device %s request %s: %s", device_id, request_id, exc)
-            self._audit(
-                "issue_rejected",
-                "rejected",
-                actor,
-                device_id,
-                request_id,
-                {"code": exc.code, "message": exc.message, "trigger": trigger},
-            )
-            raise
 
         existing = self.ledger.find_by_csr(device_id, accepted.csr_sha256)
         if existing is not None:
@@ -399,6 +369,25 @@ class Issuer:
         return url
 
     # ------------------------------------------------------------------ audit
+
+    @contextlib.contextmanager
+    def _audit_rejection(
+        self, device_id: str, request_id: str, trigger: str, actor: str
+    ) -> Iterator[None]:
+        """Audit a :class:`CsrRejectedError` raised inside (``issue_rejected``), re-raise it."""
+        try:
+            yield
+        except CsrRejectedError as exc:
+            logger.warning("CSR rejected for device %s request %s: %s", device_id, request_id, exc)
+            self._audit(
+                "issue_rejected",
+                "rejected",
+                actor,
+                device_id,
+                request_id,
+                {"code": exc.code, "message": exc.message, "trigger": trigger},
+            )
+            raise
 
     def _audit(
         self,

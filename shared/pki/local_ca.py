@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import NameOID
 
 from shared.domain.errors import ConflictError, InvalidRequestError
+from shared.pki.profile import random_serial
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -79,10 +80,6 @@ def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | hashes.S
     return hashes.SHA256()
 
 
-def _serial() -> int:
-    return secrets.randbits(159) | (1 << 158)
-
-
 CA_KEY_USAGE = x509.KeyUsage(
     digital_signature=False,
     content_commitment=False,
@@ -111,7 +108,7 @@ def build_root_certificate(
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(_serial())
+        .serial_number(random_serial())
         .not_valid_before(now - CA_BACKDATE)
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -142,7 +139,7 @@ def build_issuing_certificate(
         .subject_name(ca_name(common_name))
         .issuer_name(root_certificate.subject)
         .public_key(issuing_public_key)
-        .serial_number(_serial())
+        .serial_number(random_serial())
         .not_valid_before(now - CA_BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)

@@ -41,11 +41,10 @@ EARLIEST_TIME = datetime(1950, 1, 1, tzinfo=UTC)  # RFC 5280 UTCTime
 
 @dataclass(frozen=True)
 class IssuancePolicy:
-    """How long device certificates live and when they renew.
+    """How long device certificates live, and the issuing limits.
 
-    ``renewal_fraction`` of the lifetime elapses before renewal starts; each device's
-    renewal time is moved by up to ``renewal_jitter`` of the lifetime (deterministic per
-    device) so a fleet born on one day does not renew in one hour.
+    ``renewal_fraction`` and ``renewal_jitter`` are checked here against the issuing
+    limits; :class:`shared.domain.policy.RotationPolicy` decides when a device renews.
     """
 
     validity_days: int = 30
@@ -90,18 +89,6 @@ class IssuancePolicy:
     @property
     def backdate(self) -> timedelta:
         return timedelta(seconds=self.backdate_seconds)
-
-    def renew_at(self, not_before: datetime, not_after: datetime, device_id: str) -> datetime:
-        """When renewal of a certificate valid ``not_before``..``not_after`` should start.
-
-        ``renewal_fraction`` of the lifetime, plus a jitter in ``[-j, +j]`` of the lifetime
-        derived from the device id (stable across calls and processes).
-        """
-        lifetime = not_after - not_before
-        h = hashlib.sha256(device_id.encode("utf-8")).digest()
-        unit = int.from_bytes(h[:8], "big") / float(1 << 64)  # [0, 1)
-        fraction = self.renewal_fraction + (2.0 * unit - 1.0) * self.renewal_jitter
-        return not_before + lifetime * fraction
 
 
 def random_serial() -> int:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from jsonschema import Draft202012Validator
 
@@ -80,7 +79,3 @@ def agent(new_agent: Callable[..., DeviceAgent]) -> DeviceAgent:
 
 def other_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
-
-
-def leaf_of(chain_pem: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificates(chain_pem.encode())[0]

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from local.device import contract
 from local.emulator import FleetEmulator
 from shared.domain.model import CertificateSlot, IndividualEnrollment, MethodResult
-from tests.device.pki import TestPki, chain_pem
+from tests.device.pki import TestPki
 
 
 class ServiceDouble:
@@ -99,10 +99,6 @@ class ServiceDouble:
         assert result.status == 200
         step()
         return leaf
-
-
-def chain_for(pki: TestPki, leaf: x509.Certificate) -> str:
-    return chain_pem([leaf, pki.issuing])
 
 
 ONE_DAY = timedelta(days=1)

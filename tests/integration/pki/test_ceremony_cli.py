@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import functools
-import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -27,10 +23,10 @@ from shared.pki.issuer import Issuer
 from shared.pki.local_ca import build_root_certificate
 from shared.pki.profile import IssuancePolicy
 from shared.settings import Settings
-from tests.integration.pki.test_pki_keyvault import StaticCredential, Vault, _handler, _tls_files
+from tests.support.keyvault_standin import StaticCredential, Vault, serve_vault
 from tests.support.pki import assert_is_device_leaf, make_csr, pkilint_certificate, write_pem
+from tests.support.softhsm import KEY_BACKENDS, softhsm_conf
 
-SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
 PEM = serialization.Encoding.PEM
 DER = serialization.Encoding.DER
 CODE = "3A0F55B2C1D94E7F8A6B"
@@ -69,28 +65,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     monkeypatch.setenv("CERTROLL_STORAGE", "memory")
 
 
-def _softhsm_conf(tmp_path: Path) -> Path:
-    tokens = tmp_path / "tokens"
-    tokens.mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
-    )
-    return conf
-
-
-@pytest.fixture(
-    params=[
-        "file",
-        pytest.param(
-            "pkcs11",
-            marks=[
-                pytest.mark.softhsm,
-                pytest.mark.skipif(not SOFTHSM.exists(), reason="SoftHSM2 is not installed"),
-            ],
-        ),
-    ]
-)
+@pytest.fixture(params=KEY_BACKENDS)
 def local(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
     """A local PKI made by ``certroll pki init`` with the file or SoftHSM2 key backend."""
     backend: str = request.param
@@ -98,7 +73,7 @@ def local(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
     _clean_env(monkeypatch, home)
     monkeypatch.setenv("CERTROLL_KEY_BACKEND", backend)
     if backend == "pkcs11":
-        monkeypatch.setenv("SOFTHSM2_CONF", str(_softhsm_conf(tmp_path)))
+        monkeypatch.setenv("SOFTHSM2_CONF", str(softhsm_conf(tmp_path)))
         monkeypatch.setenv("CERTROLL_PKCS11_TOKEN", f"c-{tmp_path.name[-20:]}")
     assert main(["pki", "init"]) == 0
     work = tmp_path / "work"
@@ -283,36 +258,19 @@ def test_bad_inputs_exit_2_and_write_nothing(
 @pytest.fixture
 def vault_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Vault, str]]:
     """The Key Vault stand-in, with ``CERTROLL_KEY_BACKEND=keyvault`` pointing at its key."""
-    state = Vault()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    cert, key = _tls_files(tmp_path)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    state.base_url = f"https://127.0.0.1:{server.server_address[1]}"
-    state.keys["issuing"] = ec.generate_private_key(ec.SECP384R1())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    kwargs: dict[str, Any] = {
-        "verify_challenge_resource": False,
-        "connection_verify": str(cert),
-        "retry_backoff_factor": 0.01,
-    }
-    # the CLI opens the key with DefaultAzureCredential; here: a static token and the TLS file
-    monkeypatch.setattr(
-        keyvault,
-        "open_keyvault_key",
-        functools.partial(keyvault.open_keyvault_key, credential=StaticCredential(), **kwargs),
-    )
-    _clean_env(monkeypatch, tmp_path / "home")
-    key_id = f"{state.base_url}/keys/issuing/v1"
-    monkeypatch.setenv("CERTROLL_KEY_BACKEND", "keyvault")
-    monkeypatch.setenv("CERTROLL_KEYVAULT_KEY_ID", key_id)
-    try:
+    with serve_vault(tmp_path) as (state, kwargs):
+        state.keys["issuing"] = ec.generate_private_key(ec.SECP384R1())
+        # the CLI opens the key with DefaultAzureCredential; here: a static token and the TLS file
+        monkeypatch.setattr(
+            keyvault,
+            "open_keyvault_key",
+            functools.partial(keyvault.open_keyvault_key, credential=StaticCredential(), **kwargs),
+        )
+        _clean_env(monkeypatch, tmp_path / "home")
+        key_id = f"{state.base_url}/keys/issuing/v1"
+        monkeypatch.setenv("CERTROLL_KEY_BACKEND", "keyvault")
+        monkeypatch.setenv("CERTROLL_KEYVAULT_KEY_ID", key_id)
         yield state, key_id
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_keyvault_ceremony(

@@ -28,9 +28,9 @@ from tests.support.pki import (
     pkilint_crl,
     write_pem,
 )
+from tests.support.softhsm import KEY_BACKENDS, SOFTHSM, softhsm_conf
 
 OPENSSL = shutil.which("openssl")
-SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
 PEM = serialization.Encoding.PEM
 DER = serialization.Encoding.DER
 
@@ -44,28 +44,7 @@ class Ca:
     root: x509.Certificate
 
 
-def _softhsm_conf(tmp_path: Path) -> Path:
-    tokens = tmp_path / "tokens"
-    tokens.mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
-    )
-    return conf
-
-
-@pytest.fixture(
-    params=[
-        "file",
-        pytest.param(
-            "pkcs11",
-            marks=[
-                pytest.mark.softhsm,
-                pytest.mark.skipif(not SOFTHSM.exists(), reason="SoftHSM2 is not installed"),
-            ],
-        ),
-    ]
-)
+@pytest.fixture(params=KEY_BACKENDS)
 def ca(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Ca]:
@@ -73,7 +52,7 @@ def ca(
     home = tmp_path / "home"
     env = {"CERTROLL_HOME": str(home), "CERTROLL_KEY_BACKEND": backend}
     if backend == "pkcs11":
-        monkeypatch.setenv("SOFTHSM2_CONF", str(_softhsm_conf(tmp_path)))
+        monkeypatch.setenv("SOFTHSM2_CONF", str(softhsm_conf(tmp_path)))
         env["CERTROLL_PKCS11_TOKEN"] = f"t-{tmp_path.name[-20:]}"
     settings = Settings.from_env(env)
     publisher = MemoryCrlPublisher()
@@ -161,7 +140,7 @@ def test_softhsm_key_is_sensitive_and_not_extractable(
     import pkcs11
     from pkcs11 import Attribute, ObjectClass
 
-    monkeypatch.setenv("SOFTHSM2_CONF", str(_softhsm_conf(tmp_path)))
+    monkeypatch.setenv("SOFTHSM2_CONF", str(softhsm_conf(tmp_path)))
     home = tmp_path / "home"
     settings = Settings.from_env({"CERTROLL_HOME": str(home), "CERTROLL_PKCS11_TOKEN": "attr"})
     init_pki(home, "pkcs11", False, "", settings=settings)

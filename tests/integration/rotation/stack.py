@@ -50,9 +50,9 @@ from shared.domain.model import ConnectionFailure, RotationRecord, RotationState
 from shared.domain.rotation import RotationService
 from shared.pki.local_ca import init_pki
 from shared.settings import AZURITE_CONNECTION_STRING, Settings
+from tests.support.softhsm import SOFTHSM, softhsm_conf
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
-SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
 
 
 class StaticToken:
@@ -253,16 +253,6 @@ def new_credentials(
     return key, x509.load_pem_x509_certificates(issued.chain_pem.encode())
 
 
-def _softhsm_conf(tmp_path: Path) -> Path:
-    tokens = tmp_path / "tokens"
-    tokens.mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
-    )
-    return conf
-
-
 @pytest.fixture
 def stack_options() -> StackOptions:
     """Overridden (``pytest.mark.parametrize(..., indirect=True)`` or a local fixture)."""
@@ -292,7 +282,7 @@ def stack(
     if opts.key == "softhsm":
         if not SOFTHSM.exists():
             pytest.skip("SoftHSM2 is not installed")
-        monkeypatch.setenv("SOFTHSM2_CONF", str(_softhsm_conf(tmp_path)))
+        monkeypatch.setenv("SOFTHSM2_CONF", str(softhsm_conf(tmp_path)))
         env["CERTROLL_KEY_BACKEND"] = "pkcs11"
         env["CERTROLL_PKCS11_TOKEN"] = f"rot-{suffix}"
     settings = Settings.from_env(env)

@@ -17,7 +17,8 @@ from shared.domain.model import (
     Trigger,
 )
 from shared.ports import CertificateLedger
-from tests.integration.rotation.stack import SOFTHSM, Stack, StackOptions
+from tests.integration.rotation.stack import Stack, StackOptions
+from tests.support.softhsm import SOFTHSM
 
 pytestmark = pytest.mark.azurite
 

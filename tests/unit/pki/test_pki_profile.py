@@ -128,16 +128,3 @@ def test_policy_from_settings() -> None:
     assert defaults.csr_max_bytes == 8192
     with pytest.raises(ValueError, match="validity_days"):
         IssuancePolicy.from_settings(Settings.from_env({"CERTROLL_CERT_VALIDITY_DAYS": "365"}))
-
-
-def test_renewal_time_has_bounded_stable_jitter() -> None:
-    policy = IssuancePolicy(validity_days=30, renewal_fraction=0.6, renewal_jitter=0.1)
-    start = NOW
-    end = NOW + timedelta(days=30)
-    times = [policy.renew_at(start, end, f"dev-{i}") for i in range(500)]
-    low = start + timedelta(days=30) * 0.5
-    high = start + timedelta(days=30) * 0.7
-    assert all(low <= t <= high for t in times)
-    # spread over the window, not bunched into one hour
-    assert max(times) - min(times) > timedelta(days=5)
-    assert policy.renew_at(start, end, "dev-3") == times[3]
