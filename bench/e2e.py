@@ -1,0 +1,122 @@
+"""End-to-end rotations per second through the dev host, beside a naive openssl loop.
+
+``e2e_rotations_per_s_<n>``: the demo's rotation phase (``local/demo.py``) on the local
+stack: from the timer firing to the last confirmation, every device renewed through the
+real event paths (sweep, work queue, twin changes, Event Grid lifecycle events, DPS slot
+writes, delivery, reprovision), certificates signed with the issuing key (SoftHSM2 when
+installed), state, ledger and audit in Azurite. Devices renewed / wall-clock seconds.
+
+``naive_openssl_loop_certs_per_s``: per device ``openssl genrsa 2048``, ``openssl req
+-new`` and ``openssl x509 -req`` with the issuing CA, each a subprocess, over ~30 devices
+(what a shell script renewing certificates one by one does, without any enrollment or
+delivery).
+
+The 10,000-device run takes tens of minutes on two cores; it runs when
+``CERTROLL_BENCH_E2E_10K=1`` is set and is left out otherwise (stated on stderr).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from bench.common import BenchRow
+from local.demo import DemoOptions, DemoResult, run_demo
+from local.stack import drop_run_storage, run_settings
+from shared.pki.local_ca import generate_pki
+from shared.settings import Settings
+
+NAIVE_DEVICES = 30
+TARGET_RATIO = 10.0
+
+
+def naive_openssl_rate(devices: int = NAIVE_DEVICES) -> float:
+    """Certificates per second of the per-device openssl loop (three subprocesses each)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl is not installed")
+    pki = generate_pki()
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        ca_key, ca_cert = d / "ca.key", d / "ca.pem"
+        ca_key.write_bytes(
+            pki.issuing_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        ca_cert.write_bytes(pki.issuing_certificate.public_bytes(serialization.Encoding.PEM))
+        started = time.perf_counter()
+        for i in range(devices):
+            key, csr, crt = d / f"{i}.key", d / f"{i}.csr", d / f"{i}.pem"
+            for argv in (
+                [openssl, "genrsa", "-out", str(key), "2048"],
+                [openssl, "req", "-new", "-key", str(key), "-subj", f"/CN=dev-{i:05d}",
+                 "-out", str(csr)],
+                [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey",
+                 str(ca_key), "-set_serial", str(1000 + i), "-days", "30", "-sha384",
+                 "-out", str(crt)],
+            ):
+                subprocess.run(argv, check=True, capture_output=True)
+        return devices / (time.perf_counter() - started)
+
+
+def e2e_run(devices: int, home: Path) -> DemoResult:
+    """One demo run of ``devices`` devices; its storage is dropped afterwards."""
+    settings = Settings.from_env({"CERTROLL_HOME": str(home)})
+    options = DemoOptions(devices=devices, progress=False)
+    result = run_demo(settings, options)
+    drop_run_storage(run_settings(settings, result.run_id))
+    if not result.ok:
+        failed = [c.name for c in result.checks if not c.ok]
+        raise RuntimeError(f"the {devices}-device run failed its checks: {failed}")
+    return result
+
+
+def run() -> list[BenchRow]:
+    naive = naive_openssl_rate()
+    rows = [
+        BenchRow(
+            "naive_openssl_loop_certs_per_s", naive, "certs/s",
+            f"per device: openssl genrsa 2048 + req -new + x509 -req with the issuing CA "
+            f"(subprocesses), {NAIVE_DEVICES} devices",
+        )
+    ]
+    sizes = [1000]
+    if os.environ.get("CERTROLL_BENCH_E2E_10K") == "1":
+        sizes.append(10_000)
+    else:
+        print("   e2e 10k: skipped (set CERTROLL_BENCH_E2E_10K=1; takes tens of minutes)",
+              file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            result = e2e_run(n, Path(tmp) / f"home{n}")
+            renewed = int(result.summary["renewed"])
+            rate = renewed / result.rotation_seconds
+            label = f"{n // 1000}k"
+            rows += [
+                BenchRow(
+                    f"e2e_rotations_per_s_{label}", rate, "rotations/s",
+                    f"{n} devices (PKCS#11 key: {result.backend == 'pkcs11'}), sweep to last "
+                    "confirmation through the dev host, Azurite storage",
+                ),
+                BenchRow(
+                    f"e2e_vs_naive_openssl_ratio_{label}", rate / naive, "ratio",
+                    "end-to-end rotations/s / naive openssl loop certs/s",
+                    f">= {TARGET_RATIO:g}",
+                ),
+                BenchRow(
+                    f"e2e_storage_calls_per_rotation_{label}",
+                    result.rotation_storage_calls / max(renewed, 1), "calls",
+                    "Azurite requests per rotation (state, ledger, audit, queue, CRL)",
+                ),
+            ]
+    return rows

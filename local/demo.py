@@ -1,0 +1,565 @@
+"""The demo: a simulated fleet near expiry rotated end to end by the functions.
+
+Flow (:func:`run_demo`):
+
+1. Start the :class:`~local.stack.LocalStack` on a :class:`~shared.clock.ManualClock` set
+   ``age`` (22 days) before the rotation start, which itself is ``margin`` before real
+   now. Certificates issued during the run are therefore already valid at real now.
+2. Provision the fleet through certroll's own Issuer (so the ledger holds every initial
+   certificate; 30-day validity), mixing individual enrollments and members of a CA
+   enrollment group; devices register through DPS and connect to the hub.
+3. Move the clock to the rotation start: every certificate is now due for renewal.
+4. Fire the timer: ``daily_sweep`` fans the due devices out on the work queue,
+   ``rotation_worker`` asks each device for a CSR, the CSRs come back as routed twin
+   changes (``twin_changes``), the certificates are issued, enrolled in the free DPS slot,
+   delivered, the devices reprovision, and ``device_lifecycle`` / ``twin_changes``
+   confirm. A share of the twin-change messages is delivered twice (at-least-once), some
+   devices are offline for a while, and one device is disallowed through the HTTP API
+   while its rotation runs; it is then refused by DPS and the hub.
+5. Verify: every other device runs on a new certificate that chains to the root and is
+   valid at real now, with exactly one renewal issuance in the ledger; every certificate
+   of the disallowed device is revoked and listed in the published CRL.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from local.device.simulator import FleetSimulator
+from local.emulator import HubConnectError, RegistrationError
+from local.stack import STORAGE_CALLS, LocalStack, SteppingClock, demo_times
+from shared.bootstrap import CRL_NAME
+from shared.clock import ManualClock
+from shared.domain.errors import CertrollError, InvalidRequestError
+from shared.domain.model import CertificateStatus, RotationState
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PROVISION_TRIGGER = "provision"  # ledger trigger of the certificates the fleet starts with
+DEMO_ACTOR = "system:demo"
+SUMMARY_KEYS = (
+    "devices",
+    "renewed",
+    "failed",
+    "disallowed",
+    "certificates_issued",
+    "duplicate_events",
+    "disallowed_reconnect_rejected",
+    "max_gap_seconds",
+    "elapsed_seconds",
+)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    devices: int = 1000
+    transport: str = "inproc"
+    group_fraction: float = 0.3
+    offline_fraction: float = 0.05
+    offline_for: timedelta = timedelta(minutes=30)
+    duplicate_fraction: float = 0.1
+    age: timedelta = timedelta(days=22)
+    validity_days: int = 30
+    margin: timedelta = timedelta(hours=3)
+    seed: int = 7
+    run_id: str | None = None
+    key_backend: str | None = None
+    progress: bool = True
+    max_rounds: int = 20_000
+    partitions: int = 4  # concurrent function invocations (Event Hubs partitions)
+
+    def __post_init__(self) -> None:
+        if self.devices < 2:
+            raise InvalidRequestError("devices_invalid", "the demo needs at least 2 devices")
+        if self.transport not in ("inproc", "http"):
+            raise InvalidRequestError(
+                "transport_invalid", f"transport {self.transport!r} is not one of inproc, http"
+            )
+        for name in ("group_fraction", "offline_fraction", "duplicate_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InvalidRequestError(f"{name}_invalid", f"{name} must be within 0..1")
+        if self.offline_for >= self.margin:
+            raise InvalidRequestError(
+                "offline_for_invalid", "offline_for must be shorter than the clock margin"
+            )
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class DemoResult:
+    summary: dict[str, Any]
+    checks: list[Check]
+    run_id: str
+    backend: str
+    backend_note: str
+    transport: str
+    url: str | None
+    home: Path
+    table_prefix: str
+    pki_container: str
+    disallowed_device: str
+    before: list[datetime] = field(default_factory=list)
+    before_at: datetime | None = None
+    after: list[datetime] = field(default_factory=list)
+    after_at: datetime | None = None
+    #: wall-clock seconds from the timer firing to the last confirmation
+    rotation_seconds: float = 0.0
+    #: storage requests made during that time
+    rotation_storage_calls: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def principal_header(name: str, role: str) -> str:
+    """An App Service Authentication principal (``X-MS-CLIENT-PRINCIPAL``) with one role."""
+    doc = {
+        "auth_typ": "aad",
+        "claims": [{"typ": "roles", "val": role}, {"typ": "name", "val": name}],
+        "name_typ": "name",
+        "role_typ": "roles",
+    }
+    return base64.b64encode(json.dumps(doc).encode()).decode()
+
+
+def call_api(
+    base_url: str,
+    method: str,
+    path: str,
+    *,
+    function_key: str | None,
+    principal: str | None = None,
+    principal_name: str | None = None,
+    body: dict[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, Any]:
+    """One real HTTP call to the dev host; returns (status, JSON body or None)."""
+    headers = {"Accept": "application/json"}
+    if function_key is not None:
+        headers["x-functions-key"] = function_key
+    if principal is not None:
+        headers["X-MS-CLIENT-PRINCIPAL"] = principal
+    if principal_name is not None:
+        headers["X-MS-CLIENT-PRINCIPAL-NAME"] = principal_name
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(
+        base_url.rstrip("/") + path, data=data, headers=headers, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc="rotating", unit="dev", file=sys.stderr, disable=not enabled,
+        dynamic_ncols=True, leave=True,
+    )
+
+
+def run_demo(
+    settings: Settings,
+    options: DemoOptions,
+    *,
+    say: Callable[[str], None] = lambda _text: None,
+) -> DemoResult:
+    """Run the whole demo against the local stack; see the module docstring."""
+    started = time.perf_counter()
+    real_now = datetime.now(UTC)
+    birth, rotation_start = demo_times(real_now, age=options.age, margin=options.margin)
+    clock = SteppingClock(birth)
+    values = dict(settings.values)
+    values["CERTROLL_CERT_VALIDITY_DAYS"] = str(options.validity_days)
+    stack = LocalStack(
+        Settings(values),
+        clock=clock,
+        transport=options.transport,
+        key_backend=options.key_backend,
+        run_id=options.run_id,
+        pki_not_before=birth - timedelta(days=1),
+        duplicate_fraction=options.duplicate_fraction,
+        seed=options.seed,
+        partitions=options.partitions,
+    )
+    with stack:
+        _check_pki_window(stack, birth)
+        say(
+            f"local stack {stack.run_id}: {stack.transport} transport, dev host {stack.url}, "
+            f"{stack.backend_note}"
+        )
+        return _run(stack, options, clock, rotation_start, real_now, started, say)
+
+
+def _check_pki_window(stack: LocalStack, birth: datetime) -> None:
+    issuing = stack.services.authority.certificate
+    if issuing.not_valid_before_utc > birth:
+        raise InvalidRequestError(
+            "pki_too_new",
+            f"the issuing CA in {stack.home / 'pki'} starts {issuing.not_valid_before_utc:%Y-%m-%d}"
+            f", after the demo fleet's first certificates ({birth:%Y-%m-%d}); remove that "
+            "directory so the demo makes its own PKI",
+        )
+
+
+def _run(
+    stack: LocalStack,
+    options: DemoOptions,
+    clock: ManualClock,
+    rotation_start: datetime,
+    real_now: datetime,
+    started: float,
+    say: Callable[[str], None],
+) -> DemoResult:
+    services = stack.services
+    authority = services.authority
+    root = authority.root or authority.chain[-1]
+    issuer = services.issuer
+
+    def issue_initial(device_id: str, csr_pem: str) -> str:
+        issued = issuer.issue(
+            device_id,
+            csr_pem,
+            request_id=str(uuid.uuid4()),
+            trigger=PROVISION_TRIGGER,
+            actor=DEMO_ACTOR,
+        )
+        chain_pem: str = issued.chain_pem
+        return chain_pem
+
+    sim = FleetSimulator(
+        stack.emulator,
+        issue_initial,
+        options.devices,
+        group_fraction=options.group_fraction,
+        seed=options.seed,
+        trust_anchor=root,
+        id_prefix="dev-",
+    )
+    say(f"provisioning {options.devices} devices at {clock.now():%Y-%m-%d %H:%M} UTC "
+        f"({options.validity_days}-day certificates)")
+    connected = sim.start(wait=True)
+    _drain(stack, sim)
+    if connected != options.devices:
+        raise CertrollError(f"only {connected} of {options.devices} devices connected")
+    initial_serials = {d: int(a.certificate.serial_number) for d, a in sim.agents.items()}
+    if clock.now() >= rotation_start:
+        raise CertrollError("provisioning used up the clock margin; raise the margin")
+    clock.advance((rotation_start - clock.now()).total_seconds())
+    before = [a.certificate.not_valid_after_utc for a in sim.agents.values()]
+    before_at = clock.now()
+
+    rng = random.Random(options.seed)
+    ids = sorted(sim.agents)
+    members = sorted(sim.group_members) or ids
+    disallowed_id = rng.choice(members)
+    others = [d for d in ids if d != disallowed_id]
+    offline = rng.sample(others, round(options.offline_fraction * len(others)))
+    say(f"{clock.now():%Y-%m-%d %H:%M} UTC: every certificate is due; {len(offline)} of "
+        f"{len(ids)} devices go offline for {options.offline_for}; the timer fires")
+    sim.take_offline(offline, options.offline_for)
+
+    rotation_started = time.perf_counter()
+    calls_before = STORAGE_CALLS.value
+    stack.fire_timer()
+    stack.pump()
+
+    # breach response through the HTTP API while the device's rotation runs
+    assert stack.url is not None
+    role = stack.settings.get("CERTROLL_OPERATOR_ROLE")
+    status, body = call_api(
+        stack.url,
+        "POST",
+        f"/api/devices/{disallowed_id}/disallow",
+        function_key=stack.function_key,
+        principal=principal_header("operator@demo.local", role),
+        principal_name="operator@demo.local",
+        body={"reason": "demo: device reported stolen"},
+    )
+    if status != 200:
+        raise CertrollError(f"disallow of {disallowed_id} answered {status}: {body}")
+    say(f"disallowed {disallowed_id} through POST /api/devices/{disallowed_id}/disallow")
+    rejected = _try_comeback(stack, sim, disallowed_id)
+    sim.agents[disallowed_id].go_offline()  # powered off: it stops retrying
+
+    bar = _progress(len(others), options.progress)
+    try:
+        rounds = _rotate(stack, sim, others, options, bar)
+    finally:
+        bar.close()
+    _drain(stack, sim)
+    rotation_seconds = time.perf_counter() - rotation_started
+    rotation_calls = STORAGE_CALLS.value - calls_before
+    rejected += _try_comeback(stack, sim, disallowed_id)
+    say(f"rotation finished after {rounds} rounds; clock at {clock.now():%Y-%m-%d %H:%M} UTC")
+
+    checks, counts = verify(stack, sim, others, disallowed_id, initial_serials, root, real_now)
+    checks.append(Check("disallowed device refused by DPS and hub", rejected >= 2,
+                        f"{rejected} refusals"))
+    after = [sim.agents[d].certificate.not_valid_after_utc for d in others]
+    summary = {
+        "devices": options.devices,
+        "renewed": counts["renewed"],
+        "failed": len(others) - counts["renewed"],
+        "disallowed": counts["disallowed"],
+        "certificates_issued": counts["certificates_issued"],
+        "duplicate_events": stack.totals.duplicates,
+        "disallowed_reconnect_rejected": rejected,
+        "max_gap_seconds": round(
+            max(sim.agents[d].timeline.gap_seconds(clock.now()) for d in others), 3
+        ),
+        "elapsed_seconds": round(time.perf_counter() - started, 2),
+    }
+    return DemoResult(
+        summary=summary,
+        checks=checks,
+        run_id=stack.run_id,
+        backend=stack.backend,
+        backend_note=stack.backend_note,
+        transport=stack.transport,
+        url=stack.url,
+        home=stack.home,
+        table_prefix=stack.settings.get("CERTROLL_TABLE_PREFIX"),
+        pki_container=stack.settings.get("CERTROLL_PKI_CONTAINER"),
+        disallowed_device=disallowed_id,
+        before=before,
+        before_at=before_at,
+        after=after,
+        after_at=clock.now(),
+        rotation_seconds=rotation_seconds,
+        rotation_storage_calls=rotation_calls,
+    )
+
+
+def _drain(stack: LocalStack, sim: FleetSimulator, max_rounds: int = 1000) -> None:
+    """Pump and step until neither has anything to do now (no clock movement)."""
+    for _ in range(max_rounds):
+        moved = stack.pump().total + sim.step_all()
+        if not moved and not stack.pending():
+            return
+
+
+def _try_comeback(stack: LocalStack, sim: FleetSimulator, device_id: str) -> int:
+    """The disallowed device tries to register and to connect with every certificate it
+    has; returns how many attempts DPS and the hub refused."""
+    agent = sim.agents[device_id]
+    refused = 0
+    try:
+        stack.emulator.register(device_id, agent.chain)
+    except RegistrationError as exc:
+        logger.info("DPS refused %s: %s", device_id, exc)
+        refused += 1
+    try:
+        session = stack.emulator.connect(device_id, agent.chain, agent)
+    except HubConnectError as exc:
+        logger.info("hub refused %s: %s", device_id, exc)
+        refused += 1
+    else:
+        session.disconnect()
+    return refused
+
+
+def _rotate(
+    stack: LocalStack,
+    sim: FleetSimulator,
+    others: list[str],
+    options: DemoOptions,
+    bar: Any,
+) -> int:
+    """Pump events and step devices until every device but the disallowed one has
+    installed its renewal and nothing is left in flight."""
+    clock = stack.clock
+    assert isinstance(clock, ManualClock)
+    state = stack.services.state
+    done = 0
+    idle_sweeps = 0
+    for rounds in range(1, options.max_rounds + 1):
+        moved = stack.pump().total + sim.step_all()
+        installed = sum(1 for d in others if sim.agents[d].timeline.renewals_installed)
+        if installed > done:
+            bar.update(installed - done)
+            done = installed
+        if moved or stack.pending():
+            continue
+        if done == len(others) and not _in_flight(state):
+            return rounds
+        due = sim.next_due()
+        if due is not None:
+            clock.advance(max((due - clock.now()).total_seconds(), 0.001))
+            continue
+        # nothing scheduled by the devices: let time pass and sweep (stuck, failed, offline)
+        if idle_sweeps >= 50:
+            return rounds
+        idle_sweeps += 1
+        clock.advance(timedelta(minutes=1).total_seconds())
+        stack.fire_timer()
+    return options.max_rounds
+
+
+def _in_flight(state: Any) -> bool:
+    from shared.domain.rotation import IN_FLIGHT
+
+    return any(True for _ in state.list(states=set(IN_FLIGHT)))
+
+
+def verify(
+    stack: LocalStack,
+    sim: FleetSimulator,
+    others: list[str],
+    disallowed_id: str,
+    initial_serials: dict[str, int],
+    root: x509.Certificate,
+    real_now: datetime,
+) -> tuple[list[Check], dict[str, int]]:
+    """The end-of-run checks (certificates, ledger, CRL) and the counts for the summary."""
+    services = stack.services
+    authority = services.authority
+    issuing = authority.certificate
+    ledger = services.ledger
+    at = max(real_now, datetime.now(UTC))
+    checks: list[Check] = []
+
+    chain_ok = _verify_ca(issuing, root, at)
+    checks.append(Check("issuing CA chains to the root", chain_ok))
+
+    renewed = 0
+    not_new: list[str] = []
+    bad_chain: list[str] = []
+    bad_ledger: list[str] = []
+    issued_total = 0
+    for device_id in [*others, disallowed_id]:
+        records = ledger.list_for_device(device_id)
+        renewals = [r for r in records if r.trigger != PROVISION_TRIGGER]
+        issued_total += len(renewals)
+        if device_id == disallowed_id:
+            continue
+        cert = sim.agents[device_id].certificate
+        serial = format(cert.serial_number, "x")
+        fresh = cert.serial_number != initial_serials[device_id]
+        verified = _verify_leaf(cert, issuing, at)
+        in_ledger = (
+            len(renewals) == 1
+            and renewals[0].serial == serial
+            and renewals[0].status is CertificateStatus.ACTIVE
+        )
+        if not fresh:
+            not_new.append(device_id)
+        if not verified:
+            bad_chain.append(device_id)
+        if not in_ledger:
+            bad_ledger.append(device_id)
+        if fresh and verified and in_ledger:
+            renewed += 1
+    checks.append(Check("every device is on a new certificate", not not_new, _some(not_new)))
+    checks.append(
+        Check("every new certificate chains to the root and is valid now", not bad_chain,
+              _some(bad_chain))
+    )
+    checks.append(
+        Check("exactly one renewal issuance per device in the ledger, now active",
+              not bad_ledger, _some(bad_ledger))
+    )
+
+    record = services.state.get(disallowed_id)
+    disallowed_state = record is not None and record.state is RotationState.DISALLOWED
+    checks.append(Check("disallowed device's rotation record is disallowed", disallowed_state))
+    revoked = ledger.list_for_device(disallowed_id)
+    all_revoked = bool(revoked) and all(r.status is CertificateStatus.REVOKED for r in revoked)
+    checks.append(
+        Check("every certificate of the disallowed device is revoked", all_revoked,
+              f"{len(revoked)} certificates")
+    )
+    crl = x509.load_der_x509_crl(services.crl_publisher.fetch(CRL_NAME))
+    crl_signed = crl.is_signature_valid(issuing.public_key())  # type: ignore[arg-type]
+    listed = [
+        r.serial for r in revoked
+        if crl.get_revoked_certificate_by_serial_number(int(r.serial, 16)) is not None
+    ]
+    checks.append(
+        Check("the published CRL is signed by the issuing CA and lists them",
+              crl_signed and len(listed) == len(revoked) and bool(listed),
+              f"{len(listed)} of {len(revoked)} listed")
+    )
+    disallowed = sum(1 for _ in services.state.list(states={RotationState.DISALLOWED}))
+    counts = {"renewed": renewed, "certificates_issued": issued_total, "disallowed": disallowed}
+    return checks, counts
+
+
+def _some(ids: list[str], limit: int = 5) -> str:
+    if not ids:
+        return ""
+    more = f" (+{len(ids) - limit} more)" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
+
+
+def _valid_at(cert: x509.Certificate, at: datetime) -> bool:
+    return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc
+
+
+def _verify_ca(issuing: x509.Certificate, root: x509.Certificate, at: datetime) -> bool:
+    try:
+        issuing.verify_directly_issued_by(root)
+        root.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return _valid_at(issuing, at) and _valid_at(root, at)
+
+
+def _verify_leaf(cert: x509.Certificate, issuing: x509.Certificate, at: datetime) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuing)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return _valid_at(cert, at)
+
+
+def write_report(result: DemoResult, path: Path) -> Path:
+    from local.report import render_report
+
+    assert result.before_at is not None
+    assert result.after_at is not None
+    html_text = render_report(
+        before=result.before,
+        before_at=result.before_at,
+        after=result.after,
+        after_at=result.after_at,
+        summary={**result.summary, "run": result.run_id, "key backend": result.backend},
+        title=f"certroll demo {result.run_id}",
+    )
+    path.write_text(html_text, encoding="utf-8")
+    return path
