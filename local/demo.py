@@ -43,7 +43,7 @@ from cryptography.exceptions import InvalidSignature
 
 from local.device.simulator import FleetSimulator
 from local.emulator import HubConnectError, RegistrationError
-from local.stack import STORAGE_CALLS, LocalStack, SteppingClock, demo_times
+from local.stack import STORAGE_CALLS, LocalStack, demo_times
 from shared.bootstrap import CRL_NAME
 from shared.clock import ManualClock
 from shared.domain.errors import CertrollError, InvalidRequestError
@@ -203,7 +203,7 @@ def run_demo(
     started = time.perf_counter()
     real_now = datetime.now(UTC)
     birth, rotation_start = demo_times(real_now, age=options.age, margin=options.margin)
-    clock = SteppingClock(birth)
+    clock = ManualClock(birth)
     values = dict(settings.values)
     values["CERTROLL_CERT_VALIDITY_DAYS"] = str(options.validity_days)
     stack = LocalStack(

@@ -25,12 +25,10 @@ import contextlib
 import importlib
 import json
 import logging
-import math
 import os
 import random
 import re
 import secrets
-import sys
 import threading
 import uuid
 import zlib
@@ -47,7 +45,7 @@ from werkzeug.test import Client
 from local.devhost import DevHost
 from local.emulator import CONNECTIONS, LIFECYCLE, TWIN_CHANGES, FleetEmulator
 from shared.bootstrap import CRL_NAME, Services, override_services
-from shared.clock import ManualClock, SystemClock
+from shared.clock import SystemClock
 from shared.domain.errors import InvalidRequestError
 from shared.ports import Clock
 from shared.settings import Settings
@@ -69,16 +67,7 @@ EVENT_GRID = "eventgrid:device_lifecycle"
 
 
 def load_function_app() -> Any:
-    """Import ``function_app`` (the project root is not on ``sys.path`` when the console
-    script runs from elsewhere; the checkout's root is added then)."""
-    try:
-        return importlib.import_module("function_app")
-    except ModuleNotFoundError as exc:
-        if exc.name != "function_app":
-            raise
-    root = str(Path(__file__).resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    """The Function App (``function_app`` is installed with the package)."""
     return importlib.import_module("function_app")
 
 
@@ -118,19 +107,6 @@ def backend_note(backend: str) -> str:
         return "issuing key inside a SoftHSM2 token (PKCS#11), never leaves the token"
     why = "chosen" if softhsm_available() else "SoftHSM2 not found"
     return f"issuing key in an encrypted PEM file: for development only ({why})"
-
-
-class SteppingClock(ManualClock):
-    """A :class:`ManualClock` whose ``sleep`` always moves time forward.
-
-    A token bucket may answer a wait shorter than a microsecond (floating-point rest of a
-    refill); ``ManualClock.sleep`` would then advance by zero and a throttled caller would
-    retry at the same instant forever. Sleeps are rounded up to whole microseconds here.
-    """
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self.advance(math.ceil(seconds * 1_000_000) / 1_000_000)
 
 
 class _Counter:

@@ -144,4 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # ``python -m shared.cli``: run the imported module's ``main`` so commands registered
+    # by other modules (into ``shared.cli``, not ``__main__``) are all there
+    from shared import cli
+
+    sys.exit(cli.main())

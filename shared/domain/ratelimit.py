@@ -8,6 +8,7 @@ per-minute limit testable in seconds. Taking more than is available raises
 
 from __future__ import annotations
 
+import math
 import threading
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -16,6 +17,9 @@ from shared.domain.errors import ThrottledError
 
 if TYPE_CHECKING:
     from shared.ports import Clock
+
+
+_EPSILON = 1e-9  # float slack when refilled tokens should equal what is asked
 
 
 class TokenBucket:
@@ -73,10 +77,12 @@ class TokenBucket:
             raise ValueError(f"{n} tokens exceed the capacity {self.capacity} of {self.name}")
         with self._lock:
             self._refill()
-            if self._tokens >= n:
-                self._tokens -= n
+            if self._tokens >= n - _EPSILON:
+                self._tokens = max(0.0, self._tokens - n)
                 return 0.0
-            return (n - self._tokens) / self.rate
+            # rounded up to a whole microsecond: waiting exactly this long must find the
+            # tokens there (a clock may not move for a shorter sleep)
+            return math.ceil((n - self._tokens) / self.rate * 1e6) / 1e6
 
     def take(self, n: float = 1.0) -> None:
         """Take ``n`` tokens or raise ThrottledError(retry_after=seconds to wait)."""

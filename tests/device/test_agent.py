@@ -537,3 +537,39 @@ def test_unknown_method_gets_404(agent: DeviceAgent, service: ServiceDouble) -> 
     result = service.emulator.hub.invoke_method("dev-1", "reboot", {})
     assert result.status == 404
     assert "reboot" in result.payload["error"]
+
+
+def test_time_without_a_working_certificate_counts_as_a_gap(
+    agent: DeviceAgent, emulator: FleetEmulator
+) -> None:
+    """The gap measure can see an outage: the device loses its connection and neither the
+    hub nor DPS accept its certificate for ten minutes."""
+    import dataclasses
+
+    from shared.domain.model import ProvisioningStatus
+
+    assert agent.connected
+    enrollment = emulator.dps.get_individual("dev-1")
+    emulator.dps.put_individual(
+        dataclasses.replace(enrollment, provisioning_status=ProvisioningStatus.DISABLED)
+    )
+    identity = emulator.hub.get_device("dev-1")
+    emulator.hub.update_device(dataclasses.replace(identity, primary_thumbprint="ab" * 32))
+    session = emulator.session("dev-1")
+    assert session is not None
+    session.disconnect()
+    agent.step()
+    assert not agent.connected
+    emulator.clock.sleep(600)
+    enrollment = emulator.dps.get_individual("dev-1")
+    emulator.dps.put_individual(
+        dataclasses.replace(enrollment, provisioning_status=ProvisioningStatus.ENABLED)
+    )
+    for _ in range(20):  # the device retries with back-off until it gets back in
+        due = agent.step()
+        if agent.connected:
+            break
+        assert due is not None
+        emulator.clock.sleep(max((due - emulator.clock.now()).total_seconds(), 1))
+    assert agent.connected
+    assert agent.timeline.max_gap_seconds >= 600

@@ -11,7 +11,6 @@ import pytest
 from local.commands import ledger_snapshot
 from local.stack import (
     LocalStack,
-    SteppingClock,
     _device_of,
     choose_key_backend,
     demo_times,
@@ -22,16 +21,6 @@ from shared.domain.errors import InvalidRequestError
 from shared.settings import Settings
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-def test_stepping_clock_always_moves_forward() -> None:
-    clock = SteppingClock(T0)
-    clock.sleep(6e-8)  # a token bucket's floating-point rest
-    assert clock.now() == T0 + timedelta(microseconds=1)
-    clock.sleep(0.6)
-    assert clock.now() == T0 + timedelta(microseconds=600_001)
-    clock.sleep(0)
-    assert clock.now() == T0 + timedelta(microseconds=600_001)
 
 
 def test_demo_times_put_the_rotation_before_now() -> None:
