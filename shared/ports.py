@@ -8,7 +8,7 @@ Every method raises only :mod:`shared.domain.errors` types.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
+from shared.domain.errors import NotFoundError
 from shared.domain.model import (
     AuditEvent,
     CertificateRecord,
@@ -112,6 +113,23 @@ class CertificateLedger(abc.ABC):
     def list_revoked(self) -> Iterator[CertificateRecord]:
         """Every revoked certificate (for the CRL)."""
 
+    def set_statuses(
+        self, device_id: str, changes: Mapping[str, CertificateStatus]
+    ) -> dict[str, CertificateRecord]:
+        """Change the status of several certificates of ``device_id`` at once (issued,
+        active, superseded; revoking goes through ``set_status``). Revoked records stay
+        as they are. Returns the records by serial; NotFoundError when a serial is not
+        the device's. Adapters may do it in one round trip (all or nothing)."""
+        out: dict[str, CertificateRecord] = {}
+        for serial, status in changes.items():
+            if CertificateStatus(status) is CertificateStatus.REVOKED:
+                raise ValueError("set_statuses does not revoke; use set_status")
+            record = self.get(serial)
+            if record.device_id != device_id:
+                raise NotFoundError(f"device {device_id} has no certificate {serial}")
+            out[serial] = self.set_status(serial, status)
+        return out
+
 
 class RotationStateStore(abc.ABC):
     """One rotation record per device, changed only with ETag-checked writes."""
@@ -138,6 +156,11 @@ class AuditLog(abc.ABC):
     @abc.abstractmethod
     def append(self, event: AuditEvent) -> None:
         """Append one entry (never updates or deletes)."""
+
+    def append_many(self, events: list[AuditEvent]) -> None:
+        """Append several entries in order (adapters may batch them per partition)."""
+        for event in events:
+            self.append(event)
 
     @abc.abstractmethod
     def list(self, device_id: str | None = None, limit: int = 100) -> list[AuditEvent]:

@@ -13,7 +13,7 @@ import json
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,6 +98,25 @@ class MemoryLedger(CertificateLedger):
                 rec.revoked_at = at or datetime.now(UTC)
                 rec.revocation_reason = reason or RevocationReason.UNSPECIFIED
             return copy.copy(rec)
+
+    def set_statuses(
+        self, device_id: str, changes: Mapping[str, CertificateStatus]
+    ) -> dict[str, CertificateRecord]:
+        wanted = {serial: CertificateStatus(status) for serial, status in changes.items()}
+        if CertificateStatus.REVOKED in wanted.values():
+            raise ValueError("set_statuses does not revoke; use set_status")
+        with self._lock:
+            for serial in wanted:
+                rec = self._by_serial.get(serial)
+                if rec is None or rec.device_id != device_id:
+                    raise NotFoundError(f"device {device_id} has no certificate {serial}")
+            out: dict[str, CertificateRecord] = {}
+            for serial, status in wanted.items():
+                rec = self._by_serial[serial]
+                if rec.status is not CertificateStatus.REVOKED:
+                    rec.status = status
+                out[serial] = copy.copy(rec)
+            return out
 
     def list_revoked(self) -> Iterator[CertificateRecord]:
         revoked = [r for r in self._by_serial.values() if r.status is CertificateStatus.REVOKED]

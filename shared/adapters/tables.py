@@ -12,8 +12,9 @@ Ledger table (``<prefix>Ledger``)
 
 State table (``<prefix>State``): ``PK=<device>, RK=rotation``, ETag-checked writes.
 
-Audit table (``<prefix>Audit``): ``PK=<device>`` plus a copy in ``PK=~global``;
-``RK=<inverted append time>-<uuid>`` so a partition reads newest first.
+Audit table (``<prefix>Audit``): one entity per entry, ``PK=<device>`` (``PK=~global``
+for entries without a device); ``RK=<inverted append time>-<uuid>`` so a partition reads
+newest first.
 
 Partition and row keys are the identifier percent-encoded (so ``?``, ``/``, ``#``, ``%``
 and ``~`` never reach a key raw); ``~`` starts every index partition and can therefore
@@ -22,6 +23,7 @@ never be a device's partition.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import threading
@@ -419,6 +421,62 @@ class TableLedger(_TableBase, CertificateLedger):
             return record
         raise ConcurrencyError(f"certificate {serial} keeps changing; status not set")
 
+    def set_statuses(
+        self, device_id: str, changes: Mapping[str, CertificateStatus]
+    ) -> dict[str, CertificateRecord]:
+        """One partition query and one ETag-checked entity-group transaction (the
+        certificate rows of a device share its partition), retried on a concurrent change."""
+        wanted = {serial: CertificateStatus(status) for serial, status in changes.items()}
+        if CertificateStatus.REVOKED in wanted.values():
+            raise ValueError("set_statuses does not revoke; use set_status")
+        if not wanted:
+            return {}
+        for _ in range(_SET_STATUS_ATTEMPTS):
+            rows = {
+                str(e["serial"]): e
+                for e in self._query(
+                    "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                    {"pk": _key(device_id), "lo": _CERT_PREFIX, "hi": _CERT_PREFIX[:-1] + "."},
+                    f"certificates of {device_id}",
+                )
+            }
+            out: dict[str, CertificateRecord] = {}
+            operations: list[Any] = []
+            for serial, status in wanted.items():
+                entity = rows.get(serial)
+                if entity is None:
+                    raise NotFoundError(f"device {device_id} has no certificate {serial}")
+                record = _entity_to_record(entity)
+                out[serial] = record
+                if record.status in (CertificateStatus.REVOKED, status):
+                    continue
+                record.status = status
+                operations.append(
+                    (
+                        "update",
+                        _record_to_entity(record, entity["PartitionKey"], entity["RowKey"]),
+                        {
+                            "mode": UpdateMode.REPLACE,
+                            "etag": entity.metadata["etag"],
+                            "match_condition": MatchConditions.IfNotModified,
+                        },
+                    )
+                )
+            if not operations:
+                return out
+            try:
+                for start in range(0, len(operations), 100):
+                    self._table.submit_transaction(operations[start : start + 100])
+            except (TableTransactionError, ResourceModifiedError) as exc:
+                if exc.status_code != 412:
+                    raise_storage_error(exc, f"status of certificates of {device_id}")
+                logger.info("ledger: certificates of %s changed concurrently; retrying", device_id)
+                continue
+            except AzureError as exc:
+                raise_storage_error(exc, f"status of certificates of {device_id}")
+            return out
+        raise ConcurrencyError(f"certificates of {device_id} keep changing; status not set")
+
 
 # --------------------------------------------------------------------------- rotation state
 
@@ -581,23 +639,45 @@ def _detail_from(e: Mapping[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
+#: an entity-group transaction holds at most 100 operations and 4 MiB
+_TRANSACTION_OPS = 100
+_TRANSACTION_BYTES = 2_000_000  # UTF-16 payload estimate, well inside 4 MiB
+
+
+def _transaction_chunks(entities: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for entity in entities:
+        weight = 2 * sum(len(v) for v in entity.values() if isinstance(v, str)) + 1024
+        if chunk and (len(chunk) >= _TRANSACTION_OPS or size + weight > _TRANSACTION_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entity)
+        size += weight
+    if chunk:
+        yield chunk
+
+
 class TableAuditLog(_TableBase, AuditLog):
     """Append-only audit entries, newest first per partition.
 
-    Each entry goes to its device's partition and to the ``~global`` partition (entries
-    without a device only to the latter), so ``list(device_id)`` and ``list(None)`` are
-    both single-partition reads that stop after ``limit`` rows. Order is append order
-    within a process (an inverted nanosecond stamp as RowKey prefix), which is also the
-    in-memory fake's order.
+    Each entry is one entity: in its device's partition, or in ``~global`` when it has
+    no device. ``list(device_id)`` is a single-partition read that stops after ``limit``
+    rows; ``list(None)`` (every entry, an operator's view) reads the whole table and
+    keeps the newest ``limit``. Order is append order within a process (an inverted
+    nanosecond stamp as RowKey prefix), which is also the in-memory fake's order.
+    ``append_many`` writes the entries of one partition in one entity-group transaction.
     """
 
     def __init__(self, service: TableServiceClient, table_name: str) -> None:
         super().__init__(service, table_name)
 
-    def append(self, event: AuditEvent) -> None:
+    @staticmethod
+    def _entity(event: AuditEvent) -> dict[str, Any]:
         at = _utc(event.at, "at") or datetime.now(UTC)
         rk = f"{_INVERT_BASE - _APPEND_CLOCK.next():020d}-{uuid.uuid4().hex}"
-        body: dict[str, Any] = {
+        return {
+            "PartitionKey": _key(event.device_id) if event.device_id else _GLOBAL_PK,
             "RowKey": rk,
             "action": event.action,
             "outcome": event.outcome,
@@ -607,22 +687,45 @@ class TableAuditLog(_TableBase, AuditLog):
             "at": at,
             **_detail_properties(event.detail),
         }
-        partitions = [_key(event.device_id)] if event.device_id else []
-        partitions.append(_GLOBAL_PK)
-        for pk in partitions:
-            try:
-                self._table.create_entity({**body, "PartitionKey": pk})
-            except AzureError as exc:
-                raise_storage_error(exc, f"audit entry {event.action} for {event.device_id}")
+
+    def append(self, event: AuditEvent) -> None:
+        entity = self._entity(event)
+        try:
+            self._table.create_entity(entity)
+        except AzureError as exc:
+            raise_storage_error(exc, f"audit entry {event.action} for {event.device_id}")
+
+    def append_many(self, events: list[AuditEvent]) -> None:
+        by_partition: dict[str, list[dict[str, Any]]] = {}
+        for event in events:
+            entity = self._entity(event)
+            by_partition.setdefault(entity["PartitionKey"], []).append(entity)
+        for pk, entities in by_partition.items():
+            for chunk in _transaction_chunks(entities):
+                try:
+                    if len(chunk) == 1:
+                        self._table.create_entity(chunk[0])
+                    else:
+                        self._table.submit_transaction([("create", e) for e in chunk])
+                except AzureError as exc:
+                    raise_storage_error(exc, f"{len(chunk)} audit entries for {pk}")
 
     def list(self, device_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
         if limit <= 0:
             return []
-        pk = _key(device_id) if device_id else _GLOBAL_PK
+        rows: Iterator[TableEntity]
+        if device_id:
+            rows = self._query(
+                "PartitionKey eq @pk",
+                {"pk": _key(device_id)},
+                "audit entries",
+                page=min(limit, 1000),
+            )
+        else:  # every partition: the newest ``limit`` rows of the whole table
+            everything = self._query("RowKey ne @none", {"none": ""}, "audit entries")
+            rows = iter(heapq.nsmallest(limit, everything, key=lambda e: str(e["RowKey"])))
         events: list[AuditEvent] = []
-        for e in self._query(
-            "PartitionKey eq @pk", {"pk": pk}, "audit entries", page=min(limit, 1000)
-        ):
+        for e in rows:
             events.append(
                 AuditEvent(
                     action=e["action"],

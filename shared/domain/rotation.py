@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ _DEVICE_REASONS = {
 }
 _MAX_STEPS = 16  # transitions one drive may make (the chain has 8)
 _MAX_CAS = 6  # re-reads after a ConcurrencyError before giving up
+_ISSUED_CACHE = 1024  # issued certificates kept for the delivery step of their request
 
 
 # --------------------------------------------------------------------------- collaborators
@@ -424,6 +426,7 @@ class RotationService:
         self.policy = deps.policy
         self.retrier = Retrier(deps.clock, deps.policy.retry)
         self._issued: dict[tuple[str, str], IssuedLike] = {}
+        self._issued_lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -507,7 +510,8 @@ class RotationService:
         if rec.request_id is None or rec.csr_pem is None:
             raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no request/CSR")
         key = (rec.device_id, rec.request_id)
-        cached = self._issued.get(key)
+        with self._issued_lock:
+            cached = self._issued.get(key)
         if cached is not None:
             return cached
         issued = self._call(
@@ -518,7 +522,10 @@ class RotationService:
             trigger=_trigger(rec.reason),
             actor=self.deps.actor,
         )
-        self._issued = {key: issued}  # keep only the latest
+        with self._issued_lock:  # the latest few, for the steps that follow
+            self._issued[key] = issued
+            while len(self._issued) > _ISSUED_CACHE:
+                del self._issued[next(iter(self._issued))]
         return issued
 
     def _with_record(
@@ -923,18 +930,23 @@ class RotationService:
             notAfter=_iso(cert.not_after),
             reason=rec.reason,
         )
-        return self._save(
+        # issued -> enrolled needs no device round trip: one write at the end of both
+        # (a crash before it leaves csr_received; re-driving reuses the certificate)
+        issued_rec = dataclasses.replace(
             rec,
             state=RotationState.ISSUED,
             new_serial=cert.serial,
             new_thumbprint=cert.thumbprint_sha256.lower(),
-            deadline=self._now() + self.policy.rotation_deadline,
         )
+        return self._step_enroll(issued_rec, cert)
 
-    def _step_enroll(self, rec: RotationRecord) -> RotationRecord:
+    def _step_enroll(
+        self, rec: RotationRecord, cert: CertificateRecord | None = None
+    ) -> RotationRecord:
         if rec.new_serial is None or rec.new_thumbprint is None:
             raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
-        cert = self._call(self.deps.ledger.get, rec.new_serial)
+        if cert is None or cert.serial != rec.new_serial:
+            cert = self._call(self.deps.ledger.get, rec.new_serial)
         reason = _trigger(rec.reason)
         clear_old = reason in (Trigger.COMPROMISE, Trigger.ALLOW)
         enable = reason is Trigger.ALLOW
@@ -1179,7 +1191,12 @@ class RotationService:
         self._hub_accept(rec, keep=new, clear_others=True, enable=False)
         # ledger: old certificates superseded (revoked on compromise), the new one active
         revoked_any = False
-        for cert in self._call(self.deps.ledger.list_for_device, rec.device_id):
+        certs = self._call(self.deps.ledger.list_for_device, rec.device_id)
+        issued_at = next(
+            (c.issued_at for c in certs if c.serial == rec.new_serial), None
+        ) or self._issue_time(rec)
+        statuses: dict[str, CertificateStatus] = {}
+        for cert in certs:
             if cert.serial == rec.new_serial or cert.status in (
                 CertificateStatus.REVOKED,
                 CertificateStatus.SUPERSEDED,
@@ -1193,9 +1210,14 @@ class RotationService:
                     self.deps.actor,
                 )
                 revoked_any = True
-            elif cert.issued_at <= self._issue_time(rec) or cert.serial == rec.current_serial:
-                self._call(self.deps.ledger.set_status, cert.serial, CertificateStatus.SUPERSEDED)
-        new_cert = self._call(self.deps.ledger.set_status, rec.new_serial, CertificateStatus.ACTIVE)
+            elif cert.issued_at <= issued_at or cert.serial == rec.current_serial:
+                statuses[cert.serial] = CertificateStatus.SUPERSEDED
+        # the old ones superseded and the new one active: one write where the ledger
+        # keeps a device's certificates together
+        statuses[rec.new_serial] = CertificateStatus.ACTIVE
+        new_cert = self._call(self.deps.ledger.set_statuses, rec.device_id, statuses)[
+            rec.new_serial
+        ]
         if revoked_any:
             self._call(self.deps.issuer.publish_crl)
         self._call(
@@ -1224,7 +1246,8 @@ class RotationService:
             slot=rec.slot,
         )
         self._metric("certroll.rotation_completed", reason=rec.reason or "")
-        self._issued.pop((rec.device_id, rec.request_id or ""), None)
+        with self._issued_lock:
+            self._issued.pop((rec.device_id, rec.request_id or ""), None)
         return self._save(
             rec,
             state=RotationState.IDLE,

@@ -208,6 +208,53 @@ def test_ledger_list_revoked_has_only_revoked(ledger: CertificateLedger) -> None
     assert revoked["e1"] == ledger.get("e1")
 
 
+def test_ledger_set_statuses_changes_several_of_one_device(ledger: CertificateLedger) -> None:
+    ledger.add(make_record(serial="a1", csr="1" * 64, issued_at=T0))
+    ledger.add(make_record(serial="a2", csr="2" * 64, issued_at=T0 + timedelta(1)))
+    ledger.add(make_record(serial="a3", csr="3" * 64, issued_at=T0 + timedelta(2)))
+    ledger.set_status("a2", CertificateStatus.REVOKED, reason=RevocationReason.KEY_COMPROMISE)
+    out = ledger.set_statuses(
+        "dev-1",
+        {
+            "a1": CertificateStatus.SUPERSEDED,
+            "a2": CertificateStatus.SUPERSEDED,
+            "a3": CertificateStatus.ACTIVE,
+        },
+    )
+    assert {s: r.status for s, r in out.items()} == {
+        "a1": CertificateStatus.SUPERSEDED,
+        "a2": CertificateStatus.REVOKED,  # revoked is final
+        "a3": CertificateStatus.ACTIVE,
+    }
+    assert [c.status for c in ledger.list_for_device("dev-1")] == [
+        CertificateStatus.SUPERSEDED,
+        CertificateStatus.REVOKED,
+        CertificateStatus.ACTIVE,
+    ]
+    assert out["a3"] == ledger.get("a3")
+    # repeating it changes nothing
+    again = ledger.set_statuses("dev-1", {"a3": CertificateStatus.ACTIVE})
+    assert again["a3"] == ledger.get("a3")
+
+
+def test_ledger_set_statuses_refuses_foreign_serials_and_revoking(
+    ledger: CertificateLedger,
+) -> None:
+    ledger.add(make_record(serial="b1", csr="1" * 64))
+    ledger.add(make_record(device_id="dev-2", serial="b2", csr="2" * 64))
+    with pytest.raises(NotFoundError):
+        ledger.set_statuses(
+            "dev-1", {"b1": CertificateStatus.ACTIVE, "b2": CertificateStatus.SUPERSEDED}
+        )
+    with pytest.raises(NotFoundError):
+        ledger.set_statuses("dev-1", {"nope": CertificateStatus.ACTIVE})
+    with pytest.raises(ValueError, match="revoke"):
+        ledger.set_statuses("dev-1", {"b1": CertificateStatus.REVOKED})
+    assert ledger.get("b2").status is CertificateStatus.ISSUED
+    assert list(ledger.list_revoked()) == []
+    assert ledger.set_statuses("dev-1", {}) == {}
+
+
 # --------------------------------------------------------------------------- rotation state
 
 
@@ -331,6 +378,25 @@ def test_audit_lists_newest_first_and_filters_by_device(audit_log: AuditLog) -> 
     assert [e.action for e in audit_log.list(limit=2)] == ["revoke", "disallow"]
     assert [e.action for e in audit_log.list("dev-a", limit=1)] == ["disallow"]
     assert audit_log.list(limit=0) == []
+
+
+def test_audit_append_many_keeps_order_and_partitions(audit_log: AuditLog) -> None:
+    audit_log.append(AuditEvent("rotation_start", "ok", "system:worker", device_id="dev-m"))
+    audit_log.append_many(
+        [
+            AuditEvent("rotation_confirmed", "ok", "system:worker", device_id="dev-m"),
+            AuditEvent("crl_publish", "ok", "system:issuer"),
+            AuditEvent("rotation_complete", "ok", "system:worker", device_id="dev-m", at=T0),
+        ]
+    )
+    audit_log.append_many([])
+    assert [e.action for e in audit_log.list("dev-m")] == [
+        "rotation_complete",
+        "rotation_confirmed",
+        "rotation_start",
+    ]
+    assert audit_log.list("dev-m")[0].at == T0
+    assert [e.action for e in audit_log.list(limit=2)] == ["rotation_complete", "crl_publish"]
 
 
 def test_audit_round_trips_fields_and_fills_time(audit_log: AuditLog) -> None:

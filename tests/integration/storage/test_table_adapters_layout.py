@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from azure.data.tables import TableServiceClient
@@ -126,14 +127,15 @@ def test_state_rows_and_filters_use_utc(tables: TableServiceClient, table_name: 
     assert store.get("dev-2") is None
 
 
-def test_audit_global_copy_and_large_detail(tables: TableServiceClient, table_name: str) -> None:
+def test_audit_one_entity_per_entry_and_large_detail(
+    tables: TableServiceClient, table_name: str
+) -> None:
     log = TableAuditLog(tables, table_name)
     big = {"chain": "A" * (MAX_STRING_CHARS * 3 + 17), "n": 1}
     log.append(AuditEvent("issue", "ok", "system:worker", "dev-1", detail=big))
     log.append(AuditEvent("crl_publish", "ok", "system:sweep"))
     stored = rows(tables, table_name)
-    assert sorted({pk for pk, _ in stored}) == ["dev-1", "~global"]
-    assert len(stored) == 3
+    assert sorted(pk for pk, _ in stored) == ["dev-1", "~global"]
     (entry,) = log.list("dev-1")
     assert entry.detail == big
     row = next(v for (pk, _), v in stored.items() if pk == "dev-1")
@@ -152,3 +154,34 @@ def test_audit_oversized_detail_is_summarised(tables: TableServiceClient, table_
     assert entry.detail["truncated"] is True
     assert entry.detail["keys"] == ["blob", "other"]
     assert entry.detail["chars"] == len(json.dumps(huge, sort_keys=True))
+
+
+def test_audit_append_many_is_one_transaction_per_partition(
+    tables: TableServiceClient, table_name: str
+) -> None:
+    log = TableAuditLog(tables, table_name)
+    sent: list[int] = []
+    client = log._table
+    inner = client.submit_transaction
+
+    def counting(operations: Any, **kwargs: Any) -> Any:
+        sent.append(len(list(operations)))
+        return inner(operations, **kwargs)
+
+    client.submit_transaction = counting  # type: ignore[method-assign]
+    log.append_many(
+        [
+            AuditEvent("rotation_confirmed", "ok", "system:worker", "dev-1"),
+            AuditEvent("crl_publish", "ok", "system:sweep"),
+            AuditEvent("rotation_complete", "ok", "system:worker", "dev-1"),
+        ]
+    )
+    stored = rows(tables, table_name)
+    assert sorted(pk for pk, _ in stored) == ["dev-1", "dev-1", "~global"]
+    assert sent == [2]  # dev-1's two entries together; the lone global one as a create
+    assert [e.action for e in log.list("dev-1")] == ["rotation_complete", "rotation_confirmed"]
+    assert [e.action for e in log.list(limit=3)] == [
+        "rotation_complete",
+        "crl_publish",
+        "rotation_confirmed",
+    ]

@@ -78,10 +78,11 @@ def test_every_transition_in_order(world: World) -> None:
     assert after_csr.new_thumbprint == thumb(delivered)
 
     done = svc.on_twin_reported("dev-1", dev.install())
+    # issued is not written: issue and enroll need no device round trip, so the record
+    # goes from csr_received to enrolled in one write (docs/rotation.md)
     assert recorder.states == [
         RotationState.CSR_REQUESTED,
         RotationState.CSR_RECEIVED,
-        RotationState.ISSUED,
         RotationState.ENROLLED,
         RotationState.DELIVERED,
         RotationState.REPROVISION_SENT,
@@ -343,3 +344,24 @@ def test_disallowed_device_refuses_renewal(world: World) -> None:
     svc.disallow("dev-1", "stolen", "sec@example.com")
     with pytest.raises(DeviceDisallowedError):
         svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+
+
+def test_a_rotation_reads_back_nothing_it_just_wrote(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    calls: list[str] = []
+    for name in ("get", "set_status", "set_statuses", "find_by_csr", "list_for_device"):
+        inner = getattr(world.ledger, name)
+
+        def counted(*args: object, _name: str = name, _inner: Any = inner) -> Any:
+            calls.append(_name)
+            return _inner(*args)
+
+        setattr(world.ledger, name, counted)
+    done = rotate(svc, dev)
+    assert done.state is RotationState.IDLE
+    # the issuer's idempotency look-up, one listing and one status change at the finish
+    assert sorted(calls) == ["find_by_csr", "list_for_device", "set_statuses"]
+    statuses = [c.status for c in world.ledger.list_for_device("dev-1")]
+    assert statuses == [CertificateStatus.SUPERSEDED, CertificateStatus.ACTIVE]
