@@ -59,11 +59,35 @@ def naive_openssl_rate(devices: int = NAIVE_DEVICES) -> float:
             key, csr, crt = d / f"{i}.key", d / f"{i}.csr", d / f"{i}.pem"
             for argv in (
                 [openssl, "genrsa", "-out", str(key), "2048"],
-                [openssl, "req", "-new", "-key", str(key), "-subj", f"/CN=dev-{i:05d}",
-                 "-out", str(csr)],
-                [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey",
-                 str(ca_key), "-set_serial", str(1000 + i), "-days", "30", "-sha384",
-                 "-out", str(crt)],
+                [
+                    openssl,
+                    "req",
+                    "-new",
+                    "-key",
+                    str(key),
+                    "-subj",
+                    f"/CN=dev-{i:05d}",
+                    "-out",
+                    str(csr),
+                ],
+                [
+                    openssl,
+                    "x509",
+                    "-req",
+                    "-in",
+                    str(csr),
+                    "-CA",
+                    str(ca_cert),
+                    "-CAkey",
+                    str(ca_key),
+                    "-set_serial",
+                    str(1000 + i),
+                    "-days",
+                    "30",
+                    "-sha384",
+                    "-out",
+                    str(crt),
+                ],
             ):
                 subprocess.run(argv, check=True, capture_output=True)
         return devices / (time.perf_counter() - started)
@@ -85,7 +109,9 @@ def run() -> list[BenchRow]:
     naive = naive_openssl_rate()
     rows = [
         BenchRow(
-            "naive_openssl_loop_certs_per_s", naive, "certs/s",
+            "naive_openssl_loop_certs_per_s",
+            naive,
+            "certs/s",
             f"per device: openssl genrsa 2048 + req -new + x509 -req with the issuing CA "
             f"(subprocesses), {NAIVE_DEVICES} devices",
         )
@@ -94,28 +120,36 @@ def run() -> list[BenchRow]:
     if os.environ.get("CERTROLL_BENCH_E2E_10K") == "1":
         sizes.append(10_000)
     else:
-        print("   e2e 10k: skipped (set CERTROLL_BENCH_E2E_10K=1; takes tens of minutes)",
-              file=sys.stderr)
+        print(
+            "   e2e 10k: skipped (set CERTROLL_BENCH_E2E_10K=1; takes tens of minutes)",
+            file=sys.stderr,
+        )
     with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"  # one PKI (and SoftHSM token) for every size in the process
         for n in sizes:
-            result = e2e_run(n, Path(tmp) / f"home{n}")
+            result = e2e_run(n, home)
             renewed = int(result.summary["renewed"])
             rate = renewed / result.rotation_seconds
             label = f"{n // 1000}k"
             rows += [
                 BenchRow(
-                    f"e2e_rotations_per_s_{label}", rate, "rotations/s",
+                    f"e2e_rotations_per_s_{label}",
+                    rate,
+                    "rotations/s",
                     f"{n} devices (PKCS#11 key: {result.backend == 'pkcs11'}), sweep to last "
                     "confirmation through the dev host, Azurite storage",
                 ),
                 BenchRow(
-                    f"e2e_vs_naive_openssl_ratio_{label}", rate / naive, "ratio",
+                    f"e2e_vs_naive_openssl_ratio_{label}",
+                    rate / naive,
+                    "ratio",
                     "end-to-end rotations/s / naive openssl loop certs/s",
                     f">= {TARGET_RATIO:g}",
                 ),
                 BenchRow(
                     f"e2e_storage_calls_per_rotation_{label}",
-                    result.rotation_storage_calls / max(renewed, 1), "calls",
+                    result.rotation_storage_calls / max(renewed, 1),
+                    "calls",
                     "Azurite requests per rotation (state, ledger, audit, queue, CRL)",
                 ),
             ]

@@ -67,8 +67,11 @@ def run_serve(
     out = out or sys.stdout
     stop = stop or threading.Event()
     stack = LocalStack(
-        settings, clock=ScaledClock(options.speed), transport=options.transport,
-        key_backend=options.key_backend, run_id=options.run_id,
+        settings,
+        clock=ScaledClock(options.speed),
+        transport=options.transport,
+        key_backend=options.key_backend,
+        run_id=options.run_id,
     )
     try:
         with stack:
@@ -92,14 +95,20 @@ def _serve_fleet(stack: Any, devices: int) -> Any:
 
     def issue_initial(device_id: str, csr_pem: str) -> str:
         chain: str = issuer.issue(
-            device_id, csr_pem, request_id=f"serve-{device_id}",
-            trigger="provision", actor="system:serve",
+            device_id,
+            csr_pem,
+            request_id=f"serve-{device_id}",
+            trigger="provision",
+            actor="system:serve",
         ).chain_pem
         return chain
 
     sim = FleetSimulator(
-        stack.emulator, issue_initial, devices,
-        trust_anchor=authority.root or authority.chain[-1], id_prefix="dev-",
+        stack.emulator,
+        issue_initial,
+        devices,
+        trust_anchor=authority.root or authority.chain[-1],
+        id_prefix="dev-",
     )
     sim.start(wait=False)
     return sim
@@ -141,18 +150,32 @@ def _serve_loop(stack: Any, sim: Any, options: ServeOptions, stop: threading.Eve
 def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="listen address (loopback)")
     parser.add_argument("--port", type=int, default=7071, help="dev host port (0: any free)")
-    parser.add_argument("--transport", choices=("inproc", "http"), default="inproc",
-                        help="emulator in process, or production adapters over its REST API")
-    parser.add_argument("--key-backend", choices=("pkcs11", "file"), default=None,
-                        help="issuing key backend for a new PKI (default: pkcs11 on SoftHSM2 "
-                        "when installed, else file)")
+    parser.add_argument(
+        "--transport",
+        choices=("inproc", "http"),
+        default="inproc",
+        help="emulator in process, or production adapters over its REST API",
+    )
+    parser.add_argument(
+        "--key-backend",
+        choices=("pkcs11", "file"),
+        default=None,
+        help="issuing key backend for a new PKI (default: pkcs11 on SoftHSM2 "
+        "when installed, else file)",
+    )
     parser.add_argument("--devices", type=int, default=0, help="simulated devices to run")
     parser.add_argument("--speed", type=float, default=1.0, help="clock speed-up factor")
-    parser.add_argument("--sweep-every", type=float, default=0.0,
-                        help="fire the daily_sweep timer every SECONDS of real time (0: never)")
-    parser.add_argument("--run-id", default=None,
-                        help="lower-case letters/digits naming this run's tables (default: "
-                        "random)")
+    parser.add_argument(
+        "--sweep-every",
+        type=float,
+        default=0.0,
+        help="fire the daily_sweep timer every SECONDS of real time (0: never)",
+    )
+    parser.add_argument(
+        "--run-id",
+        default=None,
+        help="lower-case letters/digits naming this run's tables (default: random)",
+    )
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -161,8 +184,13 @@ def _run_serve(args: argparse.Namespace) -> int:
             "argument_invalid", "--devices and --sweep-every must be >= 0, --speed > 0"
         )
     options = ServeOptions(
-        host=args.host, port=args.port, transport=args.transport, key_backend=args.key_backend,
-        devices=args.devices, speed=args.speed, sweep_every=args.sweep_every,
+        host=args.host,
+        port=args.port,
+        transport=args.transport,
+        key_backend=args.key_backend,
+        devices=args.devices,
+        speed=args.speed,
+        sweep_every=args.sweep_every,
         run_id=args.run_id,
     )
     return run_serve(Settings.from_env(), options)
@@ -174,16 +202,31 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=int, default=1000, help="fleet size (default 1000)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--transport", choices=("inproc", "http"), default="inproc",
-                        help="emulator in process, or production adapters over its REST API")
-    parser.add_argument("--report", type=Path, default=None, metavar="FILE",
-                        help="write the HTML expiry report (before/after) to FILE")
-    parser.add_argument("--key-backend", choices=("pkcs11", "file"), default=None,
-                        help="issuing key backend for a new demo PKI (default: pkcs11 on "
-                        "SoftHSM2 when installed, else file)")
-    parser.add_argument("--run-id", default=None,
-                        help="lower-case letters/digits naming this run's tables (default: "
-                        "random)")
+    parser.add_argument(
+        "--transport",
+        choices=("inproc", "http"),
+        default="inproc",
+        help="emulator in process, or production adapters over its REST API",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the HTML expiry report (before/after) to FILE",
+    )
+    parser.add_argument(
+        "--key-backend",
+        choices=("pkcs11", "file"),
+        default=None,
+        help="issuing key backend for a new demo PKI (default: pkcs11 on "
+        "SoftHSM2 when installed, else file)",
+    )
+    parser.add_argument(
+        "--run-id",
+        default=None,
+        help="lower-case letters/digits naming this run's tables (default: random)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="random seed of the fleet")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -225,15 +268,16 @@ def _run_demo(args: argparse.Namespace) -> int:
             mark = "ok  " if check.ok else "FAIL"
             detail = f" ({check.detail})" if check.detail else ""
             print(f"  {mark} {check.name}{detail}")
-        print(f"\nrun {result.run_id}: tables {result.table_prefix}*, "
-              f"PKI container {result.pki_container}, key backend {result.backend}")
+        print(
+            f"\nrun {result.run_id}: tables {result.table_prefix}*, "
+            f"PKI container {result.pki_container}, key backend {result.backend}"
+        )
         if args.report is not None:
             print(f"report written to {args.report}")
     if not result.ok:
         for check in result.checks:
             if not check.ok:
-                print(f"verification failed: {check.name} {check.detail}".rstrip(),
-                      file=sys.stderr)
+                print(f"verification failed: {check.name} {check.detail}".rstrip(), file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -320,12 +364,14 @@ def read_ledger_rows(settings: Settings) -> list[dict[str, Any]]:
         raise NotFoundError(f"no ledger table {ledger_name}") from None
     rows = []
     for e in entities:
-        rows.append({
-            "device_id": str(e["device_id"]),
-            "not_after": _aware(e["not_after"]),
-            "issued_at": _aware(e["issued_at"]),
-            "status": str(e["status"]),
-        })
+        rows.append(
+            {
+                "device_id": str(e["device_id"]),
+                "not_after": _aware(e["not_after"]),
+                "issued_at": _aware(e["issued_at"]),
+                "status": str(e["status"]),
+            }
+        )
     return rows
 
 
@@ -336,11 +382,15 @@ def _aware(value: Any) -> datetime:
 
 
 def _configure_report(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--html", type=Path, required=True, metavar="FILE",
-                        help="write the HTML report to FILE")
-    parser.add_argument("--run-id", default=None,
-                        help="the demo run whose ledger to read (default: the last demo run; "
-                        "'none': the configured CERTROLL_TABLE_PREFIX as is)")
+    parser.add_argument(
+        "--html", type=Path, required=True, metavar="FILE", help="write the HTML report to FILE"
+    )
+    parser.add_argument(
+        "--run-id",
+        default=None,
+        help="the demo run whose ledger to read (default: the last demo run; "
+        "'none': the configured CERTROLL_TABLE_PREFIX as is)",
+    )
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -381,9 +431,21 @@ def _run_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-register_command("serve", "run the local stack (dev host, emulator, pumps) until Ctrl-C",
-                 _configure_serve, _run_serve)
-register_command("demo", "rotate a simulated fleet end to end on the local stack and verify",
-                 _configure_demo, _run_demo)
-register_command("report", "write the HTML certificate-expiry report from a ledger",
-                 _configure_report, _run_report)
+register_command(
+    "serve",
+    "run the local stack (dev host, emulator, pumps) until Ctrl-C",
+    _configure_serve,
+    _run_serve,
+)
+register_command(
+    "demo",
+    "rotate a simulated fleet end to end on the local stack and verify",
+    _configure_demo,
+    _run_demo,
+)
+register_command(
+    "report",
+    "write the HTML certificate-expiry report from a ledger",
+    _configure_report,
+    _run_report,
+)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import random
 import sys
 import time
@@ -82,8 +83,19 @@ class DemoOptions:
     run_id: str | None = None
     key_backend: str | None = None
     progress: bool = True
-    max_rounds: int = 20_000
+    max_rounds: int = 20_000  # at least; raised with the fleet (20 rounds per device)
     partitions: int = 4  # concurrent function invocations (Event Hubs partitions)
+    # IoT Hub units: one S1 unit per 1,000 devices, as an operator sizes a hub (identity
+    # operations are 100/min per S1 unit; one unit for 10,000 devices would need hours)
+    hub_units: int = 0  # 0: sized from the fleet
+
+    @property
+    def units(self) -> int:
+        return self.hub_units or max(1, math.ceil(self.devices / 1000))
+
+    @property
+    def rounds(self) -> int:
+        return max(self.max_rounds, 20 * self.devices)
 
     def __post_init__(self) -> None:
         if self.devices < 2:
@@ -188,8 +200,13 @@ def _progress(total: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(
-        total=total, desc="rotating", unit="dev", file=sys.stderr, disable=not enabled,
-        dynamic_ncols=True, leave=True,
+        total=total,
+        desc="rotating",
+        unit="dev",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=True,
     )
 
 
@@ -216,6 +233,7 @@ def run_demo(
         duplicate_fraction=options.duplicate_fraction,
         seed=options.seed,
         partitions=options.partitions,
+        hub_units=options.units,
     )
     with stack:
         _check_pki_window(stack, birth)
@@ -271,9 +289,11 @@ def _run(
         trust_anchor=root,
         id_prefix="dev-",
     )
-    say(f"provisioning {options.devices} devices at {clock.now():%Y-%m-%d %H:%M} UTC "
-        f"({options.validity_days}-day certificates)")
-    connected = sim.start(wait=True)
+    say(
+        f"provisioning {options.devices} devices at {clock.now():%Y-%m-%d %H:%M} UTC "
+        f"({options.validity_days}-day certificates)"
+    )
+    connected = sim.start(wait=True, max_rounds=10 * options.rounds)
     _drain(stack, sim)
     if connected != options.devices:
         raise CertrollError(f"only {connected} of {options.devices} devices connected")
@@ -290,8 +310,10 @@ def _run(
     disallowed_id = rng.choice(members)
     others = [d for d in ids if d != disallowed_id]
     offline = rng.sample(others, round(options.offline_fraction * len(others)))
-    say(f"{clock.now():%Y-%m-%d %H:%M} UTC: every certificate is due; {len(offline)} of "
-        f"{len(ids)} devices go offline for {options.offline_for}; the timer fires")
+    say(
+        f"{clock.now():%Y-%m-%d %H:%M} UTC: every certificate is due; {len(offline)} of "
+        f"{len(ids)} devices go offline for {options.offline_for}; the timer fires"
+    )
     sim.take_offline(offline, options.offline_for)
 
     rotation_started = time.perf_counter()
@@ -329,8 +351,9 @@ def _run(
     say(f"rotation finished after {rounds} rounds; clock at {clock.now():%Y-%m-%d %H:%M} UTC")
 
     checks, counts = verify(stack, sim, others, disallowed_id, initial_serials, root, real_now)
-    checks.append(Check("disallowed device refused by DPS and hub", rejected >= 2,
-                        f"{rejected} refusals"))
+    checks.append(
+        Check("disallowed device refused by DPS and hub", rejected >= 2, f"{rejected} refusals")
+    )
     after = [sim.agents[d].certificate.not_valid_after_utc for d in others]
     summary = {
         "devices": options.devices,
@@ -408,7 +431,7 @@ def _rotate(
     state = stack.services.state
     done = 0
     idle_sweeps = 0
-    for rounds in range(1, options.max_rounds + 1):
+    for rounds in range(1, options.rounds + 1):
         moved = stack.pump().total + sim.step_all()
         installed = sum(1 for d in others if sim.agents[d].timeline.renewals_installed)
         if installed > done:
@@ -428,7 +451,7 @@ def _rotate(
         idle_sweeps += 1
         clock.advance(timedelta(minutes=1).total_seconds())
         stack.fire_timer()
-    return options.max_rounds
+    return options.rounds
 
 
 def _in_flight(state: Any) -> bool:
@@ -487,12 +510,18 @@ def verify(
             renewed += 1
     checks.append(Check("every device is on a new certificate", not not_new, _some(not_new)))
     checks.append(
-        Check("every new certificate chains to the root and is valid now", not bad_chain,
-              _some(bad_chain))
+        Check(
+            "every new certificate chains to the root and is valid now",
+            not bad_chain,
+            _some(bad_chain),
+        )
     )
     checks.append(
-        Check("exactly one renewal issuance per device in the ledger, now active",
-              not bad_ledger, _some(bad_ledger))
+        Check(
+            "exactly one renewal issuance per device in the ledger, now active",
+            not bad_ledger,
+            _some(bad_ledger),
+        )
     )
 
     record = services.state.get(disallowed_id)
@@ -501,19 +530,25 @@ def verify(
     revoked = ledger.list_for_device(disallowed_id)
     all_revoked = bool(revoked) and all(r.status is CertificateStatus.REVOKED for r in revoked)
     checks.append(
-        Check("every certificate of the disallowed device is revoked", all_revoked,
-              f"{len(revoked)} certificates")
+        Check(
+            "every certificate of the disallowed device is revoked",
+            all_revoked,
+            f"{len(revoked)} certificates",
+        )
     )
     crl = x509.load_der_x509_crl(services.crl_publisher.fetch(CRL_NAME))
     crl_signed = crl.is_signature_valid(issuing.public_key())  # type: ignore[arg-type]
     listed = [
-        r.serial for r in revoked
+        r.serial
+        for r in revoked
         if crl.get_revoked_certificate_by_serial_number(int(r.serial, 16)) is not None
     ]
     checks.append(
-        Check("the published CRL is signed by the issuing CA and lists them",
-              crl_signed and len(listed) == len(revoked) and bool(listed),
-              f"{len(listed)} of {len(revoked)} listed")
+        Check(
+            "the published CRL is signed by the issuing CA and lists them",
+            crl_signed and len(listed) == len(revoked) and bool(listed),
+            f"{len(listed)} of {len(revoked)} listed",
+        )
     )
     disallowed = sum(1 for _ in services.state.list(states={RotationState.DISALLOWED}))
     counts = {"renewed": renewed, "certificates_issued": issued_total, "disallowed": disallowed}

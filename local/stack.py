@@ -302,6 +302,7 @@ class LocalStack:
         duplicate_fraction: float = 0.0,
         seed: int = 0,
         partitions: int = 4,
+        hub_units: int = 1,
     ) -> None:
         if transport not in TRANSPORTS:
             raise InvalidRequestError(
@@ -325,6 +326,7 @@ class LocalStack:
         self.transport = transport
         self.pki_not_before = pki_not_before
         self.enforce_limits = enforce_limits
+        self.hub_units = hub_units
         self.duplicate_fraction = duplicate_fraction
         self._rng = random.Random(seed)
         self._held_back: list[dict[str, Any]] = []
@@ -363,7 +365,9 @@ class LocalStack:
         if self._started:
             return self
         self._ensure_pki()
-        self.emulator = FleetEmulator(self.clock, enforce_limits=self.enforce_limits)
+        self.emulator = FleetEmulator(
+            self.clock, enforce_limits=self.enforce_limits, units=self.hub_units
+        )
         enrollments: Any = self.emulator.dps
         registry: Any = self.emulator.hub
         if self.transport == "http":
@@ -527,8 +531,9 @@ class LocalStack:
             for envelope in events.drain(CONNECTIONS)
         ]
         stats.connection_messages = len(connections)
-        self._plan(lanes, settings.get("CERTROLL_CONNECTIONS_EVENTHUB"), connections,
-                   EVENT_HUB_BATCH)
+        self._plan(
+            lanes, settings.get("CERTROLL_CONNECTIONS_EVENTHUB"), connections, EVENT_HUB_BATCH
+        )
 
         busy = [lane for lane in lanes if lane]
         if len(busy) == 1:
