@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
+from azure.core.exceptions import HttpResponseError
 from azure.functions.meta import Datum
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import make_server
@@ -38,6 +39,9 @@ from werkzeug.wrappers import Request, Response
 logger = logging.getLogger(__name__)
 
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount
+# The host keeps a message invisible while its function runs (it renews the lease); a
+# lease as long as host.json's functionTimeout stands in for that renewal here.
+FUNCTION_TIMEOUT_SECONDS = 600
 
 
 class _Timer(func.TimerRequest):
@@ -141,8 +145,11 @@ class DevHost:
             name, params = adapter.match()
         except Exception as exc:  # werkzeug raises HTTPException subclasses (404/405)
             code = getattr(exc, "code", 404)
-            return Response(json.dumps({"error": {"code": "not_found", "message": str(exc)}}),
-                            status=code, content_type="application/json")
+            return Response(
+                json.dumps({"error": {"code": "not_found", "message": str(exc)}}),
+                status=code,
+                content_type="application/json",
+            )
         fn = self.functions[name]
         if fn.binding.get("authLevel", "function") != "anonymous" and not self._key_ok(request):
             return Response("", status=401)
@@ -180,8 +187,11 @@ class DevHost:
         events = payload if isinstance(payload, list) else [payload]
         if request.headers.get("aeg-event-type") == "SubscriptionValidation":
             code = events[0]["data"]["validationCode"]
-            return Response(json.dumps({"validationResponse": code}), status=200,
-                            content_type="application/json")
+            return Response(
+                json.dumps({"validationResponse": code}),
+                status=200,
+                content_type="application/json",
+            )
         failed = 0
         for event in events:
             try:
@@ -233,7 +243,9 @@ class DevHost:
         return called
 
     # ----------------------------------------------------------------- queues
-    def pump_queue(self, max_messages: int = 32, visibility_timeout: int = 30) -> int:
+    def pump_queue(
+        self, max_messages: int = 32, visibility_timeout: int = FUNCTION_TIMEOUT_SECONDS
+    ) -> int:
         """Receive messages for every queue trigger once; returns messages handled.
 
         A message whose function raises stays on the queue (visible again after the
@@ -251,20 +263,37 @@ class DevHost:
                 max_messages=max_messages,
             ):
                 body = _decode_queue_body(message.content)
-                msg = _QueueMessage(id=message.id, body=body, pop_receipt=message.pop_receipt,
-                                    dequeue_count=message.dequeue_count or 1)
+                msg = _QueueMessage(
+                    id=message.id,
+                    body=body,
+                    pop_receipt=message.pop_receipt,
+                    dequeue_count=message.dequeue_count or 1,
+                )
                 handled += 1
                 try:
                     self._invoke(fn, **{fn.binding["name"]: msg})
                 except Exception as exc:
-                    logger.warning("queue function %s failed (dequeue %s): %s",
-                                   fn.name, message.dequeue_count, exc)
+                    logger.warning(
+                        "queue function %s failed (dequeue %s): %s",
+                        fn.name,
+                        message.dequeue_count,
+                        exc,
+                    )
                     if (message.dequeue_count or 1) >= MAX_DEQUEUE_COUNT:
                         self._poison(queue_name, message, exc)
                     else:
                         client.update_message(message, visibility_timeout=0)
                     continue
-                client.delete_message(message)
+                try:
+                    client.delete_message(message)
+                except HttpResponseError as exc:  # lease lost: another receiver has it now
+                    if exc.error_code not in ("PopReceiptMismatch", "MessageNotFound"):
+                        raise
+                    logger.warning(
+                        "queue message %s was handed out again before it was "
+                        "deleted; the function is idempotent",
+                        message.id,
+                    )
         return handled
 
     def _poison(self, queue_name: str, message: Any, exc: Exception) -> None:
