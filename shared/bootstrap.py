@@ -232,9 +232,3 @@ def override_services(services: Services) -> Iterator[Services]:
         with _lock:
             _services = previous
 
-
-def install_services(services: Services) -> None:
-    """Replace the worker's services for good (the local dev host does this once)."""
-    global _services
-    with _lock:
-        _services = services

@@ -127,18 +127,17 @@ class EmulatedDps(EnrollmentStore):
                     "an X.509 individual enrollment needs a primary or secondary certificate",
                 )
             view = copy.copy(enrollment)
-            view.provisioning_status = status
             view.device_id = enrollment.device_id or enrollment.registration_id
             view.iot_hub_host_name = self._core.hub_host
-            view.etag = new_etag()
-            rec = EnrollmentRecord(
-                view=view,
-                primary=primary,
-                secondary=secondary,
-                created=stored.created if stored else self._core.now(),
+            return self._store(
+                self._core.individuals,
+                enrollment.registration_id,
+                view,
+                status,
+                primary,
+                secondary,
+                stored,
             )
-            self._core.individuals[enrollment.registration_id] = rec
-            return _view(rec)  # type: ignore[no-any-return]
 
     def delete_individual(self, registration_id: str, etag: str | None = None) -> None:
         self._delete(self._core.individuals, registration_id, etag, "individual enrollment")
@@ -182,17 +181,37 @@ class EmulatedDps(EnrollmentStore):
                     "attestation_missing",
                     "an X.509 group needs a signing certificate or a CA reference",
                 )
-            view = copy.copy(group)
-            view.provisioning_status = status
-            view.etag = new_etag()
-            rec = EnrollmentRecord(
-                view=view,
-                primary=primary,
-                secondary=secondary,
-                created=stored.created if stored else self._core.now(),
+            return self._store(
+                self._core.groups,
+                group.group_id,
+                copy.copy(group),
+                status,
+                primary,
+                secondary,
+                stored,
             )
-            self._core.groups[group.group_id] = rec
-            return _view(rec)  # type: ignore[no-any-return]
+
+    def _store(
+        self,
+        table: dict[str, Any],
+        key: str,
+        view: Any,
+        status: ProvisioningStatus,
+        primary: Any,
+        secondary: Any,
+        stored: Any,
+    ) -> Any:
+        """Write an enrollment or group record under a new ETag (caller holds the lock)."""
+        view.provisioning_status = status
+        view.etag = new_etag()
+        rec = EnrollmentRecord(
+            view=view,
+            primary=primary,
+            secondary=secondary,
+            created=stored.created if stored else self._core.now(),
+        )
+        table[key] = rec
+        return _view(rec)
 
     def delete_group(self, group_id: str, etag: str | None = None) -> None:
         self._delete(self._core.groups, group_id, etag, "enrollment group")
