@@ -334,9 +334,8 @@ class TableLedger(_TableBase, CertificateLedger):
     def add(self, record: CertificateRecord) -> CertificateRecord:
         if not record.device_id or not record.serial or not record.csr_sha256:
             raise ValueError("a certificate record needs device_id, serial and csr_sha256")
-        existing = self.find_by_csr(record.device_id, record.csr_sha256)
-        if existing is not None:
-            return existing
+        # no look-up first: the caller (Issuer.issue) has just made it, and a CSR already
+        # recorded fails the transaction below, which then returns the recorded certificate
         cert_row = _record_to_entity(
             record, _key(record.device_id), _CERT_PREFIX + _key(record.serial)
         )

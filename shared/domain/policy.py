@@ -47,6 +47,10 @@ class RotationPolicy:
     validity: timedelta = timedelta(days=30)
     #: how long a rotation may sit in one state before the sweep resumes it
     rotation_deadline: timedelta = timedelta(hours=24)
+    #: certroll's own work on a received CSR (issue, enroll, deliver, reprovision) is one
+    #: invocation: a record still in ``csr_received`` after the function timeout
+    #: (host.json ``functionTimeout``) was left by an invocation that died
+    work_timeout: timedelta = timedelta(minutes=10)
     #: how long to wait for confirmation after ``reprovision`` was sent
     confirm_timeout: timedelta = timedelta(hours=1)
     ca_warning: timedelta = timedelta(days=90)

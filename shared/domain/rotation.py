@@ -453,7 +453,7 @@ class RotationService:
         )
         return saved
 
-    def _audit(
+    def _entry(
         self,
         action: str,
         outcome: str,
@@ -462,8 +462,8 @@ class RotationService:
         actor: str | None = None,
         request_id: str | None = None,
         **detail: Any,
-    ) -> None:
-        event = AuditEvent(
+    ) -> AuditEvent:
+        return AuditEvent(
             action=action,
             outcome=outcome,
             actor=actor or self.deps.actor,
@@ -472,7 +472,9 @@ class RotationService:
             detail=detail,
             at=self._now(),
         )
-        self._call(self.deps.audit.append, event)
+
+    def _audit(self, action: str, outcome: str, device_id: str, **kwargs: Any) -> None:
+        self._call(self.deps.audit.append, self._entry(action, outcome, device_id, **kwargs))
 
     def _publish(self, event_type: str, device_id: str, event_id: str, **data: Any) -> None:
         event = DomainEvent(
@@ -658,7 +660,7 @@ class RotationService:
                 state=RotationState.CSR_RECEIVED,
                 csr_pem=csr.pem,
                 csr_sha256=csr.sha256,
-                deadline=self._now() + self.policy.rotation_deadline,
+                deadline=self._now() + self.policy.work_timeout,
                 last_error=None,
             )
             return self._drive(saved)
@@ -886,11 +888,11 @@ class RotationService:
                 )
             return None
         if state is RotationState.CSR_RECEIVED:
-            return self._step_issue(rec)
+            return self._step_issue(rec, defer_reprovision=defer_reprovision)
         if state is RotationState.ISSUED:
-            return self._step_enroll(rec)
+            return self._step_enroll(rec, defer_reprovision=defer_reprovision)
         if state is RotationState.ENROLLED:
-            return self._step_deliver(rec)
+            return self._step_deliver(rec, defer_reprovision=defer_reprovision)
         if state is RotationState.DELIVERED:
             if defer_reprovision or not due:
                 return None
@@ -908,11 +910,11 @@ class RotationService:
                     last_error="no confirmation; reprovision again",
                 )
             return None
-        if state is RotationState.CONFIRMED:
+        if state is RotationState.CONFIRMED:  # a record stored in confirmed: finish it
             return self._step_finish(rec)
         return None
 
-    def _step_issue(self, rec: RotationRecord) -> RotationRecord:
+    def _step_issue(self, rec: RotationRecord, *, defer_reprovision: bool) -> RotationRecord:
         try:
             issued = self._issue(rec)
         except CsrRejectedError as exc:
@@ -930,18 +932,24 @@ class RotationService:
             notAfter=_iso(cert.not_after),
             reason=rec.reason,
         )
-        # issued -> enrolled needs no device round trip: one write at the end of both
-        # (a crash before it leaves csr_received; re-driving reuses the certificate)
+        # issue, enroll, deliver and the reprovision call need no device round trip and
+        # each is idempotent: one write at the end of all of them (a crash before it leaves
+        # csr_received; re-driving reuses the certificate, finds it enrolled, delivers the
+        # same patch again)
         issued_rec = dataclasses.replace(
             rec,
             state=RotationState.ISSUED,
             new_serial=cert.serial,
             new_thumbprint=cert.thumbprint_sha256.lower(),
         )
-        return self._step_enroll(issued_rec, cert)
+        return self._step_enroll(issued_rec, cert, defer_reprovision=defer_reprovision)
 
     def _step_enroll(
-        self, rec: RotationRecord, cert: CertificateRecord | None = None
+        self,
+        rec: RotationRecord,
+        cert: CertificateRecord | None = None,
+        *,
+        defer_reprovision: bool,
     ) -> RotationRecord:
         if rec.new_serial is None or rec.new_thumbprint is None:
             raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
@@ -961,12 +969,8 @@ class RotationService:
             thumbprint=rec.new_thumbprint,
             oldRemoved=clear_old,
         )
-        return self._save(
-            rec,
-            state=RotationState.ENROLLED,
-            slot=slot,
-            deadline=self._now() + self.policy.rotation_deadline,
-        )
+        enrolled = dataclasses.replace(rec, state=RotationState.ENROLLED, slot=slot)
+        return self._step_deliver(enrolled, defer_reprovision=defer_reprovision)
 
     def _enroll_individual(
         self, rec: RotationRecord, cert: CertificateRecord, *, clear_old: bool, enable: bool
@@ -1068,7 +1072,7 @@ class RotationService:
             return True
         raise ConcurrencyError(f"{rec.device_id}: the hub identity kept changing")
 
-    def _step_deliver(self, rec: RotationRecord) -> RotationRecord:
+    def _step_deliver(self, rec: RotationRecord, *, defer_reprovision: bool) -> RotationRecord:
         issued = self._issue(rec)
         patch = {
             "x509": {
@@ -1081,7 +1085,12 @@ class RotationService:
             }
         }
         self._call(self.deps.registry.patch_desired, rec.device_id, patch)
-        return self._save(rec, state=RotationState.DELIVERED, attempts=0, deadline=self._now())
+        delivered = dataclasses.replace(
+            rec, state=RotationState.DELIVERED, attempts=0, deadline=self._now()
+        )
+        if defer_reprovision:  # a bulk job calls reprovision for the whole batch
+            return self._save(delivered)
+        return self._step_reprovision(delivered)
 
     def _step_reprovision(self, rec: RotationRecord) -> RotationRecord:
         now = self._now()
@@ -1153,12 +1162,13 @@ class RotationService:
         return thumbs == {rec.new_thumbprint}
 
     def _confirm(self, rec: RotationRecord, evidence: str) -> RotationRecord:
-        self._audit(
-            "rotation_confirmed", "ok", rec.device_id, request_id=rec.request_id, evidence=evidence
-        )
-        return self._save(rec, state=RotationState.CONFIRMED, last_error=None)
+        """The device runs on the new certificate: finish now. ``confirmed`` is not written
+        on its own: every finishing step is idempotent, so a crash before the final write
+        leaves the record where it was and the next report (or the sweep) confirms again."""
+        confirmed = dataclasses.replace(rec, state=RotationState.CONFIRMED, last_error=None)
+        return self._step_finish(confirmed, evidence=evidence)
 
-    def _step_finish(self, rec: RotationRecord) -> RotationRecord:
+    def _step_finish(self, rec: RotationRecord, *, evidence: str | None = None) -> RotationRecord:
         if rec.new_serial is None or rec.new_thumbprint is None:
             raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
         new = rec.new_thumbprint
@@ -1236,15 +1246,27 @@ class RotationService:
             notAfter=_iso(new_cert.not_after),
             reason=rec.reason,
         )
-        self._audit(
-            "rotation_complete",
-            "ok",
-            rec.device_id,
-            request_id=rec.request_id,
-            serial=rec.new_serial,
-            previous=rec.current_serial,
-            slot=rec.slot,
-        )
+        entries = [
+            self._entry(
+                "rotation_complete",
+                "ok",
+                rec.device_id,
+                request_id=rec.request_id,
+                serial=rec.new_serial,
+                previous=rec.current_serial,
+                slot=rec.slot,
+            )
+        ]
+        if evidence is not None:
+            confirmed = self._entry(
+                "rotation_confirmed",
+                "ok",
+                rec.device_id,
+                request_id=rec.request_id,
+                evidence=evidence,
+            )
+            entries.insert(0, confirmed)
+        self._call(self.deps.audit.append_many, entries)  # one partition: one transaction
         self._metric("certroll.rotation_completed", reason=rec.reason or "")
         with self._issued_lock:
             self._issued.pop((rec.device_id, rec.request_id or ""), None)
@@ -1296,14 +1318,9 @@ class RotationService:
 
     # ------------------------------------------------------------------ bulk reprovision
 
-    def reprovision_bulk(self, device_ids: Sequence[str]) -> JobStatus | None:
-        """One hub job calling ``reprovision`` on every listed device waiting in
-        ``delivered``; the records move to ``reprovision_sent``. None when none waits."""
-        waiting: list[RotationRecord] = []
-        for device_id in dict.fromkeys(device_ids):
-            rec = self._get(device_id)
-            if rec is not None and rec.state is RotationState.DELIVERED:
-                waiting.append(rec)
+    def _reprovision_job(self, waiting: Sequence[RotationRecord]) -> JobStatus | None:
+        """One hub job calling ``reprovision`` on every device of ``waiting`` (records in
+        ``delivered``); the records move to ``reprovision_sent``. None when none waits."""
         if not waiting:
             return None
         job_id = f"certroll-reprovision-{uuid.uuid4().hex}"
@@ -1335,13 +1352,16 @@ class RotationService:
         result = BatchResult()
         bulk = len(batch.device_ids) >= self.policy.bulk_threshold
         throttled: ThrottledError | None = None
+        waiting: dict[str, RotationRecord] = {}  # left in delivered for the bulk job
         for device_id in batch.device_ids:
             try:
                 rec = self._get(device_id)
                 if rec is not None and rec.state is RotationState.DISALLOWED:
                     result.skipped[device_id] = "disallowed"
                 elif rec is not None and rec.state in IN_FLIGHT:
-                    self._drive(rec, force=True, defer_reprovision=bulk)
+                    driven = self._drive(rec, force=True, defer_reprovision=bulk)
+                    if driven.state is RotationState.DELIVERED:
+                        waiting[device_id] = driven
                     result.advanced.append(device_id)
                 else:
                     reason = batch.reason
@@ -1359,7 +1379,7 @@ class RotationService:
                 result.errors[device_id] = f"{type(exc).__name__}: {exc}"
                 logger.warning("device %s: %s", device_id, exc)
         if bulk:
-            job = self.reprovision_bulk(batch.device_ids)
+            job = self._reprovision_job(list(waiting.values()))
             result.reprovision_job = job.job_id if job is not None else None
         if throttled is not None:
             # the message is redelivered; finished devices are no-ops the second time

@@ -157,3 +157,17 @@ def test_infra_sets_the_operator_role_and_subscribes_the_event_grid_function() -
     for name, binding in triggers().items():
         if binding["type"] == "eventGridTrigger":
             assert f"'{name}'" in joined, f"no Event Grid subscription names function {name}"
+
+
+def test_timeouts_follow_host_json() -> None:
+    """The dev host's queue lease and the time after which a record left in
+    csr_received counts as stuck both stand for host.json's functionTimeout."""
+    from local.devhost import FUNCTION_TIMEOUT_SECONDS, MAX_DEQUEUE_COUNT
+    from shared.domain.policy import RotationPolicy
+
+    host = json.loads((ROOT / "host.json").read_text())
+    hours, minutes, seconds = (int(p) for p in host["functionTimeout"].split(":"))
+    timeout = hours * 3600 + minutes * 60 + seconds
+    assert FUNCTION_TIMEOUT_SECONDS == timeout
+    assert RotationPolicy().work_timeout.total_seconds() == timeout
+    assert host["extensions"]["queues"]["maxDequeueCount"] == MAX_DEQUEUE_COUNT

@@ -59,6 +59,12 @@ def _crashing(stack: Stack, point: str) -> tuple[str, CrashOnce]:
                 "issued" in patch["x509"] and patch["x509"]["issued"] is not None
             ),
         )
+    if point == "finishing":  # confirmed, the ledger updated, the idle write never made
+        return "registry", CrashOnce(
+            registry,
+            "patch_desired",
+            lambda device_id, patch, etag=None: patch["x509"].get("renewal", "") is None,
+        )
     assert point == "delivered"  # certificate delivered, the reprovision call never made
     return "registry", CrashOnce(registry, "invoke_method", lambda *a, **k: True)
 
@@ -76,10 +82,15 @@ def _resume_with_sweep(stack: Stack, service: RotationService, device_id: str) -
 @pytest.mark.parametrize(
     ("point", "left_in", "resume"),
     [
+        # issue, enroll, deliver and reprovision end in one write: a crash in any of them
+        # leaves csr_received; confirm and finish end in one write: a crash leaves
+        # reprovision_sent
         ("issued", RotationState.CSR_RECEIVED, "advance"),
-        ("enrolled", RotationState.ENROLLED, "advance"),
-        ("delivered", RotationState.DELIVERED, "sweep"),
+        ("enrolled", RotationState.CSR_RECEIVED, "advance"),
+        ("delivered", RotationState.CSR_RECEIVED, "sweep"),
         ("issued", RotationState.CSR_RECEIVED, "redelivery"),
+        ("finishing", RotationState.REPROVISION_SENT, "advance"),
+        ("finishing", RotationState.REPROVISION_SENT, "redelivery"),
     ],
 )
 def test_fresh_service_resumes_a_half_done_rotation(
@@ -107,7 +118,8 @@ def test_fresh_service_resumes_a_half_done_rotation(
         c for c in stack.services.ledger.list_for_device(device_id) if c.request_id == request_id
     ]
     assert len(issued) == 1
-    assert issued[0].status is CertificateStatus.ISSUED
+    expected = CertificateStatus.ACTIVE if point == "finishing" else CertificateStatus.ISSUED
+    assert issued[0].status is expected
 
     # a new worker: new adapters over the same Azurite tables and queue, same fleet
     stack.clock.advance(600)
