@@ -105,6 +105,41 @@ def e2e_run(devices: int, home: Path) -> DemoResult:
     return result
 
 
+def _cpu_rows(cpu: dict[str, float], renewed: int, label: str) -> list[BenchRow]:
+    """CPU per rotation, and the rate those CPU costs allow at most on this machine's
+    cores (everything on one machine: the functions, the emulated fleet, Azurite)."""
+    rows = [
+        BenchRow(
+            f"e2e_cpu_ms_per_rotation_{label}_{name}",
+            1000 * seconds / max(renewed, 1),
+            "ms",
+            what,
+        )
+        for name, seconds, what in (
+            (
+                "python",
+                cpu.get("python", 0.0),
+                "CPU per rotation in the Python process (functions, Azure SDK clients, "
+                "emulated DPS and hub, simulated devices, signing)",
+            ),
+            ("azurite", cpu.get("azurite", 0.0), "CPU per rotation in Azurite (node)"),
+        )
+        if name in cpu
+    ]
+    total = sum(cpu.values())
+    if "azurite" in cpu and total > 0:
+        cores = os.cpu_count() or 1
+        rows.append(
+            BenchRow(
+                f"e2e_cpu_bound_rotations_per_s_{label}",
+                cores * renewed / total,
+                "rotations/s",
+                f"the most {cores} cores allow at that CPU cost per rotation (Python + Azurite)",
+            )
+        )
+    return rows
+
+
 def run() -> list[BenchRow]:
     naive = naive_openssl_rate()
     rows = [
@@ -153,4 +188,5 @@ def run() -> list[BenchRow]:
                     "Azurite requests per rotation (state, ledger, audit, queue, CRL)",
                 ),
             ]
+            rows += _cpu_rows(result.rotation_cpu_seconds, renewed, label)
     return rows

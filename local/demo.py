@@ -44,7 +44,7 @@ from cryptography.exceptions import InvalidSignature
 
 from local.device.simulator import FleetSimulator
 from local.emulator import HubConnectError, RegistrationError
-from local.stack import STORAGE_CALLS, LocalStack, demo_times
+from local.stack import STORAGE_CALLS, LocalStack, cpu_seconds, demo_times
 from shared.bootstrap import CRL_NAME
 from shared.clock import ManualClock
 from shared.domain.errors import CertrollError, InvalidRequestError
@@ -142,6 +142,9 @@ class DemoResult:
     rotation_seconds: float = 0.0
     #: storage requests made during that time
     rotation_storage_calls: int = 0
+    #: CPU seconds used during that time: ``python`` (this process: functions, emulator,
+    #: devices) and ``azurite`` when it runs on this machine
+    rotation_cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -318,6 +321,7 @@ def _run(
 
     rotation_started = time.perf_counter()
     calls_before = STORAGE_CALLS.value
+    cpu_before = cpu_seconds()
     stack.fire_timer()
     stack.pump()
 
@@ -347,6 +351,8 @@ def _run(
     _drain(stack, sim)
     rotation_seconds = time.perf_counter() - rotation_started
     rotation_calls = STORAGE_CALLS.value - calls_before
+    cpu_after = cpu_seconds()
+    rotation_cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after if k in cpu_before}
     rejected += _try_comeback(stack, sim, disallowed_id)
     say(f"rotation finished after {rounds} rounds; clock at {clock.now():%Y-%m-%d %H:%M} UTC")
 
@@ -386,6 +392,7 @@ def _run(
         after_at=clock.now(),
         rotation_seconds=rotation_seconds,
         rotation_storage_calls=rotation_calls,
+        rotation_cpu_seconds=rotation_cpu,
     )
 
 

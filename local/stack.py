@@ -30,6 +30,7 @@ import random
 import re
 import secrets
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -135,6 +136,23 @@ def loopback_transport() -> Any:
             return super().send(request, **kwargs)
 
     return CountingTransport(use_env_settings=False)
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by this process (``python``) and, when one runs on this
+    machine, by the Azurite process (``azurite``; read from ``/proc``)."""
+    out = {"python": time.process_time()}
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if not any(Path(os.fsdecode(a)).name == "azurite" for a in argv[:2]):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out["azurite"] = out.get("azurite", 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def local_storage(settings: Settings) -> tuple[Any, Any]:
