@@ -736,7 +736,17 @@ class RotationService:
                     rec.current_serial,
                 )
                 return None
-        if known is not None and known.status is CertificateStatus.ISSUED:
+        retired = known is not None and rec.current_serial not in (None, known.serial)
+        if known is not None and retired:
+            # a newer certificate of certroll's own replaces the current one (the device
+            # installed a renewal whose confirmation certroll missed, e.g. let back in by a
+            # 401 reconcile): the previous one must not stay accepted until the next
+            # rotation
+            moved_on = dataclasses.replace(
+                rec, new_serial=known.serial, new_thumbprint=known.thumbprint_sha256.lower()
+            )
+            self._retire_previous(moved_on, compromise=False)
+        elif known is not None and known.status is CertificateStatus.ISSUED:
             self._call(self.deps.ledger.set_status, known.serial, CertificateStatus.ACTIVE)
         self._audit(
             "adopt_certificate",
@@ -746,6 +756,7 @@ class RotationService:
             serial=cert.serial,
             issuedByCertroll=known is not None,
             previous=rec.current_thumbprint,
+            previousRetired=retired,
         )
         if known is None:
             self._metric("certroll.unknown_certificate_adopted")
@@ -1168,12 +1179,17 @@ class RotationService:
         confirmed = dataclasses.replace(rec, state=RotationState.CONFIRMED, last_error=None)
         return self._step_finish(confirmed, evidence=evidence)
 
-    def _step_finish(self, rec: RotationRecord, *, evidence: str | None = None) -> RotationRecord:
+    def _retire_previous(
+        self, rec: RotationRecord, *, compromise: bool
+    ) -> tuple[CertificateRecord, bool]:
+        """The device runs on ``rec.new_serial``: retire what came before it. The old
+        individual-enrollment slot is emptied, the hub identity keeps only the new
+        thumbprint, older certificates are superseded in the ledger (the current one
+        revoked on ``compromise``) and the new one is active. Every step is idempotent.
+        Returns (the new certificate's record, whether anything was revoked)."""
         if rec.new_serial is None or rec.new_thumbprint is None:
-            raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
+            raise ValueError(f"{rec.device_id}: nothing to retire the previous certificate for")
         new = rec.new_thumbprint
-        compromise = _trigger(rec.reason) is Trigger.COMPROMISE
-        # retire the old individual-enrollment slot
         for _ in range(_MAX_CAS):
             enr = self._individual(rec.device_id)
             if enr is None:
@@ -1228,6 +1244,14 @@ class RotationService:
         new_cert = self._call(self.deps.ledger.set_statuses, rec.device_id, statuses)[
             rec.new_serial
         ]
+        return new_cert, revoked_any
+
+    def _step_finish(self, rec: RotationRecord, *, evidence: str | None = None) -> RotationRecord:
+        if rec.new_serial is None or rec.new_thumbprint is None:
+            raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
+        new = rec.new_thumbprint
+        compromise = _trigger(rec.reason) is Trigger.COMPROMISE
+        new_cert, revoked_any = self._retire_previous(rec, compromise=compromise)
         if revoked_any:
             self._call(self.deps.issuer.publish_crl)
         self._call(

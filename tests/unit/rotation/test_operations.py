@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -259,6 +260,48 @@ def test_reconcile_puts_certroll_certificate_back(world: World) -> None:
     assert again.action == "rate_limited"
     world.clock.advance(16 * 60)
     assert svc.on_connection_failure(_failure(world, "dev-1", new)).action == "already_consistent"
+
+
+def test_adopting_a_newer_own_certificate_retires_the_previous(world: World) -> None:
+    """The device installed a renewal whose confirmation certroll missed (the record
+    failed meanwhile); when it reports the new certificate, the previous one is retired
+    everywhere at once instead of staying accepted until the next rotation."""
+    dev, svc = _ready(world)
+    old_thumb = thumb(dev.cert)
+    _mid_rotation(world, svc, dev)
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    assert rec.new_thumbprint is not None
+    world.state.put(dataclasses.replace(rec, state=RotationState.FAILED))
+
+    after = svc.on_twin_reported("dev-1", dev.install())
+
+    new_thumb = thumb(dev.cert)
+    assert new_thumb == rec.new_thumbprint != old_thumb
+    assert after.state is RotationState.FAILED  # the failed request is the sweep's to restart
+    assert after.current_thumbprint == new_thumb
+    statuses = {c.thumbprint_sha256: c.status for c in world.ledger.list_for_device("dev-1")}
+    assert statuses == {
+        old_thumb: CertificateStatus.SUPERSEDED,
+        new_thumb: CertificateStatus.ACTIVE,
+    }
+    enr = world.enrollments.individual["dev-1"]
+    held = {s.thumbprint_sha256 for s in (enr.primary, enr.secondary) if s is not None}
+    assert held == {new_thumb}
+    ident = world.registry.devices["dev-1"]
+    assert {ident.primary_thumbprint, ident.secondary_thumbprint} == {new_thumb, None}
+    adopted = [e for e in world.audit.list("dev-1", 50) if e.action == "adopt_certificate"]
+    assert adopted[0].detail["previousRetired"] is True
+
+
+def test_adopting_a_first_certificate_retires_nothing(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    svc.on_twin_reported("dev-1", dev.section())
+    adopted = [e for e in world.audit.list("dev-1", 50) if e.action == "adopt_certificate"]
+    assert [e.detail["previousRetired"] for e in adopted] == [False]
+    statuses = [c.status for c in world.ledger.list_for_device("dev-1")]
+    assert CertificateStatus.SUPERSEDED not in statuses
 
 
 @pytest.mark.parametrize(
