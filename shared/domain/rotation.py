@@ -111,6 +111,19 @@ WAITING_ON_DEVICE: frozenset[RotationState] = frozenset(
     {RotationState.CSR_REQUESTED, RotationState.DELIVERED, RotationState.REPROVISION_SENT}
 )
 #: states a repeated CSR report drives on: nothing in them waits for the device
+#: a record's request fields, cleared when a rotation starts and when it ends
+_NO_REQUEST: dict[str, Any] = {
+    "request_id": None,
+    "reason": None,
+    "csr_pem": None,
+    "csr_sha256": None,
+    "new_serial": None,
+    "new_thumbprint": None,
+    "slot": None,
+    "attempts": 0,
+    "deadline": None,
+    "last_error": None,
+}
 _RESUMABLE_ON_CSR: frozenset[RotationState] = frozenset(
     {RotationState.CSR_RECEIVED, RotationState.ISSUED, RotationState.ENROLLED}
 )
@@ -796,21 +809,13 @@ class RotationService:
         self, rec: RotationRecord, reason: Trigger, actor: str, **extra: Any
     ) -> RotationRecord:
         request_id = uuid.uuid4().hex
-        saved = self._save(
-            rec,
-            state=RotationState.CSR_REQUESTED,
-            request_id=request_id,
-            reason=reason.value,
-            csr_pem=None,
-            csr_sha256=None,
-            new_serial=None,
-            new_thumbprint=None,
-            slot=None,
-            attempts=0,
-            last_error=None,
-            deadline=self._now() + self.policy.rotation_deadline,
-            **extra,
-        )
+        started = {
+            "state": RotationState.CSR_REQUESTED,
+            "request_id": request_id,
+            "reason": reason.value,
+            "deadline": self._now() + self.policy.rotation_deadline,
+        }
+        saved = self._save(rec, **(_NO_REQUEST | started | extra))
         self._audit(
             "rotation_start",
             "ok",
@@ -1294,23 +1299,13 @@ class RotationService:
         self._metric("certroll.rotation_completed", reason=rec.reason or "")
         with self._issued_lock:
             self._issued.pop((rec.device_id, rec.request_id or ""), None)
-        return self._save(
-            rec,
-            state=RotationState.IDLE,
-            current_serial=rec.new_serial,
-            current_thumbprint=new,
-            current_not_after=new_cert.not_after,
-            request_id=None,
-            reason=None,
-            csr_pem=None,
-            csr_sha256=None,
-            new_serial=None,
-            new_thumbprint=None,
-            slot=None,
-            attempts=0,
-            deadline=None,
-            last_error=None,
-        )
+        finished = {
+            "state": RotationState.IDLE,
+            "current_serial": rec.new_serial,
+            "current_thumbprint": new,
+            "current_not_after": new_cert.not_after,
+        }
+        return self._save(rec, **(_NO_REQUEST | finished))
 
     def _issue_time(self, rec: RotationRecord) -> datetime:
         cert = self._ledger_get(rec.new_serial or "")
