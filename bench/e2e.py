@@ -108,22 +108,19 @@ def e2e_run(devices: int, home: Path) -> DemoResult:
 def _cpu_rows(cpu: dict[str, float], renewed: int, label: str) -> list[BenchRow]:
     """CPU per rotation, and the rate those CPU costs allow at most on this machine's
     cores (everything on one machine: the functions, the emulated fleet, Azurite)."""
+    what = {
+        "python": "CPU per rotation in the Python process (functions, Azure SDK clients, "
+        "emulated DPS and hub, simulated devices, signing)",
+        "azurite": "CPU per rotation in Azurite (node)",
+    }
     rows = [
         BenchRow(
             f"e2e_cpu_ms_per_rotation_{label}_{name}",
-            1000 * seconds / max(renewed, 1),
+            1000 * cpu[name] / max(renewed, 1),
             "ms",
-            what,
+            description,
         )
-        for name, seconds, what in (
-            (
-                "python",
-                cpu.get("python", 0.0),
-                "CPU per rotation in the Python process (functions, Azure SDK clients, "
-                "emulated DPS and hub, simulated devices, signing)",
-            ),
-            ("azurite", cpu.get("azurite", 0.0), "CPU per rotation in Azurite (node)"),
-        )
+        for name, description in what.items()
         if name in cpu
     ]
     total = sum(cpu.values())

@@ -142,7 +142,7 @@ def cpu_seconds() -> dict[str, float]:
     """CPU seconds used so far by this process (``python``) and, when one runs on this
     machine, by the Azurite process (``azurite``; read from ``/proc``)."""
     out = {"python": time.process_time()}
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    ticks = os.sysconf("SC_CLK_TCK")
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")

@@ -2,7 +2,7 @@
 # Start/stop Azurite (blob 10000, queue 10001, table 10002) on loopback.
 # Data is kept in memory: Azurite's disk mode rewrites its whole table database as one
 # JSON file every few seconds, which makes each request slower as the tables grow (a
-# 1,000-device demo ran 1.6x slower on disk). CERTROLL_AZURITE_PERSIST=1 keeps data
+# 300-device demo ran 1.6x slower on disk). CERTROLL_AZURITE_PERSIST=1 keeps data
 # under .certroll/azurite/ across restarts instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -110,7 +110,6 @@ CONFIRMABLE: frozenset[RotationState] = frozenset(
 WAITING_ON_DEVICE: frozenset[RotationState] = frozenset(
     {RotationState.CSR_REQUESTED, RotationState.DELIVERED, RotationState.REPROVISION_SENT}
 )
-#: states a repeated CSR report drives on: nothing in them waits for the device
 #: a record's request fields, cleared when a rotation starts and when it ends
 _NO_REQUEST: dict[str, Any] = {
     "request_id": None,
@@ -124,6 +123,7 @@ _NO_REQUEST: dict[str, Any] = {
     "deadline": None,
     "last_error": None,
 }
+#: states a repeated CSR report drives on: nothing in them waits for the device
 _RESUMABLE_ON_CSR: frozenset[RotationState] = frozenset(
     {RotationState.CSR_RECEIVED, RotationState.ISSUED, RotationState.ENROLLED}
 )
@@ -749,8 +749,8 @@ class RotationService:
                     rec.current_serial,
                 )
                 return None
-        retired = known is not None and rec.current_serial not in (None, known.serial)
-        if known is not None and retired:
+        retired = False
+        if known is not None and rec.current_serial not in (None, known.serial):
             # a newer certificate of certroll's own replaces the current one (the device
             # installed a renewal whose confirmation certroll missed, e.g. let back in by a
             # 401 reconcile): the previous one must not stay accepted until the next
@@ -759,6 +759,7 @@ class RotationService:
                 rec, new_serial=known.serial, new_thumbprint=known.thumbprint_sha256.lower()
             )
             self._retire_previous(moved_on, compromise=False)
+            retired = True
         elif known is not None and known.status is CertificateStatus.ISSUED:
             self._call(self.deps.ledger.set_status, known.serial, CertificateStatus.ACTIVE)
         self._audit(
@@ -1193,7 +1194,7 @@ class RotationService:
         revoked on ``compromise``) and the new one is active. Every step is idempotent.
         Returns (the new certificate's record, whether anything was revoked)."""
         if rec.new_serial is None or rec.new_thumbprint is None:
-            raise ValueError(f"{rec.device_id}: nothing to retire the previous certificate for")
+            raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
         new = rec.new_thumbprint
         for _ in range(_MAX_CAS):
             enr = self._individual(rec.device_id)
@@ -1252,11 +1253,9 @@ class RotationService:
         return new_cert, revoked_any
 
     def _step_finish(self, rec: RotationRecord, *, evidence: str | None = None) -> RotationRecord:
-        if rec.new_serial is None or rec.new_thumbprint is None:
-            raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
-        new = rec.new_thumbprint
         compromise = _trigger(rec.reason) is Trigger.COMPROMISE
         new_cert, revoked_any = self._retire_previous(rec, compromise=compromise)
+        new = rec.new_thumbprint
         if revoked_any:
             self._call(self.deps.issuer.publish_crl)
         self._call(
