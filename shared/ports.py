@@ -157,11 +157,6 @@ class AuditLog(abc.ABC):
     def append(self, event: AuditEvent) -> None:
         """Append one entry (never updates or deletes)."""
 
-    def append_many(self, events: list[AuditEvent]) -> None:
-        """Append several entries in order (adapters may batch them per partition)."""
-        for event in events:
-            self.append(event)
-
     @abc.abstractmethod
     def list(self, device_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
         """Newest first."""

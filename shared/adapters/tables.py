@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -80,6 +81,7 @@ MAX_STRING_CHARS = 32_000
 #: Detail JSON is spread over at most this many string properties (< 1 MiB entity limit).
 MAX_DETAIL_PARTS = 12
 _SET_STATUS_ATTEMPTS = 8
+_LISTED_DEVICES = 256  # devices whose listed certificate rows are kept for set_statuses
 
 
 # --------------------------------------------------------------------------- helpers
@@ -243,6 +245,33 @@ class TableLedger(_TableBase, CertificateLedger):
 
     def __init__(self, service: TableServiceClient, table_name: str) -> None:
         super().__init__(service, table_name)
+        # the certificate rows of the devices listed last, with their ETags: a
+        # set_statuses that follows a list_for_device of the same device (the finish of
+        # a rotation) writes against them instead of querying the partition again; a
+        # row changed in between fails the ETag check and the partition is read afresh
+        self._listed: OrderedDict[str, dict[str, TableEntity]] = OrderedDict()
+        self._listed_lock = threading.Lock()
+
+    def _remember(self, device_id: str, rows: dict[str, TableEntity]) -> None:
+        with self._listed_lock:
+            self._listed[device_id] = rows
+            self._listed.move_to_end(device_id)
+            while len(self._listed) > _LISTED_DEVICES:
+                self._listed.popitem(last=False)
+
+    def _recall(self, device_id: str) -> dict[str, TableEntity] | None:
+        with self._listed_lock:
+            return self._listed.pop(device_id, None)
+
+    def _device_rows(self, device_id: str) -> dict[str, TableEntity]:
+        return {
+            str(e["serial"]): e
+            for e in self._query(
+                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                {"pk": _key(device_id), "lo": _CERT_PREFIX, "hi": _CERT_PREFIX[:-1] + "."},
+                f"certificates of {device_id}",
+            )
+        }
 
     # reads ---------------------------------------------------------------
 
@@ -298,13 +327,9 @@ class TableLedger(_TableBase, CertificateLedger):
     def list_for_device(self, device_id: str) -> list[CertificateRecord]:
         if not device_id:
             return []
-        rows = self._query(
-            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-            {"pk": _key(device_id), "lo": _CERT_PREFIX, "hi": _CERT_PREFIX[:-1] + "."},
-            f"certificates of {device_id}",
-        )
-        records = [_entity_to_record(e) for e in rows]
-        return sorted(records, key=lambda r: r.issued_at)
+        rows = self._device_rows(device_id)
+        self._remember(device_id, rows)
+        return sorted((_entity_to_record(e) for e in rows.values()), key=lambda r: r.issued_at)
 
     def list_revoked(self) -> Iterator[CertificateRecord]:
         for entity in self._query(
@@ -423,22 +448,21 @@ class TableLedger(_TableBase, CertificateLedger):
     def set_statuses(
         self, device_id: str, changes: Mapping[str, CertificateStatus]
     ) -> dict[str, CertificateRecord]:
-        """One partition query and one ETag-checked entity-group transaction (the
-        certificate rows of a device share its partition), retried on a concurrent change."""
+        """One ETag-checked entity-group transaction (the certificate rows of a device
+        share its partition), retried on a concurrent change. The rows a
+        ``list_for_device`` of the device just read are used when every wanted row
+        changes (each write then checks its row is current); otherwise, and after a
+        failed check, the partition is read afresh."""
         wanted = {serial: CertificateStatus(status) for serial, status in changes.items()}
         if CertificateStatus.REVOKED in wanted.values():
             raise ValueError("set_statuses does not revoke; use set_status")
         if not wanted:
             return {}
+        listed = self._recall(device_id)
         for _ in range(_SET_STATUS_ATTEMPTS):
-            rows = {
-                str(e["serial"]): e
-                for e in self._query(
-                    "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                    {"pk": _key(device_id), "lo": _CERT_PREFIX, "hi": _CERT_PREFIX[:-1] + "."},
-                    f"certificates of {device_id}",
-                )
-            }
+            recalled = listed is not None and wanted.keys() <= listed.keys()
+            rows = listed if recalled and listed is not None else self._device_rows(device_id)
+            listed = None
             out: dict[str, CertificateRecord] = {}
             operations: list[Any] = []
             for serial, status in wanted.items():
@@ -461,6 +485,8 @@ class TableLedger(_TableBase, CertificateLedger):
                         },
                     )
                 )
+            if recalled and len(operations) < len(wanted):
+                continue  # a listed row needing no write is not ETag-checked: read afresh
             if not operations:
                 return out
             try:
@@ -638,25 +664,6 @@ def _detail_from(e: Mapping[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-#: an entity-group transaction holds at most 100 operations and 4 MiB
-_TRANSACTION_OPS = 100
-_TRANSACTION_BYTES = 2_000_000  # UTF-16 payload estimate, well inside 4 MiB
-
-
-def _transaction_chunks(entities: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    size = 0
-    for entity in entities:
-        weight = 2 * sum(len(v) for v in entity.values() if isinstance(v, str)) + 1024
-        if chunk and (len(chunk) >= _TRANSACTION_OPS or size + weight > _TRANSACTION_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(entity)
-        size += weight
-    if chunk:
-        yield chunk
-
-
 class TableAuditLog(_TableBase, AuditLog):
     """Append-only audit entries, newest first per partition.
 
@@ -665,7 +672,6 @@ class TableAuditLog(_TableBase, AuditLog):
     rows; ``list(None)`` (every entry, an operator's view) reads the whole table and
     keeps the newest ``limit``. Order is append order within a process (an inverted
     nanosecond stamp as RowKey prefix), which is also the in-memory fake's order.
-    ``append_many`` writes the entries of one partition in one entity-group transaction.
     """
 
     def __init__(self, service: TableServiceClient, table_name: str) -> None:
@@ -693,21 +699,6 @@ class TableAuditLog(_TableBase, AuditLog):
             self._table.create_entity(entity)
         except AzureError as exc:
             raise_storage_error(exc, f"audit entry {event.action} for {event.device_id}")
-
-    def append_many(self, events: list[AuditEvent]) -> None:
-        by_partition: dict[str, list[dict[str, Any]]] = {}
-        for event in events:
-            entity = self._entity(event)
-            by_partition.setdefault(entity["PartitionKey"], []).append(entity)
-        for pk, entities in by_partition.items():
-            for chunk in _transaction_chunks(entities):
-                try:
-                    if len(chunk) == 1:
-                        self._table.create_entity(chunk[0])
-                    else:
-                        self._table.submit_transaction([("create", e) for e in chunk])
-                except AzureError as exc:
-                    raise_storage_error(exc, f"{len(chunk)} audit entries for {pk}")
 
     def list(self, device_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
         if limit <= 0:

@@ -1274,27 +1274,17 @@ class RotationService:
             notAfter=_iso(new_cert.not_after),
             reason=rec.reason,
         )
-        entries = [
-            self._entry(
-                "rotation_complete",
-                "ok",
-                rec.device_id,
-                request_id=rec.request_id,
-                serial=rec.new_serial,
-                previous=rec.current_serial,
-                slot=rec.slot,
-            )
-        ]
-        if evidence is not None:
-            confirmed = self._entry(
-                "rotation_confirmed",
-                "ok",
-                rec.device_id,
-                request_id=rec.request_id,
-                evidence=evidence,
-            )
-            entries.insert(0, confirmed)
-        self._call(self.deps.audit.append_many, entries)  # one partition: one transaction
+        detail = {} if evidence is None else {"confirmedBy": evidence}
+        self._audit(
+            "rotation_complete",
+            "ok",
+            rec.device_id,
+            request_id=rec.request_id,
+            serial=rec.new_serial,
+            previous=rec.current_serial,
+            slot=rec.slot,
+            **detail,
+        )
         self._metric("certroll.rotation_completed", reason=rec.reason or "")
         with self._issued_lock:
             self._issued.pop((rec.device_id, rec.request_id or ""), None)

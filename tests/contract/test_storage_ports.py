@@ -380,25 +380,6 @@ def test_audit_lists_newest_first_and_filters_by_device(audit_log: AuditLog) -> 
     assert audit_log.list(limit=0) == []
 
 
-def test_audit_append_many_keeps_order_and_partitions(audit_log: AuditLog) -> None:
-    audit_log.append(AuditEvent("rotation_start", "ok", "system:worker", device_id="dev-m"))
-    audit_log.append_many(
-        [
-            AuditEvent("rotation_confirmed", "ok", "system:worker", device_id="dev-m"),
-            AuditEvent("crl_publish", "ok", "system:issuer"),
-            AuditEvent("rotation_complete", "ok", "system:worker", device_id="dev-m", at=T0),
-        ]
-    )
-    audit_log.append_many([])
-    assert [e.action for e in audit_log.list("dev-m")] == [
-        "rotation_complete",
-        "rotation_confirmed",
-        "rotation_start",
-    ]
-    assert audit_log.list("dev-m")[0].at == T0
-    assert [e.action for e in audit_log.list(limit=2)] == ["rotation_complete", "crl_publish"]
-
-
 def test_audit_round_trips_fields_and_fills_time(audit_log: AuditLog) -> None:
     before = datetime.now(UTC)
     detail = {"code": "subject_mismatch", "n": 3, "nested": {"ok": True, "list": [1, "a"]}}

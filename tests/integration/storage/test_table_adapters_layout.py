@@ -156,32 +156,37 @@ def test_audit_oversized_detail_is_summarised(tables: TableServiceClient, table_
     assert entry.detail["chars"] == len(json.dumps(huge, sort_keys=True))
 
 
-def test_audit_append_many_is_one_transaction_per_partition(
+def test_ledger_set_statuses_after_a_listing_writes_against_the_listed_rows(
     tables: TableServiceClient, table_name: str
 ) -> None:
-    log = TableAuditLog(tables, table_name)
-    sent: list[int] = []
-    client = log._table
-    inner = client.submit_transaction
+    ledger = TableLedger(tables, table_name)
+    ledger.add(record("0a", csr="1" * 64))
+    ledger.add(record("0b", csr="2" * 64))
+    client = ledger._table
+    queries: list[str] = []
+    inner = client.query_entities
 
-    def counting(operations: Any, **kwargs: Any) -> Any:
-        sent.append(len(list(operations)))
-        return inner(operations, **kwargs)
+    def counting(query_filter: str, **kwargs: Any) -> Any:
+        queries.append(query_filter)
+        return inner(query_filter, **kwargs)
 
-    client.submit_transaction = counting  # type: ignore[method-assign]
-    log.append_many(
-        [
-            AuditEvent("rotation_confirmed", "ok", "system:worker", "dev-1"),
-            AuditEvent("crl_publish", "ok", "system:sweep"),
-            AuditEvent("rotation_complete", "ok", "system:worker", "dev-1"),
-        ]
+    client.query_entities = counting  # type: ignore[method-assign]
+    ledger.list_for_device("dev-1")
+    assert len(queries) == 1
+    ledger.set_statuses(
+        "dev-1", {"0a": CertificateStatus.SUPERSEDED, "0b": CertificateStatus.ACTIVE}
     )
-    stored = rows(tables, table_name)
-    assert sorted(pk for pk, _ in stored) == ["dev-1", "dev-1", "~global"]
-    assert sent == [2]  # dev-1's two entries together; the lone global one as a create
-    assert [e.action for e in log.list("dev-1")] == ["rotation_complete", "rotation_confirmed"]
-    assert [e.action for e in log.list(limit=3)] == [
-        "rotation_complete",
-        "crl_publish",
-        "rotation_confirmed",
-    ]
+    assert len(queries) == 1  # the rows just listed, no second partition query
+    assert ledger.get("0a").status is CertificateStatus.SUPERSEDED
+    assert ledger.get("0b").status is CertificateStatus.ACTIVE
+
+    # a row that changes between the listing and the write is read again, not overwritten
+    ledger.list_for_device("dev-1")
+    ledger.set_status("0a", CertificateStatus.REVOKED, reason=RevocationReason.KEY_COMPROMISE)
+    out = ledger.set_statuses("dev-1", {"0a": CertificateStatus.SUPERSEDED})
+    assert len(queries) == 3  # the listing, then a fresh read after the ETag check failed
+    assert out["0a"].status is CertificateStatus.REVOKED
+    assert ledger.get("0a").status is CertificateStatus.REVOKED
+    # without a listing first, set_statuses reads the partition itself
+    ledger.set_statuses("dev-1", {"0b": CertificateStatus.ACTIVE})
+    assert len(queries) == 4
