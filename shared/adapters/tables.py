@@ -178,7 +178,6 @@ class _TableBase:
 # --------------------------------------------------------------------------- ledger
 
 _CERT_PREFIX = "cert-"
-_CSR_PREFIX = "csr-"
 _REVOKED_PK = "~revoked"
 
 
@@ -236,11 +235,14 @@ def _entity_to_record(e: Mapping[str, Any]) -> CertificateRecord:
 class TableLedger(_TableBase, CertificateLedger):
     """The issuance ledger on Azure Table storage; every lookup is a point read.
 
-    ``add`` writes the serial index (create-only), the thumbprint index (idempotent
-    upsert), then the certificate row and its CSR-index row in one entity-group
-    transaction: two concurrent ``add`` calls for the same device and CSR cannot both
-    succeed, and the loser returns the winner's record. A crash before the transaction
-    leaves index rows pointing at nothing; readers check the target and ignore them.
+    A certificate row sits in its device's partition under the SHA-256 of the CSR it
+    answers (``cert-<csr sha256>``): one device and CSR have one certificate, and
+    ``find_by_csr`` is one point read. ``add`` writes the serial index (create-only),
+    the thumbprint index (idempotent upsert), both naming the device and CSR, then
+    creates the certificate row: two concurrent ``add`` calls for the same device and
+    CSR cannot both succeed, and the loser returns the winner's record. A crash before
+    the last write leaves index rows pointing at nothing (or at the winner); readers
+    check the serial of the row they reach and ignore them.
     """
 
     def __init__(self, service: TableServiceClient, table_name: str) -> None:
@@ -275,20 +277,24 @@ class TableLedger(_TableBase, CertificateLedger):
 
     # reads ---------------------------------------------------------------
 
-    def _cert_entity(self, device_id: str, serial: str) -> TableEntity | None:
+    def _cert_entity(self, device_id: str, csr_sha256: str) -> TableEntity | None:
         return self._point_read(
-            _key(device_id), _CERT_PREFIX + _key(serial), f"certificate {serial}"
+            _key(device_id), _CERT_PREFIX + _key(csr_sha256), f"certificate of {device_id}"
         )
 
-    def _device_of(self, serial: str) -> str | None:
-        index = self._point_read(_serial_pk(serial), _key(serial), f"serial index of {serial}")
-        return None if index is None else str(index["device_id"])
+    def _indexed(self, index: TableEntity | None, serial: str) -> TableEntity | None:
+        """The certificate row an index row points at, when it holds ``serial`` (an index
+        row left by an add that did not complete points at nothing, or at a winner)."""
+        if index is None:
+            return None
+        entity = self._cert_entity(str(index["device_id"]), str(index["csr_sha256"]))
+        return entity if entity is not None and entity["serial"] == serial else None
 
     def _get_entity(self, serial: str) -> TableEntity:
         if not serial:
             raise NotFoundError("no certificate with an empty serial")
-        device_id = self._device_of(serial)
-        entity = self._cert_entity(device_id, serial) if device_id else None
+        index = self._point_read(_serial_pk(serial), _key(serial), f"serial index of {serial}")
+        entity = self._indexed(index, serial)
         if entity is None:
             raise NotFoundError(f"no certificate with serial {serial}")
         return entity
@@ -296,14 +302,7 @@ class TableLedger(_TableBase, CertificateLedger):
     def find_by_csr(self, device_id: str, csr_sha256: str) -> CertificateRecord | None:
         if not device_id or not csr_sha256:
             return None
-        index = self._point_read(
-            _key(device_id),
-            _CSR_PREFIX + _key(csr_sha256),
-            f"CSR index of {device_id}",
-        )
-        if index is None:
-            return None
-        entity = self._cert_entity(device_id, str(index["serial"]))
+        entity = self._cert_entity(device_id, csr_sha256)
         return None if entity is None else _entity_to_record(entity)
 
     def get(self, serial: str) -> CertificateRecord:
@@ -317,12 +316,8 @@ class TableLedger(_TableBase, CertificateLedger):
             _key(thumbprint_sha256),
             f"thumbprint index of {thumbprint_sha256}",
         )
-        if index is None:
-            return None
-        entity = self._cert_entity(str(index["device_id"]), str(index["serial"]))
-        if entity is None or entity["thumbprint_sha256"] != thumbprint_sha256:
-            return None  # an index row left by an add that did not complete
-        return _entity_to_record(entity)
+        entity = None if index is None else self._indexed(index, str(index["serial"]))
+        return None if entity is None else _entity_to_record(entity)
 
     def list_for_device(self, device_id: str) -> list[CertificateRecord]:
         if not device_id:
@@ -344,6 +339,7 @@ class TableLedger(_TableBase, CertificateLedger):
             "PartitionKey": _serial_pk(record.serial),
             "RowKey": _key(record.serial),
             "device_id": record.device_id,
+            "csr_sha256": record.csr_sha256,
         }
         try:
             self._table.create_entity(row)
@@ -352,17 +348,22 @@ class TableLedger(_TableBase, CertificateLedger):
             pass
         except AzureError as exc:
             raise_storage_error(exc, f"serial index of {record.serial}")
-        owner = self._device_of(record.serial)
-        if owner != record.device_id:
+        owner = self._point_read(
+            _serial_pk(record.serial), _key(record.serial), f"serial index of {record.serial}"
+        )
+        if owner is None or (owner["device_id"], owner["csr_sha256"]) != (
+            record.device_id,
+            record.csr_sha256,
+        ):
             raise ConflictError(f"serial {record.serial} already recorded")
 
     def add(self, record: CertificateRecord) -> CertificateRecord:
         if not record.device_id or not record.serial or not record.csr_sha256:
             raise ValueError("a certificate record needs device_id, serial and csr_sha256")
         # no look-up first: the caller (Issuer.issue) has just made it, and a CSR already
-        # recorded fails the transaction below, which then returns the recorded certificate
+        # recorded fails the create below, which then returns the recorded certificate
         cert_row = _record_to_entity(
-            record, _key(record.device_id), _CERT_PREFIX + _key(record.serial)
+            record, _key(record.device_id), _CERT_PREFIX + _key(record.csr_sha256)
         )
         self._claim_serial(record)
         try:
@@ -372,21 +373,15 @@ class TableLedger(_TableBase, CertificateLedger):
                     "RowKey": _key(record.thumbprint_sha256),
                     "device_id": record.device_id,
                     "serial": record.serial,
+                    "csr_sha256": record.csr_sha256,
                 },
                 mode=UpdateMode.REPLACE,
             )
         except AzureError as exc:
             raise_storage_error(exc, f"thumbprint index of {record.serial}")
-        csr_row = {
-            "PartitionKey": _key(record.device_id),
-            "RowKey": _CSR_PREFIX + _key(record.csr_sha256),
-            "serial": record.serial,
-        }
         try:
-            self._table.submit_transaction([("create", cert_row), ("create", csr_row)])
-        except (TableTransactionError, ResourceExistsError) as exc:
-            if exc.status_code != 409:
-                raise_storage_error(exc, f"record certificate {record.serial}")
+            self._table.create_entity(cert_row)
+        except ResourceExistsError as exc:
             winner = self.find_by_csr(record.device_id, record.csr_sha256)
             if winner is not None:
                 logger.info(

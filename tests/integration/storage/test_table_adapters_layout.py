@@ -56,16 +56,18 @@ def test_ledger_rows_and_indexes(tables: TableServiceClient, table_name: str) ->
     ledger.add(record("12ab"))
     ledger.set_status("12ab", CertificateStatus.REVOKED, reason=RevocationReason.KEY_COMPROMISE)
     stored = rows(tables, table_name)
+    cert_key = ("dev-1", "cert-" + "c" * 64)  # under the SHA-256 of the CSR it answers
     assert set(stored) == {
-        ("dev-1", "cert-12ab"),
-        ("dev-1", "csr-" + "c" * 64),
+        cert_key,
         ("~serial-ab", "12ab"),
         ("~thumb-00", f"{'12ab':0>64}"),
         ("~revoked", "12ab"),
     }
     assert stored[("~serial-ab", "12ab")]["device_id"] == "dev-1"
-    assert stored[("dev-1", "csr-" + "c" * 64)]["serial"] == "12ab"
-    cert = stored[("dev-1", "cert-12ab")]
+    assert stored[("~serial-ab", "12ab")]["csr_sha256"] == "c" * 64
+    assert stored[("~thumb-00", f"{'12ab':0>64}")]["serial"] == "12ab"
+    cert = stored[cert_key]
+    assert cert["serial"] == "12ab"
     assert cert["status"] == "revoked"
     assert cert["revocation_reason"] == "keyCompromise"
     assert stored[("~revoked", "12ab")]["status"] == "revoked"
@@ -89,14 +91,17 @@ def test_ledger_ignores_index_rows_left_by_an_unfinished_add(
     ledger = TableLedger(tables, table_name)
     ledger.add(record("01"))  # creates the table
     client = tables.get_table_client(table_name)
-    # a crash after the index writes and before the transaction leaves these behind
-    client.create_entity({"PartitionKey": "~serial-77", "RowKey": "77", "device_id": "dev-2"})
+    # a crash after the index writes and before the certificate row leaves these behind
+    client.create_entity(
+        {"PartitionKey": "~serial-77", "RowKey": "77", "device_id": "dev-2", "csr_sha256": "d" * 64}
+    )
     client.create_entity(
         {
             "PartitionKey": "~thumb-00",
             "RowKey": f"{'77':0>64}",
             "device_id": "dev-2",
             "serial": "77",
+            "csr_sha256": "d" * 64,
         }
     )
     with pytest.raises(NotFoundError):
@@ -106,9 +111,18 @@ def test_ledger_ignores_index_rows_left_by_an_unfinished_add(
     stored = ledger.add(record("77", device_id="dev-2", csr="d" * 64))
     assert ledger.get("77") == stored
     assert ledger.find_by_thumbprint(f"{'77':0>64}") == stored
-    # while the serial stays bound to its device
+    # while the serial stays bound to its device and CSR
     with pytest.raises(ConflictError):
         ledger.add(record("77", device_id="dev-3", csr="e" * 64))
+    with pytest.raises(ConflictError):
+        ledger.add(record("77", device_id="dev-2", csr="f" * 64))
+    # an index row of an add that lost to another for the same CSR reaches the winner's
+    # row, whose serial is not its own: ignored too
+    client.create_entity(
+        {"PartitionKey": "~serial-78", "RowKey": "78", "device_id": "dev-2", "csr_sha256": "d" * 64}
+    )
+    with pytest.raises(NotFoundError):
+        ledger.get("78")
 
 
 def test_state_rows_and_filters_use_utc(tables: TableServiceClient, table_name: str) -> None:
