@@ -544,12 +544,20 @@ class RotationService:
         return issued
 
     def _with_record(
-        self, device_id: str, action: Callable[[RotationRecord | None], T], what: str
+        self,
+        device_id: str,
+        action: Callable[[RotationRecord | None], T],
+        what: str,
+        read: tuple[RotationRecord | None] | None = None,
     ) -> T:
-        """Run ``action`` on the current record, again on a fresh read after a lost race."""
+        """Run ``action`` on the current record, again on a fresh read after a lost race.
+        ``read`` is a record the caller has just read (``(None,)``: it has none), used for
+        the first attempt; its ETag makes a stale one a lost race like any other."""
         for _ in range(_MAX_CAS):
+            rec = read[0] if read is not None else self._get(device_id)
+            read = None
             try:
-                return action(self._get(device_id))
+                return action(rec)
             except (ConcurrencyError, ConflictError):
                 logger.info("device %s: record changed during %s; deciding again", device_id, what)
         raise ConcurrencyError(f"{device_id}: the rotation record kept changing during {what}")
@@ -607,15 +615,23 @@ class RotationService:
 
         return self._with_record(device_id, create, "device created")
 
-    def start_renewal(self, device_id: str, reason: Trigger, actor: str) -> RotationRecord:
+    def start_renewal(
+        self,
+        device_id: str,
+        reason: Trigger,
+        actor: str,
+        *,
+        read: tuple[RotationRecord | None] | None = None,
+    ) -> RotationRecord:
         """Ask the device for a CSR (manual renew API, sweep, due certificate).
 
         A rotation already running is returned unchanged (coalesced); a disallowed
-        device raises DeviceDisallowedError; an unknown device NotFoundError.
+        device raises DeviceDisallowedError; an unknown device NotFoundError. ``read``:
+        the record as the caller has just read it (see ``_with_record``).
         """
         reason = Trigger(reason)
         return self._with_record(
-            device_id, lambda rec: self._start(device_id, rec, reason, actor), "start"
+            device_id, lambda rec: self._start(device_id, rec, reason, actor), "start", read
         )
 
     def advance(self, device_id: str) -> RotationRecord:
@@ -1375,7 +1391,9 @@ class RotationService:
                     reason = batch.reason
                     if rec is not None and rec.state is RotationState.FAILED:
                         reason = _trigger(rec.reason)
-                    started = self.start_renewal(device_id, reason, "system:sweep")
+                    started = self.start_renewal(
+                        device_id, reason, "system:sweep", read=(rec,)
+                    )
                     if started.state is RotationState.IDLE:
                         result.skipped[device_id] = "idle"
                     else:

@@ -363,3 +363,48 @@ def test_a_rotation_reads_back_nothing_it_just_wrote(world: World) -> None:
     assert sorted(calls) == ["find_by_csr", "list_for_device", "set_statuses"]
     statuses = [c.status for c in world.ledger.list_for_device("dev-1")]
     assert statuses == [CertificateStatus.SUPERSEDED, CertificateStatus.ACTIVE]
+
+
+def test_the_worker_reads_a_record_once_to_start_it(world: World) -> None:
+    devs = [world.add_device(f"dev-{i}") for i in range(3)]
+    svc = world.service()
+    for dev in devs:
+        adopt(svc, dev)
+    reads: list[str] = []
+    inner = world.state.get
+
+    def get(device_id: str) -> RotationRecord | None:
+        reads.append(device_id)
+        return inner(device_id)
+
+    world.state.get = get  # type: ignore[method-assign]
+    result = svc.process_batch(
+        {"kind": "rotate", "deviceIds": [d.device_id for d in devs], "reason": "expiring"}
+    )
+    assert result.started == ["dev-0", "dev-1", "dev-2"]
+    assert sorted(reads) == ["dev-0", "dev-1", "dev-2"]
+
+
+def test_the_worker_decides_again_when_its_read_went_stale(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    inner = world.state.get
+    raced: list[RotationRecord] = []
+
+    def get(device_id: str) -> RotationRecord | None:
+        rec = inner(device_id)
+        if not raced:  # an operator's renewal lands between the worker's read and write
+            world.state.get = inner  # type: ignore[method-assign]
+            raced.append(svc.start_renewal(device_id, Trigger.MANUAL, "op"))
+        return rec
+
+    world.state.get = get  # type: ignore[method-assign]
+    result = svc.process_batch({"kind": "rotate", "deviceIds": ["dev-1"], "reason": "expiring"})
+    assert raced
+    assert result.started == ["dev-1"]
+    rec = inner("dev-1")
+    assert rec is not None
+    assert rec.state is RotationState.CSR_REQUESTED
+    assert rec.request_id == raced[0].request_id  # coalesced with the renewal that won
+    assert rec.reason == "manual"
