@@ -46,7 +46,6 @@ from azure.data.tables import (
     TableClient,
     TableEntity,
     TableServiceClient,
-    TableTransactionError,
     UpdateMode,
 )
 
@@ -443,11 +442,13 @@ class TableLedger(_TableBase, CertificateLedger):
     def set_statuses(
         self, device_id: str, changes: Mapping[str, CertificateStatus]
     ) -> dict[str, CertificateRecord]:
-        """One ETag-checked entity-group transaction (the certificate rows of a device
-        share its partition), retried on a concurrent change. The rows a
+        """One ETag-checked replace per changed row, in the order given, retried on a
+        concurrent change (rows already written then need no write). The rows a
         ``list_for_device`` of the device just read are used when every wanted row
         changes (each write then checks its row is current); otherwise, and after a
-        failed check, the partition is read afresh."""
+        failed check, the partition is read afresh. Not one entity-group transaction:
+        the azure-data-tables client spends several times a single write's CPU on one,
+        and every caller's change is idempotent and retried as a whole."""
         wanted = {serial: CertificateStatus(status) for serial, status in changes.items()}
         if CertificateStatus.REVOKED in wanted.values():
             raise ValueError("set_statuses does not revoke; use set_status")
@@ -459,7 +460,7 @@ class TableLedger(_TableBase, CertificateLedger):
             rows = listed if recalled and listed is not None else self._device_rows(device_id)
             listed = None
             out: dict[str, CertificateRecord] = {}
-            operations: list[Any] = []
+            writes: list[tuple[CertificateRecord, TableEntity]] = []
             for serial, status in wanted.items():
                 entity = rows.get(serial)
                 if entity is None:
@@ -469,27 +470,18 @@ class TableLedger(_TableBase, CertificateLedger):
                 if record.status in (CertificateStatus.REVOKED, status):
                     continue
                 record.status = status
-                operations.append(
-                    (
-                        "update",
-                        _record_to_entity(record, entity["PartitionKey"], entity["RowKey"]),
-                        {
-                            "mode": UpdateMode.REPLACE,
-                            "etag": entity.metadata["etag"],
-                            "match_condition": MatchConditions.IfNotModified,
-                        },
-                    )
-                )
-            if recalled and len(operations) < len(wanted):
+                writes.append((record, entity))
+            if recalled and len(writes) < len(wanted):
                 continue  # a listed row needing no write is not ETag-checked: read afresh
-            if not operations:
-                return out
             try:
-                for start in range(0, len(operations), 100):
-                    self._table.submit_transaction(operations[start : start + 100])
-            except (TableTransactionError, ResourceModifiedError) as exc:
-                if exc.status_code != 412:
-                    raise_storage_error(exc, f"status of certificates of {device_id}")
+                for record, entity in writes:
+                    self._table.update_entity(
+                        _record_to_entity(record, entity["PartitionKey"], entity["RowKey"]),
+                        mode=UpdateMode.REPLACE,
+                        etag=entity.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+            except ResourceModifiedError:
                 logger.info("ledger: certificates of %s changed concurrently; retrying", device_id)
                 continue
             except AzureError as exc:

@@ -1243,7 +1243,9 @@ class RotationService:
         issued_at = next(
             (c.issued_at for c in certs if c.serial == rec.new_serial), None
         ) or self._issue_time(rec)
-        statuses: dict[str, CertificateStatus] = {}
+        # the new one active before the old ones are superseded: a crash in between
+        # leaves two active (the retried finish completes it), never none
+        statuses = {rec.new_serial: CertificateStatus.ACTIVE}
         for cert in certs:
             if cert.serial == rec.new_serial or cert.status in (
                 CertificateStatus.REVOKED,
@@ -1260,9 +1262,6 @@ class RotationService:
                 revoked_any = True
             elif cert.issued_at <= issued_at or cert.serial == rec.current_serial:
                 statuses[cert.serial] = CertificateStatus.SUPERSEDED
-        # the old ones superseded and the new one active: one write where the ledger
-        # keeps a device's certificates together
-        statuses[rec.new_serial] = CertificateStatus.ACTIVE
         new_cert = self._call(self.deps.ledger.set_statuses, rec.device_id, statuses)[
             rec.new_serial
         ]

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ServiceRequestError
 from azure.data.tables import TableServiceClient
 
 from shared.adapters.tables import (
@@ -15,7 +16,7 @@ from shared.adapters.tables import (
     TableLedger,
     TableRotationStore,
 )
-from shared.domain.errors import ConflictError, NotFoundError
+from shared.domain.errors import ConflictError, NotFoundError, ServiceError
 from shared.domain.model import (
     AuditEvent,
     CertificateRecord,
@@ -204,3 +205,37 @@ def test_ledger_set_statuses_after_a_listing_writes_against_the_listed_rows(
     # without a listing first, set_statuses reads the partition itself
     ledger.set_statuses("dev-1", {"0b": CertificateStatus.ACTIVE})
     assert len(queries) == 4
+
+
+def test_ledger_set_statuses_cut_short_completes_when_repeated(
+    tables: TableServiceClient, table_name: str
+) -> None:
+    ledger = TableLedger(tables, table_name)
+    ledger.add(record("1a", csr="1" * 64))
+    ledger.add(record("1b", csr="2" * 64))
+    ledger.set_statuses("dev-1", {"1a": CertificateStatus.ACTIVE})
+    client = ledger._table
+    inner = client.update_entity
+    writes: list[str] = []
+
+    def dies_after_one(entity: Any, **kwargs: Any) -> Any:
+        if writes:
+            raise ServiceRequestError("connection reset")
+        writes.append(entity["serial"])
+        return inner(entity, **kwargs)
+
+    client.update_entity = dies_after_one  # type: ignore[method-assign]
+    changes = {"1b": CertificateStatus.ACTIVE, "1a": CertificateStatus.SUPERSEDED}
+    with pytest.raises(ServiceError, match="unreachable"):
+        ledger.set_statuses("dev-1", changes)
+    # written in the order given: the new one is active, the old one not yet superseded
+    assert writes == ["1b"]
+    assert ledger.get("1b").status is CertificateStatus.ACTIVE
+    assert ledger.get("1a").status is CertificateStatus.ACTIVE
+    client.update_entity = inner  # type: ignore[method-assign]
+    out = ledger.set_statuses("dev-1", changes)
+    assert {s: r.status for s, r in out.items()} == changes
+    assert [ledger.get(s).status for s in ("1a", "1b")] == [
+        CertificateStatus.SUPERSEDED,
+        CertificateStatus.ACTIVE,
+    ]
