@@ -131,7 +131,7 @@ def test_state_rows_and_filters_use_utc(tables: TableServiceClient, table_name: 
     local = datetime(2026, 5, 1, 16, 0, tzinfo=timezone(timedelta(hours=2)))
     store.put(RotationRecord("dev-1", updated_at=local))
     (row,) = rows(tables, table_name).values()
-    assert row["RowKey"] == "rotation"
+    assert (row["PartitionKey"], row["RowKey"]) == ("dev-1", "dev-1")
     assert row["state"] == "idle"
     fetched = store.get("dev-1")
     assert fetched is not None
