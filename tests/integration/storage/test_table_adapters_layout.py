@@ -171,12 +171,18 @@ def test_audit_oversized_detail_is_summarised(tables: TableServiceClient, table_
     assert entry.detail["chars"] == len(json.dumps(huge, sort_keys=True))
 
 
+def two_certificates(tables: TableServiceClient, table_name: str, *serials: str) -> TableLedger:
+    """A ledger holding one certificate of dev-1 per serial, each for its own CSR."""
+    ledger = TableLedger(tables, table_name)
+    for i, serial in enumerate(serials, start=1):
+        ledger.add(record(serial, csr=str(i) * 64))
+    return ledger
+
+
 def test_ledger_set_statuses_after_a_listing_writes_against_the_listed_rows(
     tables: TableServiceClient, table_name: str
 ) -> None:
-    ledger = TableLedger(tables, table_name)
-    ledger.add(record("0a", csr="1" * 64))
-    ledger.add(record("0b", csr="2" * 64))
+    ledger = two_certificates(tables, table_name, "0a", "0b")
     client = ledger._table
     queries: list[str] = []
     inner = client.query_entities
@@ -210,9 +216,7 @@ def test_ledger_set_statuses_after_a_listing_writes_against_the_listed_rows(
 def test_ledger_set_statuses_cut_short_completes_when_repeated(
     tables: TableServiceClient, table_name: str
 ) -> None:
-    ledger = TableLedger(tables, table_name)
-    ledger.add(record("1a", csr="1" * 64))
-    ledger.add(record("1b", csr="2" * 64))
+    ledger = two_certificates(tables, table_name, "1a", "1b")
     ledger.set_statuses("dev-1", {"1a": CertificateStatus.ACTIVE})
     client = ledger._table
     inner = client.update_entity
