@@ -8,7 +8,7 @@ Every method raises only :mod:`shared.domain.errors` types.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -114,12 +114,18 @@ class CertificateLedger(abc.ABC):
         """Every revoked certificate (for the CRL)."""
 
     def set_statuses(
-        self, device_id: str, changes: Mapping[str, CertificateStatus]
+        self,
+        device_id: str,
+        changes: Mapping[str, CertificateStatus],
+        listed: Sequence[CertificateRecord] = (),
     ) -> dict[str, CertificateRecord]:
-        """Change the status of several certificates of ``device_id`` at once (issued,
-        active, superseded; revoking goes through ``set_status``). Revoked records stay
-        as they are. Returns the records by serial; NotFoundError when a serial is not
-        the device's. Adapters may do it in one round trip (all or nothing)."""
+        """Change the status of several certificates of ``device_id``, in the order given
+        (issued, active, superseded; revoking goes through ``set_status``). Revoked
+        records stay as they are. Returns the records by serial; NotFoundError when a
+        serial is not the device's. Not all or nothing: a caller cut short repeats it.
+        ``listed``: the device's certificates as the caller has just read them
+        (``list_for_device``); an adapter may write against their ETags instead of
+        reading the rows again."""
         out: dict[str, CertificateRecord] = {}
         for serial, status in changes.items():
             if CertificateStatus(status) is CertificateStatus.REVOKED:

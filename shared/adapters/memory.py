@@ -13,7 +13,7 @@ import json
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,7 +100,10 @@ class MemoryLedger(CertificateLedger):
             return copy.copy(rec)
 
     def set_statuses(
-        self, device_id: str, changes: Mapping[str, CertificateStatus]
+        self,
+        device_id: str,
+        changes: Mapping[str, CertificateStatus],
+        listed: Sequence[CertificateRecord] = (),
     ) -> dict[str, CertificateRecord]:
         wanted = {serial: CertificateStatus(status) for serial, status in changes.items()}
         if CertificateStatus.REVOKED in wanted.values():

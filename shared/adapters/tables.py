@@ -23,14 +23,14 @@ never be a device's partition.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -80,7 +80,6 @@ MAX_STRING_CHARS = 32_000
 #: Detail JSON is spread over at most this many string properties (< 1 MiB entity limit).
 MAX_DETAIL_PARTS = 12
 _SET_STATUS_ATTEMPTS = 8
-_LISTED_DEVICES = 256  # devices whose listed certificate rows are kept for set_statuses
 
 
 # --------------------------------------------------------------------------- helpers
@@ -213,6 +212,7 @@ def _record_to_entity(rec: CertificateRecord, pk: str, rk: str) -> dict[str, Any
 
 def _entity_to_record(e: Mapping[str, Any]) -> CertificateRecord:
     reason = e.get("revocation_reason")
+    metadata = getattr(e, "metadata", None) or {}
     return CertificateRecord(
         serial=e["serial"],
         device_id=e["device_id"],
@@ -228,6 +228,7 @@ def _entity_to_record(e: Mapping[str, Any]) -> CertificateRecord:
         issued_at=_required_dt(e["issued_at"]),
         revoked_at=_plain(e.get("revoked_at")),
         revocation_reason=RevocationReason(reason) if reason else None,
+        etag=metadata.get("etag"),
     )
 
 
@@ -246,33 +247,14 @@ class TableLedger(_TableBase, CertificateLedger):
 
     def __init__(self, service: TableServiceClient, table_name: str) -> None:
         super().__init__(service, table_name)
-        # the certificate rows of the devices listed last, with their ETags: a
-        # set_statuses that follows a list_for_device of the same device (the finish of
-        # a rotation) writes against them instead of querying the partition again; a
-        # row changed in between fails the ETag check and the partition is read afresh
-        self._listed: OrderedDict[str, dict[str, TableEntity]] = OrderedDict()
-        self._listed_lock = threading.Lock()
 
-    def _remember(self, device_id: str, rows: dict[str, TableEntity]) -> None:
-        with self._listed_lock:
-            self._listed[device_id] = rows
-            self._listed.move_to_end(device_id)
-            while len(self._listed) > _LISTED_DEVICES:
-                self._listed.popitem(last=False)
-
-    def _recall(self, device_id: str) -> dict[str, TableEntity] | None:
-        with self._listed_lock:
-            return self._listed.pop(device_id, None)
-
-    def _device_rows(self, device_id: str) -> dict[str, TableEntity]:
-        return {
-            str(e["serial"]): e
-            for e in self._query(
-                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                {"pk": _key(device_id), "lo": _CERT_PREFIX, "hi": _CERT_PREFIX[:-1] + "."},
-                f"certificates of {device_id}",
-            )
-        }
+    def _device_records(self, device_id: str) -> dict[str, CertificateRecord]:
+        rows = self._query(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            {"pk": _key(device_id), "lo": _CERT_PREFIX, "hi": _CERT_PREFIX[:-1] + "."},
+            f"certificates of {device_id}",
+        )
+        return {str(e["serial"]): _entity_to_record(e) for e in rows}
 
     # reads ---------------------------------------------------------------
 
@@ -321,9 +303,7 @@ class TableLedger(_TableBase, CertificateLedger):
     def list_for_device(self, device_id: str) -> list[CertificateRecord]:
         if not device_id:
             return []
-        rows = self._device_rows(device_id)
-        self._remember(device_id, rows)
-        return sorted((_entity_to_record(e) for e in rows.values()), key=lambda r: r.issued_at)
+        return sorted(self._device_records(device_id).values(), key=lambda r: r.issued_at)
 
     def list_revoked(self) -> Iterator[CertificateRecord]:
         for entity in self._query(
@@ -440,47 +420,52 @@ class TableLedger(_TableBase, CertificateLedger):
         raise ConcurrencyError(f"certificate {serial} keeps changing; status not set")
 
     def set_statuses(
-        self, device_id: str, changes: Mapping[str, CertificateStatus]
+        self,
+        device_id: str,
+        changes: Mapping[str, CertificateStatus],
+        listed: Sequence[CertificateRecord] = (),
     ) -> dict[str, CertificateRecord]:
         """One ETag-checked replace per changed row, in the order given, retried on a
-        concurrent change (rows already written then need no write). The rows a
-        ``list_for_device`` of the device just read are used when every wanted row
+        concurrent change (rows already written then need no write). The ``listed``
+        records are written against when they hold every wanted row and each of those
         changes (each write then checks its row is current); otherwise, and after a
         failed check, the partition is read afresh. Not one entity-group transaction:
         the azure-data-tables client spends several times a single write's CPU on one,
-        and every caller's change is idempotent and retried as a whole."""
+        and every caller's change is idempotent and repeated when cut short."""
         wanted = {serial: CertificateStatus(status) for serial, status in changes.items()}
         if CertificateStatus.REVOKED in wanted.values():
             raise ValueError("set_statuses does not revoke; use set_status")
         if not wanted:
             return {}
-        listed = self._recall(device_id)
+        given = {r.serial: r for r in listed if r.device_id == device_id and r.etag}
+        use_given = wanted.keys() <= given.keys()
         for _ in range(_SET_STATUS_ATTEMPTS):
-            recalled = listed is not None and wanted.keys() <= listed.keys()
-            rows = listed if recalled and listed is not None else self._device_rows(device_id)
-            listed = None
+            current = given if use_given else self._device_records(device_id)
             out: dict[str, CertificateRecord] = {}
-            writes: list[tuple[CertificateRecord, TableEntity]] = []
+            writes: list[CertificateRecord] = []
             for serial, status in wanted.items():
-                entity = rows.get(serial)
-                if entity is None:
+                if serial not in current:
                     raise NotFoundError(f"device {device_id} has no certificate {serial}")
-                record = _entity_to_record(entity)
+                record = current[serial]
+                if record.status not in (CertificateStatus.REVOKED, status):
+                    record = dataclasses.replace(record, status=status)
+                    writes.append(record)
                 out[serial] = record
-                if record.status in (CertificateStatus.REVOKED, status):
-                    continue
-                record.status = status
-                writes.append((record, entity))
-            if recalled and len(writes) < len(wanted):
-                continue  # a listed row needing no write is not ETag-checked: read afresh
+            if use_given and len(writes) < len(wanted):
+                use_given = False  # a given row needing no write is not ETag-checked
+                continue
+            use_given = False
             try:
-                for record, entity in writes:
-                    self._table.update_entity(
-                        _record_to_entity(record, entity["PartitionKey"], entity["RowKey"]),
+                for record in writes:
+                    meta = self._table.update_entity(
+                        _record_to_entity(
+                            record, _key(device_id), _CERT_PREFIX + _key(record.csr_sha256)
+                        ),
                         mode=UpdateMode.REPLACE,
-                        etag=entity.metadata["etag"],
+                        etag=record.etag,
                         match_condition=MatchConditions.IfNotModified,
                     )
+                    record.etag = str(meta["etag"])
             except ResourceModifiedError:
                 logger.info("ledger: certificates of %s changed concurrently; retrying", device_id)
                 continue
@@ -551,8 +536,8 @@ class TableRotationStore(_TableBase, RotationStateStore):
 
     The RowKey repeats the device rather than naming the row kind: Azure Table storage
     finds a row by both keys either way, but Azurite looks a point read up by RowKey
-    first, so a RowKey every row shares made each read scan them all (a read cost three
-    times as much at 10,000 devices as at 1,000).
+    first, so a RowKey every row shares made each read scan them all (``make bench``,
+    section ``storage_calls``).
 
     ``list`` is a server-side filtered scan of the table (the state and ``updated_at``
     conditions), read page by page; it serves the daily sweep, which has to look at

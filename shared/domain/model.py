@@ -77,6 +77,7 @@ class CertificateRecord:
     issued_at: datetime
     revoked_at: datetime | None = None
     revocation_reason: RevocationReason | None = None
+    etag: str | None = field(default=None, compare=False)  # the ledger row's, when read
 
 
 # --------------------------------------------------------------------------- rotation

@@ -1262,7 +1262,7 @@ class RotationService:
                 revoked_any = True
             elif cert.issued_at <= issued_at or cert.serial == rec.current_serial:
                 statuses[cert.serial] = CertificateStatus.SUPERSEDED
-        new_cert = self._call(self.deps.ledger.set_statuses, rec.device_id, statuses)[
+        new_cert = self._call(self.deps.ledger.set_statuses, rec.device_id, statuses, certs)[
             rec.new_serial
         ]
         return new_cert, revoked_any

@@ -192,25 +192,36 @@ def test_ledger_set_statuses_after_a_listing_writes_against_the_listed_rows(
         return inner(query_filter, **kwargs)
 
     client.query_entities = counting  # type: ignore[method-assign]
-    ledger.list_for_device("dev-1")
+    listed = ledger.list_for_device("dev-1")
     assert len(queries) == 1
+    assert all(r.etag for r in listed)
     ledger.set_statuses(
-        "dev-1", {"0a": CertificateStatus.SUPERSEDED, "0b": CertificateStatus.ACTIVE}
+        "dev-1", {"0a": CertificateStatus.SUPERSEDED, "0b": CertificateStatus.ACTIVE}, listed
     )
     assert len(queries) == 1  # the rows just listed, no second partition query
     assert ledger.get("0a").status is CertificateStatus.SUPERSEDED
     assert ledger.get("0b").status is CertificateStatus.ACTIVE
+    assert [r.status for r in listed] == [CertificateStatus.ISSUED] * 2  # caller's untouched
 
-    # a row that changes between the listing and the write is read again, not overwritten
-    ledger.list_for_device("dev-1")
+    # a row that changes between the listing and its write fails the ETag check and is
+    # read again, not overwritten
+    listed = ledger.list_for_device("dev-1")
+    ledger.set_status("0b", CertificateStatus.REVOKED, reason=RevocationReason.KEY_COMPROMISE)
+    out = ledger.set_statuses("dev-1", {"0b": CertificateStatus.SUPERSEDED}, listed)
+    assert len(queries) == 3  # the listing, then a fresh read after the failed check
+    assert out["0b"].status is CertificateStatus.REVOKED
+    assert ledger.get("0b").status is CertificateStatus.REVOKED
+
+    # a listed row that needs no write has nothing checking it is current: read afresh
+    listed = ledger.list_for_device("dev-1")
     ledger.set_status("0a", CertificateStatus.REVOKED, reason=RevocationReason.KEY_COMPROMISE)
-    out = ledger.set_statuses("dev-1", {"0a": CertificateStatus.SUPERSEDED})
-    assert len(queries) == 3  # the listing, then a fresh read after the ETag check failed
+    out = ledger.set_statuses("dev-1", {"0a": CertificateStatus.SUPERSEDED}, listed)
+    assert len(queries) == 5
     assert out["0a"].status is CertificateStatus.REVOKED
-    assert ledger.get("0a").status is CertificateStatus.REVOKED
-    # without a listing first, set_statuses reads the partition itself
+
+    # without a listing, set_statuses reads the partition itself
     ledger.set_statuses("dev-1", {"0b": CertificateStatus.ACTIVE})
-    assert len(queries) == 4
+    assert len(queries) == 6
 
 
 def test_ledger_set_statuses_cut_short_completes_when_repeated(
