@@ -149,24 +149,13 @@ def loopback_transport() -> Any:
             files: Any = None,
             timeout: Any = None,
             stream: bool | None = None,
-            **kwargs: Any,
+            **_loopback_needs_none: Any,  # proxies, client certificate, redirects, verify
         ) -> requests.Response:
-            if files or kwargs.get("proxies") or kwargs.get("cert"):
-                return super().request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    files=files,
-                    timeout=timeout,
-                    stream=stream,
-                    **kwargs,
-                )
             prepared = requests.PreparedRequest()
             prepared.method = method.upper()
             prepared.url = url
             prepared.headers = CaseInsensitiveDict(headers or {})
-            prepared.prepare_body(data, None)
+            prepared.prepare_body(data, files)
             return self.get_adapter(url).send(prepared, stream=bool(stream), timeout=timeout)
 
     class CountingTransport(RequestsTransport):  # type: ignore[misc]

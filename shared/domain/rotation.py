@@ -466,7 +466,7 @@ class RotationService:
         )
         return saved
 
-    def _entry(
+    def _audit(
         self,
         action: str,
         outcome: str,
@@ -475,8 +475,8 @@ class RotationService:
         actor: str | None = None,
         request_id: str | None = None,
         **detail: Any,
-    ) -> AuditEvent:
-        return AuditEvent(
+    ) -> None:
+        event = AuditEvent(
             action=action,
             outcome=outcome,
             actor=actor or self.deps.actor,
@@ -485,9 +485,7 @@ class RotationService:
             detail=detail,
             at=self._now(),
         )
-
-    def _audit(self, action: str, outcome: str, device_id: str, **kwargs: Any) -> None:
-        self._call(self.deps.audit.append, self._entry(action, outcome, device_id, **kwargs))
+        self._call(self.deps.audit.append, event)
 
     def _publish(self, event_type: str, device_id: str, event_id: str, **data: Any) -> None:
         event = DomainEvent(
