@@ -2,10 +2,11 @@
 docs/performance.md and the table layouts in docs/storage.md).
 
 ``storage_client_cpu_ms_<op>``: Python CPU of one call through the local stack's
-loopback transport (point read, create, ETag-checked replace, a two-entity entity-group
-transaction). ``storage_client_cpu_ratio_loopback_vs_sdk_default``: CPU of a point read
-through the loopback transport / through azure-core's default requests transport, the
-two clients alternating in one process.
+transport (libcurl, ``local/curl_transport.py``): point read, create, ETag-checked
+replace, a two-entity entity-group transaction.
+``storage_client_cpu_ms_point_read_sdk_default``: a point read through azure-core's
+default requests transport, and ``storage_client_cpu_ratio_curl_vs_sdk_default`` the
+ratio of the two, the clients alternating in one process.
 
 ``azurite_cpu_ms_point_read_<shared|unique>_rowkey_<n>``: Azurite's CPU per point read
 in a table of ``n`` rows whose RowKey every row shares (the old rotation-state layout)
@@ -88,22 +89,28 @@ def _client_rows(service: TableServiceClient) -> list[BenchRow]:
                 f"storage_client_cpu_ms_{name}",
                 _python_ms(fn),
                 "ms",
-                f"Python CPU per call ({name.replace('_', ' ')}), loopback transport",
+                f"Python CPU per call ({name.replace('_', ' ')}), curl transport",
             )
             for name, fn in ops.items()
         ]
-        loopback = sdk = 0.0
+        curl = sdk = 0.0
         for _ in range(10):  # alternating, so load changes hit both alike
-            loopback += _python_ms(lambda _i: table.get_entity("p", "r"), CALLS // 10)
+            curl += _python_ms(lambda _i: table.get_entity("p", "r"), CALLS // 10)
             sdk += _python_ms(lambda _i: default.get_entity("p", "r"), CALLS // 10)
-        rows.append(
+        rows += [
             BenchRow(
-                "storage_client_cpu_ratio_loopback_vs_sdk_default",
-                loopback / sdk,
+                "storage_client_cpu_ms_point_read_sdk_default",
+                sdk / 10,
+                "ms",
+                "Python CPU per point read, azure-core's default requests transport",
+            ),
+            BenchRow(
+                "storage_client_cpu_ratio_curl_vs_sdk_default",
+                curl / sdk,
                 "ratio",
-                "point read CPU: loopback transport / azure-core's default requests transport",
-            )
-        )
+                "point read CPU: curl transport / azure-core's default requests transport",
+            ),
+        ]
         return rows
     finally:
         service.delete_table(table.table_name)

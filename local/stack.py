@@ -125,48 +125,16 @@ STORAGE_CALLS = _Counter()
 
 
 def loopback_transport() -> Any:
-    """An HTTP transport for Azurite on loopback, counting requests in
-    :data:`STORAGE_CALLS`.
+    """The HTTP transport of the local stack's storage clients (Azurite on loopback):
+    libcurl (:mod:`local.curl_transport`), counting requests in :data:`STORAGE_CALLS`."""
+    from local.curl_transport import CurlTransport
 
-    azure-core's requests transport calls ``requests.Session.request``, which merges
-    cookies, hooks, proxy and CA-bundle environment variables and ``~/.netrc`` into every
-    request and re-parses its URL (``make bench``, section ``storage_calls``, measures
-    what skipping it saves).
-    The loopback clients need none of it (no cookies, no redirects, no proxy), so the
-    session here hands the SDK's request straight to the requests adapter (urllib3 pool,
-    same error types, same response object the SDK wraps)."""
-    import requests
-    from azure.core.pipeline.transport import RequestsTransport
-    from requests.structures import CaseInsensitiveDict
-
-    class LoopbackSession(requests.Session):
-        def request(  # type: ignore[override]
-            self,
-            method: str,
-            url: str,
-            headers: Any = None,
-            data: Any = None,
-            files: Any = None,
-            timeout: Any = None,
-            stream: bool | None = None,
-            **_loopback_needs_none: Any,  # proxies, client certificate, redirects, verify
-        ) -> requests.Response:
-            prepared = requests.PreparedRequest()
-            prepared.method = method.upper()
-            prepared.url = url
-            prepared.headers = CaseInsensitiveDict(headers or {})
-            prepared.prepare_body(data, files)
-            return self.get_adapter(url).send(prepared, stream=bool(stream), timeout=timeout)
-
-    class CountingTransport(RequestsTransport):  # type: ignore[misc]
+    class CountingTransport(CurlTransport):
         def send(self, request: Any, **kwargs: Any) -> Any:
             STORAGE_CALLS.add()
             return super().send(request, **kwargs)
 
-    session = LoopbackSession()
-    transport = CountingTransport(session=session, use_env_settings=False)
-    transport._init_session(session)  # the SDK's adapter: its retries off, its block size
-    return transport
+    return CountingTransport()
 
 
 def cpu_seconds() -> dict[str, float]:

@@ -75,6 +75,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: creates ask the service not to echo the entity back (``Prefer: return-no-content``):
+#: the adapters use only the new ETag, which comes in a header either way
+_NO_ECHO: dict[str, Any] = {"response_preference": "return-no-content"}
+
 #: Table storage keeps at most 64 KiB per string property (UTF-16): 32 Ki characters.
 MAX_STRING_CHARS = 32_000
 #: Detail JSON is spread over at most this many string properties (< 1 MiB entity limit).
@@ -321,7 +325,7 @@ class TableLedger(_TableBase, CertificateLedger):
             "csr_sha256": record.csr_sha256,
         }
         try:
-            self._table.create_entity(row)
+            self._table.create_entity(row, **_NO_ECHO)
             return
         except ResourceExistsError:
             pass
@@ -359,7 +363,7 @@ class TableLedger(_TableBase, CertificateLedger):
         except AzureError as exc:
             raise_storage_error(exc, f"thumbprint index of {record.serial}")
         try:
-            self._table.create_entity(cert_row)
+            self._table.create_entity(cert_row, **_NO_ECHO)
         except ResourceExistsError as exc:
             winner = self.find_by_csr(record.device_id, record.csr_sha256)
             if winner is not None:
@@ -559,7 +563,7 @@ class TableRotationStore(_TableBase, RotationStateStore):
         what = f"rotation record of {record.device_id}"
         try:
             if record.etag is None:
-                meta = self._table.create_entity(entity)
+                meta = self._table.create_entity(entity, **_NO_ECHO)
             else:
                 meta = self._table.update_entity(
                     entity,
@@ -675,7 +679,7 @@ class TableAuditLog(_TableBase, AuditLog):
     def append(self, event: AuditEvent) -> None:
         entity = self._entity(event)
         try:
-            self._table.create_entity(entity)
+            self._table.create_entity(entity, **_NO_ECHO)
         except AzureError as exc:
             raise_storage_error(exc, f"audit entry {event.action} for {event.device_id}")
 

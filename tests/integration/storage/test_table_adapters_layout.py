@@ -254,3 +254,31 @@ def test_ledger_set_statuses_cut_short_completes_when_repeated(
         CertificateStatus.SUPERSEDED,
         CertificateStatus.ACTIVE,
     ]
+
+
+def test_creates_ask_for_no_echo_of_the_entity(azurite: str, table_name: str) -> None:
+    from local.curl_transport import CurlTransport
+
+    answers: list[tuple[str, str, int, bytes]] = []
+
+    class Recording(CurlTransport):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            response = super().send(request, **kwargs)
+            answers.append((request.method, request.url, response.status_code, response.content))
+            return response
+
+    tables = TableServiceClient.from_connection_string(azurite, transport=Recording())
+    TableLedger(tables, table_name).add(record("12ab"))
+    TableAuditLog(tables, table_name + "a").append(AuditEvent("issue", "ok", "x", "dev-1"))
+    stored = TableRotationStore(tables, table_name + "s").put(RotationRecord("dev-1"))
+    assert stored.etag  # the new ETag comes in a header
+    posts = [  # entity creates (a table's own creation is a POST to /Tables)
+        (status, body)
+        for method, url, status, body in answers
+        if method == "POST" and "/Tables" not in url
+    ]
+    assert len(posts) >= 4  # serial index, certificate row, audit entry, rotation record
+    assert {status for status, _ in posts} == {204}
+    assert all(body == b"" for _, body in posts)
+    tables.delete_table(table_name + "a")
+    tables.delete_table(table_name + "s")
