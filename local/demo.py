@@ -44,7 +44,13 @@ from cryptography.exceptions import InvalidSignature
 
 from local.device.simulator import FleetSimulator
 from local.emulator import HubConnectError, RegistrationError
-from local.stack import STORAGE_CALLS, LocalStack, cpu_seconds, demo_times
+from local.stack import (
+    EVENT_HUB_PARTITIONS,
+    STORAGE_CALLS,
+    LocalStack,
+    cpu_seconds,
+    demo_times,
+)
 from shared.bootstrap import CRL_NAME
 from shared.clock import ManualClock
 from shared.domain.errors import CertrollError, InvalidRequestError
@@ -84,7 +90,7 @@ class DemoOptions:
     key_backend: str | None = None
     progress: bool = True
     max_rounds: int = 20_000  # at least; raised with the fleet (20 rounds per device)
-    partitions: int = 4  # concurrent function invocations (Event Hubs partitions)
+    partitions: int = EVENT_HUB_PARTITIONS  # concurrent function invocations
     # IoT Hub units: one S1 unit per 1,000 devices, as an operator sizes a hub (identity
     # operations are 100/min per S1 unit; one unit for 10,000 devices would need hours)
     hub_units: int = 0  # 0: sized from the fleet
@@ -436,17 +442,22 @@ def _rotate(
     clock = stack.clock
     assert isinstance(clock, ManualClock)
     state = stack.services.state
-    done = 0
+    waiting = set(others)
+
+    def installed(candidates: set[str]) -> int:
+        new = {d for d in candidates & waiting if sim.agents[d].timeline.renewals_installed}
+        waiting.difference_update(new)
+        bar.update(len(new))
+        return len(new)
+
     idle_sweeps = 0
     for rounds in range(1, options.rounds + 1):
         moved = stack.pump().total + sim.step_all()
-        installed = sum(1 for d in others if sim.agents[d].timeline.renewals_installed)
-        if installed > done:
-            bar.update(installed - done)
-            done = installed
+        installed(sim.last_stepped)  # a device installs its renewal in a step
         if moved or stack.pending():
             continue
-        if done == len(others) and not _in_flight(state):
+        installed(waiting)  # before deciding anything, count every device once more
+        if not waiting and not _in_flight(state):
             return rounds
         due = sim.next_due()
         if due is not None:

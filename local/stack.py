@@ -61,6 +61,9 @@ SUBSCRIBED_EVENT_TYPES = frozenset(
     {"Microsoft.Devices.DeviceConnected", "Microsoft.Devices.DeviceCreated"}
 )
 EVENT_HUB_BATCH = 100  # host.json extensions.eventHubs.maxEventBatchSize
+#: the Event Hubs' partitions (infra/modules/eventhubs.bicep, partitionCount): the Functions
+#: host runs one invocation per partition at a time, so this many run side by side
+EVENT_HUB_PARTITIONS = 8
 EVENT_GRID_BATCH = 50
 QUEUE_BATCH_PER_WORKER = 4
 MAX_REDELIVERIES = 8  # the Event Hubs triggers' retry policy (functions/hub_events.py)
@@ -318,7 +321,7 @@ class LocalStack:
         enforce_limits: bool = True,
         duplicate_fraction: float = 0.0,
         seed: int = 0,
-        partitions: int = 4,
+        partitions: int = EVENT_HUB_PARTITIONS,
         hub_units: int = 1,
     ) -> None:
         if transport not in TRANSPORTS:

@@ -36,8 +36,8 @@ param publicNetworkAccess string
 
 @minValue(1)
 @maxValue(32)
-@description('Partitions per hub (fixed after creation on the Standard tier).')
-param partitionCount int = 4
+@description('Partitions per hub (fixed after creation on the Standard tier). The Functions host runs one invocation per partition at a time, so this is how many batches of twin changes (and of connection records) are handled side by side.')
+param partitionCount int = 8
 
 @minValue(1)
 @maxValue(7)

@@ -148,6 +148,8 @@ class FleetSimulator:
         self.agents: dict[str, DeviceAgent] = {}
         self._lock = threading.Lock()
         self._dirty: set[str] = set()
+        #: the devices the last :meth:`step_all` stepped
+        self.last_stepped: set[str] = set()
         self._heap: list[tuple[datetime, int, str, str]] = []  # (when, seq, kind, device id)
         self._scheduled: dict[str, datetime] = {}
         self._seq = 0
@@ -331,6 +333,7 @@ class FleetSimulator:
         for device_id in sorted(due):
             agent = self.agents[device_id]
             self._schedule(device_id, agent.step())
+        self.last_stepped = due
         return len(due)
 
     def run_until_idle(self, max_rounds: int = 1000) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,19 @@ def test_iot_hub_routes_twin_changes_with_identity(infra: Infra) -> None:
         for log in bicep.array_items(get_path(d.body, "properties", "logs"))
     }
     assert "Connections" in categories
+
+
+def test_local_host_runs_one_invocation_per_event_hub_partition(
+    infra_texts: dict[str, str],
+) -> None:
+    from local.demo import DemoOptions
+    from local.stack import EVENT_HUB_PARTITIONS
+
+    declared = re.search(
+        r"^param partitionCount int = (\d+)$", infra_texts["modules/eventhubs.bicep"], re.M
+    )
+    assert declared is not None
+    assert int(declared.group(1)) == EVENT_HUB_PARTITIONS == DemoOptions().partitions
 
 
 def test_event_grid_subscription_filters_lifecycle_events(infra: Infra) -> None:
