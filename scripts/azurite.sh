@@ -20,7 +20,7 @@ case "${1:-start}" in
     if port_open 10002; then echo "azurite: port 10002 already serves; using it"; exit 0; fi
     if [[ "${CERTROLL_AZURITE_PERSIST:-0}" == "1" ]]; then store=(--location "$dir")
     else store=(--inMemoryPersistence); fi
-    nohup node_modules/.bin/azurite --silent --skipApiVersionCheck --loose \
+    nohup node_modules/.bin/azurite --silent --disableTelemetry --skipApiVersionCheck --loose \
       "${store[@]}" --blobHost 127.0.0.1 --queueHost 127.0.0.1 --tableHost 127.0.0.1 \
       >"$dir/azurite.log" 2>&1 &
     echo $! >"$pidfile"
