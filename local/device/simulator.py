@@ -148,8 +148,9 @@ class FleetSimulator:
         self.agents: dict[str, DeviceAgent] = {}
         self._lock = threading.Lock()
         self._dirty: set[str] = set()
-        #: the devices the last :meth:`step_all` stepped
-        self.last_stepped: set[str] = set()
+        #: the devices that installed a renewal in the last :meth:`step_all` (an agent
+        #: installs only while it is stepped)
+        self.last_installed: set[str] = set()
         self._heap: list[tuple[datetime, int, str, str]] = []  # (when, seq, kind, device id)
         self._scheduled: dict[str, datetime] = {}
         self._seq = 0
@@ -330,10 +331,14 @@ class FleetSimulator:
         with self._lock:
             due |= self._dirty
             self._dirty = set()
+        installed: set[str] = set()
         for device_id in sorted(due):
             agent = self.agents[device_id]
+            before = agent.timeline.renewals_installed
             self._schedule(device_id, agent.step())
-        self.last_stepped = due
+            if agent.timeline.renewals_installed > before:
+                installed.add(device_id)
+        self.last_installed = installed
         return len(due)
 
     def run_until_idle(self, max_rounds: int = 1000) -> int:

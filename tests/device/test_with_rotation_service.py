@@ -88,8 +88,11 @@ def test_fleet_rotates_end_to_end_with_the_rotation_service(clock: ManualClock) 
 
     for device_id in sim.device_ids:
         service.start_renewal(device_id, Trigger.MANUAL, "cli:test")
+    installed_in_steps: list[str] = []
     for _ in range(50):
-        if sim.step_all() or deliver_events():
+        stepped = sim.step_all()
+        installed_in_steps += sim.last_installed
+        if stepped or deliver_events():
             continue
         due = sim.next_due()
         if due is None and all(
@@ -107,6 +110,7 @@ def test_fleet_rotates_end_to_end_with_the_rotation_service(clock: ManualClock) 
     assert states == {RotationState.IDLE: 40}
     summary = sim.summary()
     assert summary.renewals_installed == 40
+    assert sorted(installed_in_steps) == sorted(sim.device_ids)  # each once, when it did
     assert summary.renewals_failed == 0
     assert summary.max_gap_seconds == 0
     for device_id, agent in sim.agents.items():
