@@ -166,6 +166,13 @@ def run() -> list[BenchRow]:
                     "confirmation through the dev host, Azurite storage",
                 ),
                 BenchRow(
+                    f"e2e_max_gap_seconds_{label}",
+                    float(result.summary["max_gap_seconds"]),
+                    "s",
+                    "the longest time a device wanted a hub connection and had none (demo "
+                    "clock; deliberate offline time not counted)",
+                ),
+                BenchRow(
                     f"e2e_storage_calls_per_rotation_{label}",
                     result.rotation_storage_calls / max(renewed, 1),
                     "calls",
