@@ -535,7 +535,10 @@ class DeviceAgent:
             attempt.error,
         )
         self._report({SECTION: {"renewal": _renewal(rid, "failed", attempt.code, attempt.error)}})
-        if not self.connected:
+        # the hub refused a certificate DPS had accepted: the hub identity names the new
+        # one now, so the old one goes through the hub again (and DPS when it is refused)
+        # while the current connection, if any, stays up
+        if attempt.code == "connect_failed" or not self.connected:
             back = self._connect_or_reregister(self._key, self._chain)
             if not back.ok:
                 self._schedule_retry(back)
@@ -605,8 +608,8 @@ class DeviceAgent:
 
     def _register_and_connect(self, key: DeviceKey, chain: list[x509.Certificate]) -> _Attempt:
         """DPS registration with ``chain`` then a hub connection with it. The current
-        session stays up during registration (DPS is a separate connection) and is
-        dropped only when the new one is attempted."""
+        session stays up during registration (DPS is a separate connection) and until the
+        hub accepts the new one."""
         try:
             result = self.emulator.register(self.registration_id, chain)
         except CertrollError as exc:
@@ -629,16 +632,15 @@ class DeviceAgent:
         return self._connect(key, chain)
 
     def _connect(self, key: DeviceKey, chain: list[x509.Certificate]) -> _Attempt:
+        """A hub connection with ``chain``. The current connection stays up meanwhile: the
+        hub closes it when it accepts the new one (one connection per device), and a
+        refused or throttled attempt leaves it as it was."""
         now = self.clock.now()
-        if self._session is not None:
-            self._session.disconnect()
-            self._session = None
-            self.timeline.last_connected_at = now
-            self._open_gap(now)
         try:
             session = self.emulator.connect(self.device_id, chain, self)
         except CertrollError as exc:
-            self._open_gap(now)
+            if not self.connected:
+                self._open_gap(now)
             wait = _throttled_for(exc)
             if wait is not None:
                 return _Attempt(False, throttled_for=wait, error=str(exc))

@@ -373,14 +373,55 @@ class RefusingHub:
         self.clock = emulator.clock
         self.dps = emulator.dps
         self.refused: set[str] = set()
+        self.throttled: set[str] = set()  # refused once with 429, then let through
 
     def register(self, registration_id: str, chain: Sequence[x509.Certificate]) -> Any:
         return self.inner.register(registration_id, chain)
 
     def connect(self, device_id: str, chain: Sequence[x509.Certificate], handler: Any) -> Any:
-        if contract.thumbprint(chain[0]) in self.refused:
+        thumb = contract.thumbprint(chain[0])
+        if thumb in self.refused:
             raise HubConnectError(401003, "IoTHubUnauthorized: refused by the test")
+        if thumb in self.throttled:
+            self.throttled.discard(thumb)
+            raise HubConnectError(429001, "throttled by the test", retry_after=5.0)
         return self.inner.connect(device_id, chain, handler)
+
+
+def test_a_throttled_connection_with_the_new_certificate_keeps_the_old_one_up(
+    emulator: FleetEmulator, pki: TestPki, service: ServiceDouble
+) -> None:
+    from tests.device.pki import device_credentials
+
+    hub = RefusingHub(emulator)
+    key, chain = device_credentials(pki, "dev-1", emulator.clock.now())
+    service.enroll("dev-1", chain[0])
+    agent = DeviceAgent("dev-1", hub, key, chain, pki.root)  # type: ignore[arg-type]
+    assert agent.start()
+    old = agent.certificate
+
+    service.ask_renewal("dev-1", "req-1")
+    agent.step()
+    new, pem = service.sign("dev-1", "req-1")
+    service.put_in_free_slot("dev-1", new)
+    hub.throttled.add(contract.thumbprint(new))
+    service.deliver("dev-1", "req-1", pem)
+    agent.step()
+    assert service.reprovision("dev-1", "req-1").status == 200
+    agent.step()
+
+    # the hub said 429 to the new certificate: the old connection never went down
+    assert agent.connected
+    assert agent.certificate == old
+    assert emulator.hub.get_device("dev-1").connection_state == "Connected"
+    due = agent.next_due()
+    assert due is not None
+    emulator.clock.advance((due - emulator.clock.now()).total_seconds())
+    agent.step()
+    assert agent.certificate == new
+    assert agent.connected
+    assert agent.timeline.renewals_installed == 1
+    assert agent.timeline.max_gap_seconds == 0
 
 
 def test_rolls_back_when_the_hub_refuses_the_new_certificate(
