@@ -388,9 +388,12 @@ class RefusingHub:
         return self.inner.connect(device_id, chain, handler)
 
 
-def test_a_throttled_connection_with_the_new_certificate_keeps_the_old_one_up(
-    emulator: FleetEmulator, pki: TestPki, service: ServiceDouble
-) -> None:
+def renew_against(
+    emulator: FleetEmulator, pki: TestPki, service: ServiceDouble, answer: str
+) -> tuple[DeviceAgent, x509.Certificate, x509.Certificate]:
+    """A device renews once against a hub that gives the new certificate ``answer``
+    (``refused``: 401 every time, ``throttled``: 429 once); (agent, old, new) after the
+    device's reprovision step."""
     from tests.device.pki import device_credentials
 
     hub = RefusingHub(emulator)
@@ -404,11 +407,18 @@ def test_a_throttled_connection_with_the_new_certificate_keeps_the_old_one_up(
     agent.step()
     new, pem = service.sign("dev-1", "req-1")
     service.put_in_free_slot("dev-1", new)
-    hub.throttled.add(contract.thumbprint(new))
+    getattr(hub, answer).add(contract.thumbprint(new))
     service.deliver("dev-1", "req-1", pem)
     agent.step()
     assert service.reprovision("dev-1", "req-1").status == 200
     agent.step()
+    return agent, old, new
+
+
+def test_a_throttled_connection_with_the_new_certificate_keeps_the_old_one_up(
+    emulator: FleetEmulator, pki: TestPki, service: ServiceDouble
+) -> None:
+    agent, old, new = renew_against(emulator, pki, service, "throttled")
 
     # the hub said 429 to the new certificate: the old connection never went down
     assert agent.connected
@@ -427,24 +437,7 @@ def test_a_throttled_connection_with_the_new_certificate_keeps_the_old_one_up(
 def test_rolls_back_when_the_hub_refuses_the_new_certificate(
     emulator: FleetEmulator, pki: TestPki, service: ServiceDouble
 ) -> None:
-    from tests.device.pki import device_credentials
-
-    hub = RefusingHub(emulator)
-    key, chain = device_credentials(pki, "dev-1", emulator.clock.now())
-    service.enroll("dev-1", chain[0])
-    agent = DeviceAgent("dev-1", hub, key, chain, pki.root)  # type: ignore[arg-type]
-    assert agent.start()
-    old = agent.certificate
-
-    service.ask_renewal("dev-1", "req-1")
-    agent.step()
-    new, pem = service.sign("dev-1", "req-1")
-    service.put_in_free_slot("dev-1", new)
-    hub.refused.add(contract.thumbprint(new))
-    service.deliver("dev-1", "req-1", pem)
-    agent.step()
-    assert service.reprovision("dev-1", "req-1").status == 200
-    agent.step()
+    agent, old, _new = renew_against(emulator, pki, service, "refused")
 
     # DPS registered the new certificate (hub identity now names it), the hub refused it,
     # the device went back to the old one by registering it again
