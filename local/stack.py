@@ -65,7 +65,6 @@ EVENT_HUB_BATCH = 100  # host.json extensions.eventHubs.maxEventBatchSize
 #: host runs one invocation per partition at a time, so this many run side by side
 EVENT_HUB_PARTITIONS = 8
 EVENT_GRID_BATCH = 50
-QUEUE_BATCH_PER_WORKER = 4
 MAX_REDELIVERIES = 8  # the Event Hubs triggers' retry policy (functions/hub_events.py)
 EVENT_GRID = "eventgrid:device_lifecycle"
 
@@ -592,17 +591,20 @@ class LocalStack:
             self._deliver(target, batch, attempt)
 
     def _pump_queue(self) -> int:
-        """Run the queue trigger until the queue is empty (several invocations at once)."""
+        """Run the queue trigger until the queue is empty, ``partitions`` invocations at
+        once: each worker takes one message at a time, as the Functions host runs the
+        messages of a fetched batch (host.json ``queues.batchSize``) side by side rather
+        than one after another (a message carries up to 100 devices)."""
 
         def drain() -> int:
             handled = 0
             while True:
-                n = self.devhost.pump_queue(max_messages=QUEUE_BATCH_PER_WORKER)
+                n = self.devhost.pump_queue(max_messages=1)
                 handled += n
                 if n == 0:
                     return handled
 
-        first = self.devhost.pump_queue(max_messages=QUEUE_BATCH_PER_WORKER)
+        first = self.devhost.pump_queue(max_messages=1)
         if first == 0:
             return 0
         return first + sum(self._pool().map(lambda _: drain(), range(self.partitions)))
