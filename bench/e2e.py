@@ -142,6 +142,7 @@ def _cpu_rows(cpu: dict[str, float], renewed: int, label: str) -> list[BenchRow]
 def run() -> list[BenchRow]:
     before = naive_openssl_rate()
     rows: list[BenchRow] = []
+    rates: dict[str, float] = {}  # rotations/s by fleet label
     sizes = [1000]
     if os.environ.get("CERTROLL_BENCH_E2E_10K") == "1":
         sizes.append(10_000)
@@ -157,6 +158,7 @@ def run() -> list[BenchRow]:
             renewed = int(result.summary["renewed"])
             rate = renewed / result.rotation_seconds
             label = f"{n // 1000}k"
+            rates[label] = rate
             rows += [
                 BenchRow(
                     f"e2e_rotations_per_s_{label}",
@@ -182,18 +184,16 @@ def run() -> list[BenchRow]:
             rows += _cpu_rows(result.rotation_cpu_seconds, renewed, label)
     after = naive_openssl_rate()
     naive = (before + after) / 2
-    for row in rows:
-        if row.key.startswith("e2e_rotations_per_s_"):
-            label = row.key.rsplit("_", 1)[1]
-            rows.append(
-                BenchRow(
-                    f"e2e_vs_naive_openssl_ratio_{label}",
-                    row.value / naive,
-                    "ratio",
-                    "end-to-end rotations/s / naive openssl loop certs/s",
-                    f">= {TARGET_RATIO:g}",
-                )
-            )
+    rows += [
+        BenchRow(
+            f"e2e_vs_naive_openssl_ratio_{label}",
+            rate / naive,
+            "ratio",
+            "end-to-end rotations/s / naive openssl loop certs/s",
+            f">= {TARGET_RATIO:g}",
+        )
+        for label, rate in rates.items()
+    ]
     naive_what = (
         "per device: openssl genrsa 2048 + req -new + x509 -req with the issuing CA "
         f"(subprocesses), {NAIVE_DEVICES} devices"

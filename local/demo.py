@@ -24,6 +24,7 @@ Flow (:func:`run_demo`):
 from __future__ import annotations
 
 import base64
+import contextlib
 import gc
 import json
 import logging
@@ -34,7 +35,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -251,10 +252,20 @@ def run_demo(
             f"local stack {stack.run_id}: {stack.transport} transport, dev host {stack.url}, "
             f"{stack.backend_note}"
         )
-        try:
-            return _run(stack, options, clock, rotation_start, real_now, started, say)
-        finally:
-            gc.unfreeze()  # _run freezes the fleet it built for its rotation phase
+        return _run(stack, options, clock, rotation_start, real_now, started, say)
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Keep the cyclic GC from walking what exists now (the fleet and the emulated hub
+    built for the run, which it would free none of) on every full collection, for the
+    duration of the block."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _check_pki_window(stack: LocalStack, birth: datetime) -> None:
@@ -329,44 +340,41 @@ def _run(
     )
     sim.take_offline(offline, options.offline_for)
 
-    # the fleet and the emulated hub built so far live for the whole run: keep the cyclic
-    # GC from walking them again on every full collection (it frees none of them)
-    gc.collect()
-    gc.freeze()
-    rotation_started = time.perf_counter()
-    calls_before = STORAGE_CALLS.value
-    cpu_before = cpu_seconds()
-    stack.fire_timer()
-    stack.pump()
+    with _frozen_heap():  # the rotation phase, measured
+        rotation_started = time.perf_counter()
+        calls_before = STORAGE_CALLS.value
+        cpu_before = cpu_seconds()
+        stack.fire_timer()
+        stack.pump()
 
-    # breach response through the HTTP API while the device's rotation runs
-    assert stack.url is not None
-    role = stack.settings.get("CERTROLL_OPERATOR_ROLE")
-    status, body = call_api(
-        stack.url,
-        "POST",
-        f"/api/devices/{disallowed_id}/disallow",
-        function_key=stack.function_key,
-        principal=principal_header("operator@demo.local", role),
-        principal_name="operator@demo.local",
-        body={"reason": "demo: device reported stolen"},
-    )
-    if status != 200:
-        raise CertrollError(f"disallow of {disallowed_id} answered {status}: {body}")
-    say(f"disallowed {disallowed_id} through POST /api/devices/{disallowed_id}/disallow")
-    rejected = _try_comeback(stack, sim, disallowed_id)
-    sim.agents[disallowed_id].go_offline()  # powered off: it stops retrying
+        # breach response through the HTTP API while the device's rotation runs
+        assert stack.url is not None
+        role = stack.settings.get("CERTROLL_OPERATOR_ROLE")
+        status, body = call_api(
+            stack.url,
+            "POST",
+            f"/api/devices/{disallowed_id}/disallow",
+            function_key=stack.function_key,
+            principal=principal_header("operator@demo.local", role),
+            principal_name="operator@demo.local",
+            body={"reason": "demo: device reported stolen"},
+        )
+        if status != 200:
+            raise CertrollError(f"disallow of {disallowed_id} answered {status}: {body}")
+        say(f"disallowed {disallowed_id} through POST /api/devices/{disallowed_id}/disallow")
+        rejected = _try_comeback(stack, sim, disallowed_id)
+        sim.agents[disallowed_id].go_offline()  # powered off: it stops retrying
 
-    bar = _progress(len(others), options.progress)
-    try:
-        rounds = _rotate(stack, sim, others, options, bar)
-    finally:
-        bar.close()
-    _drain(stack, sim)
-    rotation_seconds = time.perf_counter() - rotation_started
-    rotation_calls = STORAGE_CALLS.value - calls_before
-    cpu_after = cpu_seconds()
-    rotation_cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after if k in cpu_before}
+        bar = _progress(len(others), options.progress)
+        try:
+            rounds = _rotate(stack, sim, others, options, bar)
+        finally:
+            bar.close()
+        _drain(stack, sim)
+        rotation_seconds = time.perf_counter() - rotation_started
+        rotation_calls = STORAGE_CALLS.value - calls_before
+        cpu_after = cpu_seconds()
+        rotation_cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after if k in cpu_before}
     rejected += _try_comeback(stack, sim, disallowed_id)
     say(f"rotation finished after {rounds} rounds; clock at {clock.now():%Y-%m-%d %H:%M} UTC")
 
