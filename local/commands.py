@@ -348,7 +348,7 @@ def ledger_snapshot(rows: list[dict[str, Any]], now: datetime) -> LedgerSnapshot
 
 
 def read_ledger_rows(settings: Settings) -> list[dict[str, Any]]:
-    """Every certificate row of the ledger table (``RK=cert-<serial>`` rows only)."""
+    """Every certificate row of the ledger table (``RK=cert-<csr sha256>`` rows)."""
     from azure.core.exceptions import ResourceNotFoundError
 
     from shared.adapters.storage_clients import table_names, table_service

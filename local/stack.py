@@ -176,9 +176,9 @@ def local_storage(settings: Settings) -> tuple[Any, Any]:
     tables = TableServiceClient.from_connection_string(conn, transport=loopback_transport())
     queues = QueueServiceClient.from_connection_string(conn, transport=loopback_transport())
     blobs = BlobServiceClient.from_connection_string(conn, transport=loopback_transport())
-    ledger_name, state_name, audit_name = table_names(settings)
+    ledger_name, index_name, state_name, audit_name = table_names(settings)
     adapters = StorageAdapters(
-        ledger=TableLedger(tables, ledger_name),
+        ledger=TableLedger(tables, ledger_name, index_name),
         state=TableRotationStore(tables, state_name),
         audit=TableAuditLog(tables, audit_name),
         crl_publisher=BlobCrlPublisher(

@@ -30,6 +30,7 @@ param deploymentContainerName string = 'app-package'
 var tableNames = [
   '${tablePrefix}state'
   '${tablePrefix}ledger'
+  '${tablePrefix}ledgerindex'
   '${tablePrefix}audit'
 ]
 

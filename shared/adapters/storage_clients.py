@@ -189,10 +189,10 @@ class StorageAdapters:
     queue: WorkQueue
 
 
-def table_names(settings: Settings) -> tuple[str, str, str]:
-    """(ledger, state, audit) table names from ``CERTROLL_TABLE_PREFIX``."""
+def table_names(settings: Settings) -> tuple[str, str, str, str]:
+    """(ledger, ledger index, state, audit) table names from ``CERTROLL_TABLE_PREFIX``."""
     prefix = settings.get("CERTROLL_TABLE_PREFIX")
-    return f"{prefix}Ledger", f"{prefix}State", f"{prefix}Audit"
+    return f"{prefix}Ledger", f"{prefix}LedgerIndex", f"{prefix}State", f"{prefix}Audit"
 
 
 def storage_from_settings(settings: Settings) -> StorageAdapters:
@@ -205,9 +205,9 @@ def storage_from_settings(settings: Settings) -> StorageAdapters:
     if any(service_uri(settings, s) for s in _SERVICE_URI_SUFFIX):
         credential = storage_credential(settings)
     tables = table_service(settings, credential)
-    ledger_name, state_name, audit_name = table_names(settings)
+    ledger_name, index_name, state_name, audit_name = table_names(settings)
     return StorageAdapters(
-        ledger=TableLedger(tables, ledger_name),
+        ledger=TableLedger(tables, ledger_name, index_name),
         state=TableRotationStore(tables, state_name),
         audit=TableAuditLog(tables, audit_name),
         crl_publisher=BlobCrlPublisher(

@@ -2,15 +2,16 @@
 
 Key design (see docs/storage.md for the reasoning):
 
-Ledger table (``<prefix>Ledger``)
-    ``PK=<device>, RK=cert-<serial>``       the certificate record (authoritative copy)
-    ``PK=<device>, RK=csr-<csr sha256>``    CSR index -> serial; written with the
-                                            certificate row in ONE entity-group transaction
-    ``PK=~serial-<last 2 hex>, RK=<serial>`` serial -> device (point read for get/set_status)
-    ``PK=~thumb-<first 2 hex>, RK=<tp>``     thumbprint -> device + serial
+Ledger table (``<prefix>Ledger``): certificate rows only
+    ``PK=<device>, RK=cert-<csr sha256>``   the certificate record (authoritative copy);
+                                            one certificate per device and CSR
+
+Ledger index table (``<prefix>LedgerIndex``): look-ups, never scanned per rotation
+    ``PK=~serial-<last 2 hex>, RK=<serial>`` serial -> device + CSR (``get``, ``set_status``)
+    ``PK=~thumb-<first 2 hex>, RK=<tp>``     thumbprint -> device + serial + CSR
     ``PK=~revoked, RK=<serial>``            full copy of every revoked record (the CRL list)
 
-State table (``<prefix>State``): ``PK=<device>, RK=rotation``, ETag-checked writes.
+State table (``<prefix>State``): ``PK=RK=<device>``, ETag-checked writes.
 
 Audit table (``<prefix>Audit``): one entity per entry, ``PK=<device>`` (``PK=~global``
 for entries without a device); ``RK=<inverted append time>-<uuid>`` so a partition reads
@@ -145,32 +146,44 @@ class _TableBase:
     def __init__(self, service: TableServiceClient, table_name: str) -> None:
         self._service = service
         self.table_name = table_name
-        self._client: TableClient | None = None
+        self._clients: dict[str, TableClient] = {}
         self._client_lock = threading.Lock()
+
+    def _client_of(self, table_name: str) -> TableClient:
+        """The client of ``table_name``, the table made on first use."""
+        client = self._clients.get(table_name)
+        if client is None:
+            with self._client_lock:
+                client = self._clients.get(table_name)
+                if client is None:
+                    client = _ensure_table(self._service, table_name)
+                    self._clients[table_name] = client
+        return client
 
     @property
     def _table(self) -> TableClient:
-        client = self._client
-        if client is None:
-            with self._client_lock:
-                if self._client is None:
-                    self._client = _ensure_table(self._service, self.table_name)
-                client = self._client
-        return client
+        return self._client_of(self.table_name)
 
-    def _point_read(self, pk: str, rk: str, what: str) -> TableEntity | None:
+    def _point_read(
+        self, pk: str, rk: str, what: str, table: TableClient | None = None
+    ) -> TableEntity | None:
         try:
-            return self._table.get_entity(pk, rk)
+            return (table or self._table).get_entity(pk, rk)
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
             raise_storage_error(exc, what)
 
     def _query(
-        self, query_filter: str, parameters: dict[str, Any], what: str, page: int = 1000
+        self,
+        query_filter: str,
+        parameters: dict[str, Any],
+        what: str,
+        page: int = 1000,
+        table: TableClient | None = None,
     ) -> Iterator[TableEntity]:
         try:
-            yield from self._table.query_entities(
+            yield from (table or self._table).query_entities(
                 query_filter, parameters=parameters, results_per_page=page
             )
         except AzureError as exc:
@@ -247,10 +260,23 @@ class TableLedger(_TableBase, CertificateLedger):
     CSR cannot both succeed, and the loser returns the winner's record. A crash before
     the last write leaves index rows pointing at nothing (or at the winner); readers
     check the serial of the row they reach and ignore them.
+
+    The index rows live in a table of their own (``index_table_name``, by default the
+    ledger's name + ``Index``), so the ledger table holds certificate rows only. Azure
+    answers the finish's one-partition query from the partition either way; Azurite
+    evaluates a query against every row of the table, and the index rows were two
+    thirds of them (``docs/performance.md``).
     """
 
-    def __init__(self, service: TableServiceClient, table_name: str) -> None:
+    def __init__(
+        self, service: TableServiceClient, table_name: str, index_table_name: str | None = None
+    ) -> None:
         super().__init__(service, table_name)
+        self.index_table_name = index_table_name or f"{table_name}Index"
+
+    @property
+    def _index(self) -> TableClient:
+        return self._client_of(self.index_table_name)
 
     def _device_records(self, device_id: str) -> dict[str, CertificateRecord]:
         rows = self._query(
@@ -278,7 +304,9 @@ class TableLedger(_TableBase, CertificateLedger):
     def _get_entity(self, serial: str) -> TableEntity:
         if not serial:
             raise NotFoundError("no certificate with an empty serial")
-        index = self._point_read(_serial_pk(serial), _key(serial), f"serial index of {serial}")
+        index = self._point_read(
+            _serial_pk(serial), _key(serial), f"serial index of {serial}", self._index
+        )
         entity = self._indexed(index, serial)
         if entity is None:
             raise NotFoundError(f"no certificate with serial {serial}")
@@ -300,6 +328,7 @@ class TableLedger(_TableBase, CertificateLedger):
             _thumb_pk(thumbprint_sha256),
             _key(thumbprint_sha256),
             f"thumbprint index of {thumbprint_sha256}",
+            self._index,
         )
         entity = None if index is None else self._indexed(index, str(index["serial"]))
         return None if entity is None else _entity_to_record(entity)
@@ -311,7 +340,7 @@ class TableLedger(_TableBase, CertificateLedger):
 
     def list_revoked(self) -> Iterator[CertificateRecord]:
         for entity in self._query(
-            "PartitionKey eq @pk", {"pk": _REVOKED_PK}, "revoked certificates"
+            "PartitionKey eq @pk", {"pk": _REVOKED_PK}, "revoked certificates", table=self._index
         ):
             yield _entity_to_record(entity)
 
@@ -325,14 +354,17 @@ class TableLedger(_TableBase, CertificateLedger):
             "csr_sha256": record.csr_sha256,
         }
         try:
-            self._table.create_entity(row, **_NO_ECHO)
+            self._index.create_entity(row, **_NO_ECHO)
             return
         except ResourceExistsError:
             pass
         except AzureError as exc:
             raise_storage_error(exc, f"serial index of {record.serial}")
         owner = self._point_read(
-            _serial_pk(record.serial), _key(record.serial), f"serial index of {record.serial}"
+            _serial_pk(record.serial),
+            _key(record.serial),
+            f"serial index of {record.serial}",
+            self._index,
         )
         if owner is None or (owner["device_id"], owner["csr_sha256"]) != (
             record.device_id,
@@ -350,7 +382,7 @@ class TableLedger(_TableBase, CertificateLedger):
         )
         self._claim_serial(record)
         try:
-            self._table.upsert_entity(
+            self._index.upsert_entity(
                 {
                     "PartitionKey": _thumb_pk(record.thumbprint_sha256),
                     "RowKey": _key(record.thumbprint_sha256),
@@ -402,7 +434,7 @@ class TableLedger(_TableBase, CertificateLedger):
                 )
                 # The CRL list first: a crash in between errs on the revoked side.
                 try:
-                    self._table.upsert_entity(
+                    self._index.upsert_entity(
                         _record_to_entity(record, _REVOKED_PK, _key(serial)),
                         mode=UpdateMode.REPLACE,
                     )
@@ -429,8 +461,8 @@ class TableLedger(_TableBase, CertificateLedger):
         changes: Mapping[str, CertificateStatus],
         listed: Sequence[CertificateRecord] = (),
     ) -> dict[str, CertificateRecord]:
-        """One ETag-checked replace per changed row, in the order given, retried on a
-        concurrent change (rows already written then need no write). The ``listed``
+        """One ETag-checked merge of the status per changed row, in the order given,
+        retried on a concurrent change (rows already written then need no write). The ``listed``
         records are written against when they hold every wanted row and each of those
         changes (each write then checks its row is current); otherwise, and after a
         failed check, the partition is read afresh. Not one entity-group transaction:
@@ -462,10 +494,12 @@ class TableLedger(_TableBase, CertificateLedger):
             try:
                 for record in writes:
                     meta = self._table.update_entity(
-                        _record_to_entity(
-                            record, _key(device_id), _CERT_PREFIX + _key(record.csr_sha256)
-                        ),
-                        mode=UpdateMode.REPLACE,
+                        {
+                            "PartitionKey": _key(device_id),
+                            "RowKey": _CERT_PREFIX + _key(record.csr_sha256),
+                            "status": record.status.value,
+                        },
+                        mode=UpdateMode.MERGE,  # the status alone; the ETag covers the rest
                         etag=record.etag,
                         match_condition=MatchConditions.IfNotModified,
                     )

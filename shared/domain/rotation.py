@@ -168,7 +168,14 @@ class IssuerLike(Protocol):
     """
 
     def issue(
-        self, device_id: str, csr_pem: str, *, request_id: str, trigger: Trigger, actor: str
+        self,
+        device_id: str,
+        csr_pem: str,
+        *,
+        request_id: str,
+        trigger: Trigger,
+        actor: str,
+        known_allowed: bool = False,
     ) -> IssuedLike: ...
 
     def check(
@@ -534,6 +541,9 @@ class RotationService:
             request_id=rec.request_id,
             trigger=_trigger(rec.reason),
             actor=self.deps.actor,
+            # rec was read or written in this operation, and no step runs on a disallowed
+            # record; a disallow landing after that is the final ETag-checked write's loss
+            known_allowed=True,
         )
         with self._issued_lock:  # the latest few, for the steps that follow
             self._issued[key] = issued
@@ -888,6 +898,8 @@ class RotationService:
                 fresh = self._get(rec.device_id)
                 if fresh is None:
                     raise
+                if fresh.state is RotationState.DISALLOWED:
+                    self._revoke_stray(rec)
                 rec = fresh
                 continue
             if nxt is None:
@@ -896,6 +908,32 @@ class RotationService:
                 return nxt
             rec = nxt
         return rec
+
+    def _revoke_stray(self, rec: RotationRecord) -> None:
+        """A disallow won the race against ``rec``'s request. A certificate issued for it
+        after the disallow listed the device's certificates escaped that revocation; every
+        one not yet revoked is revoked here (keyCompromise, as the disallow does) and the
+        CRL published again."""
+        stray = [
+            cert
+            for cert in self._call(self.deps.ledger.list_for_device, rec.device_id)
+            if cert.status is not CertificateStatus.REVOKED
+        ]
+        for cert in stray:
+            logger.warning(
+                "device %s: certificate %s (request %s) issued as the device was disallowed",
+                rec.device_id,
+                cert.serial,
+                cert.request_id,
+            )
+            self._call(
+                self.deps.issuer.revoke,
+                cert.serial,
+                RevocationReason.KEY_COMPROMISE,
+                self.deps.actor,
+            )
+        if stray:
+            self._call(self.deps.issuer.publish_crl)
 
     def _step(
         self, rec: RotationRecord, *, force: bool, defer_reprovision: bool
@@ -1388,9 +1426,7 @@ class RotationService:
                     reason = batch.reason
                     if rec is not None and rec.state is RotationState.FAILED:
                         reason = _trigger(rec.reason)
-                    started = self.start_renewal(
-                        device_id, reason, "system:sweep", read=(rec,)
-                    )
+                    started = self.start_renewal(device_id, reason, "system:sweep", read=(rec,))
                     if started.state is RotationState.IDLE:
                         result.skipped[device_id] = "idle"
                     else:

@@ -167,8 +167,13 @@ class Issuer:
         request_id: str,
         trigger: str,
         actor: str,
+        known_allowed: bool = False,
     ) -> IssuedCertificate:
         """Issue (or return the already issued) certificate for ``device_id`` and the CSR.
+
+        ``known_allowed``: the caller holds the device's rotation record, read or written
+        (ETag-checked) within this same operation, and it is not disallowed; the issuer
+        does not read it again. Otherwise the issuer asks ``is_disallowed``.
 
         Raises :class:`CsrRejectedError` (``IssuanceDisallowedError`` for a disallowed
         device) after writing an ``issue_rejected`` audit entry; ``SigningError`` /
@@ -176,7 +181,7 @@ class Issuer:
         """
         with self._audit_rejection(device_id, request_id, trigger, actor):
             accepted = check_csr(device_id, csr_pem, max_bytes=self.policy.csr_max_bytes)
-            if self.is_disallowed(device_id):
+            if not known_allowed and self.is_disallowed(device_id):
                 raise IssuanceDisallowedError(
                     "device_disallowed", f"device {device_id!r} is disallowed; nothing is issued"
                 )

@@ -69,6 +69,7 @@ def fresh_table(table_service: TableServiceClient) -> Iterator[str]:
     name = unique_name("t")
     yield name
     table_service.delete_table(name)
+    table_service.delete_table(f"{name}Index")  # a ledger's look-ups (no error when absent)
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)

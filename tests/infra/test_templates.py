@@ -163,6 +163,22 @@ def test_local_host_runs_one_invocation_per_event_hub_partition(
     assert int(declared.group(1)) == EVENT_HUB_PARTITIONS == DemoOptions().partitions
 
 
+def test_storage_declares_every_table_the_app_uses(infra_texts: dict[str, str]) -> None:
+    from shared.adapters.storage_clients import table_names
+    from shared.settings import Settings
+
+    block = re.search(
+        r"^var tableNames = \[\n(.*?)^\]", infra_texts["modules/storage.bicep"], re.M | re.S
+    )
+    assert block is not None
+    declared = {
+        line.strip().strip("'").replace("${tablePrefix}", "")
+        for line in block.group(1).splitlines()
+    }
+    used = {name.lower() for name in table_names(Settings({"CERTROLL_TABLE_PREFIX": ""}))}
+    assert declared == used  # table names are case-insensitive in Azure
+
+
 def test_event_grid_subscription_filters_lifecycle_events(infra: Infra) -> None:
     f = infra.files["modules/eventgrid-subscription.bicep"]
     sub = next(r for r in f.resources if not r.existing)

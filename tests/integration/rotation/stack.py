@@ -325,7 +325,7 @@ def stack(
 def _drop_storage(connection: str, settings: Settings) -> None:
     tables = TableServiceClient.from_connection_string(connection)
     prefix = settings.get("CERTROLL_TABLE_PREFIX")
-    for name in ("Ledger", "State", "Audit"):
+    for name in ("Ledger", "LedgerIndex", "State", "Audit"):
         tables.delete_table(prefix + name)
     queues = QueueServiceClient.from_connection_string(connection)
     queue = settings.get("CERTROLL_WORK_QUEUE")

@@ -40,6 +40,7 @@ def table_name(tables: TableServiceClient) -> Iterator[str]:
     name = unique("t")
     yield name
     tables.delete_table(name)
+    tables.delete_table(f"{name}Index")  # a ledger's look-ups (no error when absent)
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography import x509
 
+from shared.bootstrap import CRL_NAME
 from shared.domain.errors import InvalidRequestError, NotFoundError
 from shared.domain.model import (
     AuthType,
@@ -78,6 +80,38 @@ def test_disallow_during_rotation_blocks_everything(world: World) -> None:
     assert after is not None
     assert after.state is RotationState.DISALLOWED
     assert world.events.events[-1].event_type == "DeviceDisallowed"
+
+
+def test_a_disallow_landing_between_csr_and_signature_leaves_no_live_certificate(
+    world: World,
+) -> None:
+    """The rotation holds its CSR_RECEIVED record (it does not read it again to issue);
+    a whole disallow runs before it signs, so the disallow cannot list the certificate."""
+    dev, svc = _ready(world)
+    svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+    answer = dev.answer()
+    assert answer is not None
+    real_issue = world.issuer.issue
+    raced: list[str] = []
+
+    def issue_after_a_disallow(*args: Any, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append(world.service().disallow("dev-1", "stolen", "sec").device_id)
+        return real_issue(*args, **kwargs)
+
+    world.issuer.issue = issue_after_a_disallow  # type: ignore[method-assign]
+    svc.on_twin_reported("dev-1", answer)
+    assert raced == ["dev-1"]
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    assert rec.state is RotationState.DISALLOWED
+    certs = world.ledger.list_for_device("dev-1")
+    assert len(certs) == 2  # the one in use and the one signed in the race
+    for cert in certs:
+        assert cert.status is CertificateStatus.REVOKED, cert.serial
+    crl = x509.load_der_x509_crl(world.crl.fetch(CRL_NAME))
+    for cert in certs:
+        assert crl.get_revoked_certificate_by_serial_number(int(cert.serial, 16)) is not None
 
 
 def test_disallow_twice_is_a_noop(world: World) -> None:
