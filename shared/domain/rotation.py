@@ -176,6 +176,7 @@ class IssuerLike(Protocol):
         trigger: Trigger,
         actor: str,
         known_allowed: bool = False,
+        first_attempt: bool = False,
     ) -> IssuedLike: ...
 
     def check(
@@ -525,8 +526,9 @@ class RotationService:
         except NotFoundError:
             return None
 
-    def _issue(self, rec: RotationRecord) -> IssuedLike:
-        """The certificate of ``rec``'s request (idempotent on device + CSR)."""
+    def _issue(self, rec: RotationRecord, *, first_attempt: bool = False) -> IssuedLike:
+        """The certificate of ``rec``'s request (idempotent on device + CSR).
+        ``first_attempt``: this operation has just moved the request to csr_received."""
         if rec.request_id is None or rec.csr_pem is None:
             raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no request/CSR")
         key = (rec.device_id, rec.request_id)
@@ -544,6 +546,7 @@ class RotationService:
             # rec was read or written in this operation, and no step runs on a disallowed
             # record; a disallow landing after that is the final ETag-checked write's loss
             known_allowed=True,
+            first_attempt=first_attempt,
         )
         with self._issued_lock:  # the latest few, for the steps that follow
             self._issued[key] = issued
@@ -700,7 +703,7 @@ class RotationService:
                 deadline=self._now() + self.policy.work_timeout,
                 last_error=None,
             )
-            return self._drive(saved)
+            return self._drive(saved, first_attempt=True)
         if rec.csr_sha256 is not None and rec.csr_sha256 != csr.sha256:
             # the request is bound to the first CSR: one certificate per request
             self._audit(
@@ -889,11 +892,23 @@ class RotationService:
     # ------------------------------------------------------------------ driving
 
     def _drive(
-        self, rec: RotationRecord, *, force: bool = False, defer_reprovision: bool = False
+        self,
+        rec: RotationRecord,
+        *,
+        force: bool = False,
+        defer_reprovision: bool = False,
+        first_attempt: bool = False,
     ) -> RotationRecord:
-        for _ in range(_MAX_STEPS):
+        """Step ``rec`` until it waits. ``first_attempt``: the caller has just written
+        ``rec`` into csr_received (its first step is the request's first issuance)."""
+        for step in range(_MAX_STEPS):
             try:
-                nxt = self._step(rec, force=force, defer_reprovision=defer_reprovision)
+                nxt = self._step(
+                    rec,
+                    force=force,
+                    defer_reprovision=defer_reprovision,
+                    first_attempt=first_attempt and step == 0,
+                )
             except ConcurrencyError:
                 fresh = self._get(rec.device_id)
                 if fresh is None:
@@ -936,7 +951,12 @@ class RotationService:
             self._call(self.deps.issuer.publish_crl)
 
     def _step(
-        self, rec: RotationRecord, *, force: bool, defer_reprovision: bool
+        self,
+        rec: RotationRecord,
+        *,
+        force: bool,
+        defer_reprovision: bool,
+        first_attempt: bool = False,
     ) -> RotationRecord | None:
         """One transition; None when the record waits (for the device, or a deadline)."""
         state = rec.state
@@ -957,7 +977,9 @@ class RotationService:
                 )
             return None
         if state is RotationState.CSR_RECEIVED:
-            return self._step_issue(rec, defer_reprovision=defer_reprovision)
+            return self._step_issue(
+                rec, defer_reprovision=defer_reprovision, first_attempt=first_attempt
+            )
         if state is RotationState.ISSUED:
             return self._step_enroll(rec, defer_reprovision=defer_reprovision)
         if state is RotationState.ENROLLED:
@@ -983,9 +1005,11 @@ class RotationService:
             return self._step_finish(rec)
         return None
 
-    def _step_issue(self, rec: RotationRecord, *, defer_reprovision: bool) -> RotationRecord:
+    def _step_issue(
+        self, rec: RotationRecord, *, defer_reprovision: bool, first_attempt: bool = False
+    ) -> RotationRecord:
         try:
-            issued = self._issue(rec)
+            issued = self._issue(rec, first_attempt=first_attempt)
         except CsrRejectedError as exc:
             return self._fail(rec, exc.code, exc.message)
         except DeviceDisallowedError as exc:

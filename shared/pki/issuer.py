@@ -168,12 +168,20 @@ class Issuer:
         trigger: str,
         actor: str,
         known_allowed: bool = False,
+        first_attempt: bool = False,
     ) -> IssuedCertificate:
         """Issue (or return the already issued) certificate for ``device_id`` and the CSR.
 
         ``known_allowed``: the caller holds the device's rotation record, read or written
         (ETag-checked) within this same operation, and it is not disallowed; the issuer
         does not read it again. Otherwise the issuer asks ``is_disallowed``.
+
+        ``first_attempt``: the caller has just bound this request to this CSR with an
+        ETag-checked write, so no attempt of the request can have issued yet; the ledger
+        look-up that spares a retry a second signature is skipped. A certificate already
+        recorded for the same device and CSR (an earlier request answered with the same
+        CSR, or a concurrent attempt) still wins at the ledger's create-only row and is
+        returned; the certificate signed here is then dropped unrecorded.
 
         Raises :class:`CsrRejectedError` (``IssuanceDisallowedError`` for a disallowed
         device) after writing an ``issue_rejected`` audit entry; ``SigningError`` /
@@ -186,7 +194,9 @@ class Issuer:
                     "device_disallowed", f"device {device_id!r} is disallowed; nothing is issued"
                 )
 
-        existing = self.ledger.find_by_csr(device_id, accepted.csr_sha256)
+        existing = (
+            None if first_attempt else self.ledger.find_by_csr(device_id, accepted.csr_sha256)
+        )
         if existing is not None:
             logger.info(
                 "device %s request %s: CSR already issued as %s",
@@ -239,10 +249,25 @@ class Issuer:
         stored = self.ledger.add(record)
         if stored.serial != record.serial:
             logger.info(
-                "device %s request %s: a concurrent issuance won (%s)",
+                "device %s request %s: the CSR was already recorded as %s; %s dropped",
                 device_id,
                 request_id,
                 stored.serial,
+                record.serial,
+            )
+            # every signature is accounted for: the dropped one was never handed out
+            self._audit(
+                "issue",
+                "noop",
+                actor,
+                device_id,
+                request_id,
+                {
+                    "serial": stored.serial,
+                    "reused": True,
+                    "trigger": trigger,
+                    "discardedSerial": record.serial,
+                },
             )
             return self._result(stored, reused=True)
         not_after = record.not_after.isoformat()

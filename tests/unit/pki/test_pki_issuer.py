@@ -82,6 +82,49 @@ def test_same_csr_is_idempotent(env: Env) -> None:
     assert [e.outcome for e in env.audit.list("dev-1")] == ["noop", "ok"]
 
 
+def test_a_first_attempt_skips_the_look_up_and_still_returns_the_recorded_certificate(
+    env: Env,
+) -> None:
+    csr = make_csr("dev-1")
+    first = env.issue("dev-1", csr)
+    looked_up: list[str] = []
+    inner = env.ledger.find_by_csr
+
+    def find_by_csr(device_id: str, csr_sha256: str):  # type: ignore[no-untyped-def]
+        looked_up.append(device_id)
+        return inner(device_id, csr_sha256)
+
+    env.ledger.find_by_csr = find_by_csr  # type: ignore[method-assign]
+    # a device answering a new request with the CSR of an earlier one
+    again = env.issuer.issue(
+        "dev-1", csr, request_id="r2", trigger="manual", actor="t", first_attempt=True
+    )
+    assert looked_up == []
+    assert again.reused is True
+    assert again.record.serial == first.record.serial
+    assert again.certificate == first.certificate
+    assert len(env.ledger.list_for_device("dev-1")) == 1
+    # the certificate signed meanwhile is not recorded; the audit names it as dropped
+    newest, oldest = env.audit.list("dev-1")
+    assert (newest.action, newest.outcome) == ("issue", "noop")
+    assert newest.detail["serial"] == first.record.serial
+    assert newest.detail["discardedSerial"] not in (first.record.serial, None)
+    assert (oldest.action, oldest.outcome) == ("issue", "ok")
+    # a later attempt of any request looks the CSR up again
+    env.issue("dev-1", csr, request_id="r2")
+    assert looked_up == ["dev-1"]
+
+
+def test_disallow_check_is_skipped_only_when_the_caller_knows() -> None:
+    env = Env(disallowed={"dev-9"})
+    issued = env.issuer.issue(
+        "dev-9", make_csr("dev-9"), request_id="r1", trigger="manual", actor="t", known_allowed=True
+    )
+    assert issued.reused is False
+    with pytest.raises(DeviceDisallowedError):
+        env.issue("dev-9", make_csr("dev-9"), request_id="r2")
+
+
 def test_new_csr_gets_new_certificate(env: Env) -> None:
     a = env.issue("dev-1", make_csr("dev-1"))
     b = env.issue("dev-1", make_csr("dev-1"), request_id="r2")
