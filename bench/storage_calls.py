@@ -10,9 +10,12 @@ ratio of the two, the clients alternating in one process.
 
 ``azurite_cpu_ms_point_read_<shared|unique>_rowkey_<n>``: Azurite's CPU per point read
 in a table of ``n`` rows whose RowKey every row shares (the old rotation-state layout)
-or each row has to itself. ``azurite_cpu_ms_partition_query_<n>``: per one-partition
-range query (the finish's certificate listing) in a ledger-shaped table of ``n``
-devices. Azurite must be running (``make azurite``).
+or each row has to itself. ``azurite_cpu_ms_partition_query_<layout>_<n>``: per
+one-partition range query (the finish's certificate listing, two certificates per
+device) in a ledger of ``n`` devices: ``certs_only``, the ledger table as it is (its
+look-up rows in a table of their own), or ``with_index_rows``, the table as it was
+(two serial and two thumbprint rows per device beside the certificate rows). Azurite
+must be running (``make azurite``).
 """
 
 from __future__ import annotations
@@ -123,10 +126,6 @@ def _azurite_rows(service: TableServiceClient, devices: int) -> list[BenchRow]:
         for d in range(devices):
             rows.append({"PartitionKey": f"s{d:05d}", "RowKey": "rotation", "x": "y" * 300})
             rows.append({"PartitionKey": f"u{d:05d}", "RowKey": f"u{d:05d}", "x": "y" * 300})
-            rows += [
-                {"PartitionKey": f"d{d:05d}", "RowKey": f"cert-{c}", "pem": "x" * 1200}
-                for c in "ab"
-            ]
         _fill(table, rows)
         n = f"{devices // 1000}k"
         return [
@@ -144,22 +143,52 @@ def _azurite_rows(service: TableServiceClient, devices: int) -> list[BenchRow]:
                 "ms",
                 f"Azurite CPU per point read, {devices} rows with a RowKey each",
             ),
-            BenchRow(
-                f"azurite_cpu_ms_partition_query_{n}",
-                _azurite_ms(
-                    lambda i: list(
-                        table.query_entities(
-                            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                            parameters={"pk": f"d{i % devices:05d}", "lo": "cert-", "hi": "cert."},
-                        )
-                    )
-                ),
-                "ms",
-                f"Azurite CPU per one-partition range query (2 rows), table of {len(rows)} rows",
-            ),
         ]
     finally:
         service.delete_table(table.table_name)
+
+
+def _cert_row(d: int, c: str) -> dict[str, Any]:
+    """A row shaped like a ledger certificate row (sixteen properties, a PEM)."""
+    small = {f"p{k}": f"{d:05d}{c}{k}" * 4 for k in range(13)}
+    return {"PartitionKey": f"d{d:05d}", "RowKey": f"cert-{c}", "pem": "x" * 1200, **small}
+
+
+def _partition_query_rows(service: TableServiceClient, devices: int) -> list[BenchRow]:
+    rows: list[BenchRow] = []
+    for layout in ("certs_only", "with_index_rows"):
+        table = service.create_table(f"benchledger{uuid.uuid4().hex[:8]}")
+        try:
+            entities = [_cert_row(d, c) for d in range(devices) for c in "ab"]
+            if layout == "with_index_rows":
+                entities += [
+                    {"PartitionKey": f"~{kind}-{d % 256:02x}", "RowKey": f"{c}{d}", "device": "x"}
+                    for d in range(devices)
+                    for c in "ab"
+                    for kind in ("serial", "thumb")
+                ]
+            _fill(table, entities)
+
+            def listing(i: int, table: TableClient = table) -> list[Any]:
+                return list(
+                    table.query_entities(
+                        "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                        parameters={"pk": f"d{i % devices:05d}", "lo": "cert-", "hi": "cert."},
+                    )
+                )
+
+            rows.append(
+                BenchRow(
+                    f"azurite_cpu_ms_partition_query_{layout}_{devices // 1000}k",
+                    _azurite_ms(listing),
+                    "ms",
+                    f"Azurite CPU per one-partition range query (2 rows), {devices} devices, "
+                    f"table of {len(entities)} rows",
+                )
+            )
+        finally:
+            service.delete_table(table.table_name)
+    return rows
 
 
 def run() -> list[BenchRow]:
@@ -169,4 +198,5 @@ def run() -> list[BenchRow]:
     rows = _client_rows(service)
     for devices in SIZES:
         rows += _azurite_rows(service, devices)
+        rows += _partition_query_rows(service, devices)
     return rows
