@@ -544,7 +544,8 @@ class RotationService:
             trigger=_trigger(rec.reason),
             actor=self.deps.actor,
             # rec was read or written in this operation, and no step runs on a disallowed
-            # record; a disallow landing after that is the final ETag-checked write's loss
+            # record; a disallow landing after that makes the next ETag-checked write
+            # fail, and _drive then revokes what was issued (_revoke_stray)
             known_allowed=True,
             first_attempt=first_attempt,
         )

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -198,21 +199,7 @@ class Issuer:
             None if first_attempt else self.ledger.find_by_csr(device_id, accepted.csr_sha256)
         )
         if existing is not None:
-            logger.info(
-                "device %s request %s: CSR already issued as %s",
-                device_id,
-                request_id,
-                existing.serial,
-            )
-            self._audit(
-                "issue",
-                "noop",
-                actor,
-                device_id,
-                request_id,
-                {"serial": existing.serial, "reused": True, "trigger": trigger},
-            )
-            return self._result(existing, reused=True)
+            return self._reused(existing, request_id, trigger, actor)
 
         now = self.clock.now()
         serial = random_serial()
@@ -248,28 +235,8 @@ class Issuer:
         )
         stored = self.ledger.add(record)
         if stored.serial != record.serial:
-            logger.info(
-                "device %s request %s: the CSR was already recorded as %s; %s dropped",
-                device_id,
-                request_id,
-                stored.serial,
-                record.serial,
-            )
             # every signature is accounted for: the dropped one was never handed out
-            self._audit(
-                "issue",
-                "noop",
-                actor,
-                device_id,
-                request_id,
-                {
-                    "serial": stored.serial,
-                    "reused": True,
-                    "trigger": trigger,
-                    "discardedSerial": record.serial,
-                },
-            )
-            return self._result(stored, reused=True)
+            return self._reused(stored, request_id, trigger, actor, discarded=record.serial)
         not_after = record.not_after.isoformat()
         logger.info(
             "issued %s to device %s request %s until %s",
@@ -300,6 +267,29 @@ class Issuer:
         return IssuedCertificate(record, certificate, pem + self._chain_pem, reused=reused)
 
     # ------------------------------------------------------------------ revoke
+
+    def _reused(
+        self,
+        existing: CertificateRecord,
+        request_id: str,
+        trigger: str,
+        actor: str,
+        discarded: str | None = None,
+    ) -> IssuedCertificate:
+        """The certificate already recorded for the device and CSR, audited ``noop``
+        (with the serial of a certificate signed meanwhile and dropped, if any)."""
+        logger.info(
+            "device %s request %s: CSR already issued as %s%s",
+            existing.device_id,
+            request_id,
+            existing.serial,
+            f"; {discarded} dropped" if discarded else "",
+        )
+        detail: dict[str, Any] = {"serial": existing.serial, "reused": True, "trigger": trigger}
+        if discarded:
+            detail["discardedSerial"] = discarded
+        self._audit("issue", "noop", actor, existing.device_id, request_id, detail)
+        return self._result(existing, reused=True)
 
     def revoke(self, serial: str, reason: RevocationReason | str, actor: str) -> CertificateRecord:
         """Mark ``serial`` revoked (idempotent: a second call changes nothing).
