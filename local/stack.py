@@ -66,6 +66,10 @@ EVENT_HUB_BATCH = 100  # host.json extensions.eventHubs.maxEventBatchSize
 EVENT_HUB_PARTITIONS = 8
 EVENT_GRID_BATCH = 50
 MAX_REDELIVERIES = 8  # the Event Hubs triggers' retry policy (functions/hub_events.py)
+#: an empty work queue is polled again after this long, unless the stack's own timer
+#: has fired since (the sweep fills the queue); the Functions host backs off the same
+#: way, up to host.json ``queues.maxPollingInterval`` (1 min by default)
+QUEUE_IDLE_POLL_SECONDS = 1.0
 EVENT_GRID = "eventgrid:device_lifecycle"
 
 
@@ -350,6 +354,7 @@ class LocalStack:
         self._rng = random.Random(seed)
         self._held_back: list[dict[str, Any]] = []
         self._retry: list[tuple[int, str, list[dict[str, Any]]]] = []
+        self._queue_idle_until = 0.0  # time.monotonic() before which the queue is not polled
         self.dropped = 0
         self.partitions = partitions
         self._executor: ThreadPoolExecutor | None = None
@@ -489,6 +494,7 @@ class LocalStack:
     def fire_timer(self) -> int:
         """The timer trigger (``daily_sweep``) fires now."""
         self.timer_fired += 1
+        self._queue_idle_until = 0.0  # the sweep fills the queue: poll it on the next pump
         return self.devhost.fire_timer()
 
     def post_event_grid(self, events: list[dict[str, Any]], function_name: str) -> int:
@@ -594,7 +600,9 @@ class LocalStack:
         """Run the queue trigger until the queue is empty, ``partitions`` invocations at
         once: each worker takes one message at a time, as the Functions host runs the
         messages of a fetched batch (host.json ``queues.batchSize``) side by side rather
-        than one after another (a message carries up to 100 devices)."""
+        than one after another (a message carries up to 100 devices). An empty queue is
+        polled again after ``QUEUE_IDLE_POLL_SECONDS``, or on the next pump after the
+        timer fires."""
 
         def drain() -> int:
             handled = 0
@@ -604,8 +612,11 @@ class LocalStack:
                 if n == 0:
                     return handled
 
+        if time.monotonic() < self._queue_idle_until:
+            return 0
         first = self.devhost.pump_queue(max_messages=1)
-        if first == 0:
+        if first == 0:  # a message that failed stays on the queue and keeps this above 0
+            self._queue_idle_until = time.monotonic() + QUEUE_IDLE_POLL_SECONDS
             return 0
         return first + sum(self._pool().map(lambda _: drain(), range(self.partitions)))
 

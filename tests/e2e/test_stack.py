@@ -102,3 +102,48 @@ def test_ledger_snapshot_pairs_old_and_new_certificates() -> None:
     assert sorted(snap.after) == [T0 + 30 * day, T0 + 50 * day]
     assert sorted(snap.before) == [T0 + 30 * day, T0 + 30 * day]
     assert snap.before_at == T0 + 20 * day
+
+
+def test_an_empty_work_queue_is_polled_again_after_a_while_or_when_the_timer_fires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import local.stack as stack_module
+
+    now = [100.0]
+    monkeypatch.setattr(stack_module.time, "monotonic", lambda: now[0])
+    stack = LocalStack(Settings.from_env({"CERTROLL_HOME": str(tmp_path)}), partitions=1)
+
+    class Host:
+        polls = 0
+        queued = 0
+        timers = 0
+
+        def pump_queue(self, max_messages: int) -> int:
+            assert max_messages == 1
+            self.polls += 1
+            taken, self.queued = min(self.queued, 1), max(self.queued - 1, 0)
+            return taken
+
+        def fire_timer(self) -> int:
+            self.timers += 1
+            self.queued += 3  # the sweep fans out
+            return 1
+
+    host = Host()
+    stack.devhost = host  # type: ignore[assignment]
+    try:
+        assert stack._pump_queue() == 0
+        assert host.polls == 1
+        assert stack._pump_queue() == 0  # idle: not polled again yet
+        assert host.polls == 1
+        stack.fire_timer()
+        assert stack._pump_queue() == 3  # polled at once, and drained
+        polls = host.polls
+        assert stack._pump_queue() == 0  # the drain found it empty, one more look
+        assert stack._pump_queue() == 0
+        assert host.polls == polls + 1
+        now[0] += stack_module.QUEUE_IDLE_POLL_SECONDS
+        host.queued = 1  # sent by someone else meanwhile
+        assert stack._pump_queue() == 1
+    finally:
+        stack.close()
