@@ -107,7 +107,7 @@ param instanceMemoryMB int = 2048
 
 @minLength(3)
 @maxLength(20)
-@description('Prefix of the Table storage tables (state, ledger, audit).')
+@description('Prefix of the Table storage tables (state, ledger, ledger index, audit).')
 param tablePrefix string = 'certroll'
 
 @minLength(3)

@@ -11,7 +11,7 @@ param tags object
 @description('Unique suffix for resource names.')
 param resourceToken string
 
-@description('Prefix of the state, ledger and audit tables.')
+@description('Prefix of the state, ledger, ledger index and audit tables.')
 param tablePrefix string
 
 @description('Name of the rotation work queue.')

@@ -16,6 +16,7 @@ endpoint and the credential kind only.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -39,6 +40,7 @@ from azure.storage.queue import QueueServiceClient
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
+    InvalidRequestError,
     NotFoundError,
     ServiceError,
     ThrottledError,
@@ -189,10 +191,22 @@ class StorageAdapters:
     queue: WorkQueue
 
 
+#: Azure Table storage: letters and digits, a letter first, 3 to 63 characters
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+
+
 def table_names(settings: Settings) -> tuple[str, str, str, str]:
-    """(ledger, ledger index, state, audit) table names from ``CERTROLL_TABLE_PREFIX``."""
+    """(ledger, ledger index, state, audit) table names from ``CERTROLL_TABLE_PREFIX``;
+    InvalidRequestError ``table_prefix_invalid`` when the prefix cannot make them."""
     prefix = settings.get("CERTROLL_TABLE_PREFIX")
-    return f"{prefix}Ledger", f"{prefix}LedgerIndex", f"{prefix}State", f"{prefix}Audit"
+    names = f"{prefix}Ledger", f"{prefix}LedgerIndex", f"{prefix}State", f"{prefix}Audit"
+    if not all(_TABLE_NAME.fullmatch(name) for name in names):
+        raise InvalidRequestError(
+            "table_prefix_invalid",
+            f"CERTROLL_TABLE_PREFIX {prefix!r} must be letters and digits, a letter first, "
+            "at most 52 characters",
+        )
+    return names
 
 
 def storage_from_settings(settings: Settings) -> StorageAdapters:

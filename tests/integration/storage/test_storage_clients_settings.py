@@ -33,6 +33,7 @@ from shared.adapters.tables import TableAuditLog, TableLedger, TableRotationStor
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
+    InvalidRequestError,
     NotFoundError,
     ServiceError,
     ThrottledError,
@@ -106,6 +107,7 @@ def test_storage_from_settings_builds_every_adapter() -> None:
     assert isinstance(adapters, StorageAdapters)
     assert isinstance(adapters.ledger, TableLedger)
     assert adapters.ledger.table_name == "fleetALedger"
+    assert adapters.ledger.index_table_name == "fleetALedgerIndex"
     assert isinstance(adapters.state, TableRotationStore)
     assert adapters.state.table_name == "fleetAState"
     assert isinstance(adapters.audit, TableAuditLog)
@@ -118,6 +120,16 @@ def test_storage_from_settings_builds_every_adapter() -> None:
         adapters.crl_publisher.url_for("crl/issuing.crl")
         == "http://127.0.0.1:10000/devstoreaccount1/pki-a/crl/issuing.crl"
     )
+
+
+@pytest.mark.parametrize("prefix", ["fleet-a", "9fleet", "fleet_a", "a" * 53])
+def test_a_table_prefix_that_cannot_name_the_tables_is_refused(prefix: str) -> None:
+    settings = Settings.from_env({"CERTROLL_TABLE_PREFIX": prefix})
+    with pytest.raises(InvalidRequestError) as info:
+        storage_from_settings(settings)
+    assert info.value.code == "table_prefix_invalid"
+    longest = Settings.from_env({"CERTROLL_TABLE_PREFIX": "a" * 52})
+    assert storage_clients.table_names(longest)[1] == "a" * 52 + "LedgerIndex"
 
 
 def test_storage_from_settings_uses_public_base_url() -> None:
