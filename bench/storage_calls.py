@@ -119,7 +119,7 @@ def _client_rows(service: TableServiceClient) -> list[BenchRow]:
         service.delete_table(table.table_name)
 
 
-def _azurite_rows(service: TableServiceClient, devices: int) -> list[BenchRow]:
+def _point_read_rows(service: TableServiceClient, devices: int) -> list[BenchRow]:
     table = service.create_table(f"benchrows{uuid.uuid4().hex[:8]}")
     try:
         rows: list[dict[str, Any]] = []
@@ -197,6 +197,6 @@ def run() -> list[BenchRow]:
     )
     rows = _client_rows(service)
     for devices in SIZES:
-        rows += _azurite_rows(service, devices)
+        rows += _point_read_rows(service, devices)
         rows += _partition_query_rows(service, devices)
     return rows

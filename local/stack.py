@@ -162,15 +162,12 @@ def cpu_seconds() -> dict[str, float]:
 
 def local_storage(settings: Settings) -> tuple[Any, Any]:
     """``(StorageAdapters, QueueServiceClient)`` on the connection string of ``settings``
-    (Azurite), wired like :func:`shared.adapters.storage_clients.storage_from_settings`."""
+    (Azurite), through the loopback transport."""
     from azure.data.tables import TableServiceClient
     from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueServiceClient
 
-    from shared.adapters.blob import BlobCrlPublisher
-    from shared.adapters.queues import StorageWorkQueue
-    from shared.adapters.storage_clients import StorageAdapters, table_names
-    from shared.adapters.tables import TableAuditLog, TableLedger, TableRotationStore
+    from shared.adapters.storage_clients import storage_adapters
 
     conn = settings.get("CERTROLL_STORAGE")
     if not conn or conn == "memory" or "=" not in conn:
@@ -180,19 +177,7 @@ def local_storage(settings: Settings) -> tuple[Any, Any]:
     tables = TableServiceClient.from_connection_string(conn, transport=loopback_transport())
     queues = QueueServiceClient.from_connection_string(conn, transport=loopback_transport())
     blobs = BlobServiceClient.from_connection_string(conn, transport=loopback_transport())
-    ledger_name, index_name, state_name, audit_name = table_names(settings)
-    adapters = StorageAdapters(
-        ledger=TableLedger(tables, ledger_name, index_name),
-        state=TableRotationStore(tables, state_name),
-        audit=TableAuditLog(tables, audit_name),
-        crl_publisher=BlobCrlPublisher(
-            blobs,
-            settings.get("CERTROLL_PKI_CONTAINER"),
-            settings.get("CERTROLL_CRL_BASE_URL") or None,
-        ),
-        queue=StorageWorkQueue(queues, settings.get("CERTROLL_WORK_QUEUE")),
-    )
-    return adapters, queues
+    return storage_adapters(settings, tables, blobs, queues), queues
 
 
 def drop_run_storage(settings: Settings) -> None:
@@ -615,7 +600,7 @@ class LocalStack:
         if time.monotonic() < self._queue_idle_until:
             return 0
         first = self.devhost.pump_queue(max_messages=1)
-        if first == 0:  # a message that failed stays on the queue and keeps this above 0
+        if first == 0:  # (a failed message counts as handled: its retry keeps polling on)
             self._queue_idle_until = time.monotonic() + QUEUE_IDLE_POLL_SECONDS
             return 0
         return first + sum(self._pool().map(lambda _: drain(), range(self.partitions)))

@@ -211,27 +211,39 @@ def table_names(settings: Settings) -> tuple[str, str, str, str]:
 
 def storage_from_settings(settings: Settings) -> StorageAdapters:
     """Build every storage adapter from ``settings`` (one credential shared by all clients)."""
+    credential: TokenCredential | None = None
+    if any(service_uri(settings, s) for s in _SERVICE_URI_SUFFIX):
+        credential = storage_credential(settings)
+    return storage_adapters(
+        settings,
+        table_service(settings, credential),
+        blob_service(settings, credential),
+        queue_service(settings, credential),
+    )
+
+
+def storage_adapters(
+    settings: Settings,
+    tables: TableServiceClient,
+    blobs: BlobServiceClient,
+    queues: QueueServiceClient,
+) -> StorageAdapters:
+    """The storage adapters on these service clients, named by ``settings``."""
     from shared.adapters.blob import BlobCrlPublisher
     from shared.adapters.queues import StorageWorkQueue
     from shared.adapters.tables import TableAuditLog, TableLedger, TableRotationStore
 
-    credential: TokenCredential | None = None
-    if any(service_uri(settings, s) for s in _SERVICE_URI_SUFFIX):
-        credential = storage_credential(settings)
-    tables = table_service(settings, credential)
     ledger_name, index_name, state_name, audit_name = table_names(settings)
     return StorageAdapters(
         ledger=TableLedger(tables, ledger_name, index_name),
         state=TableRotationStore(tables, state_name),
         audit=TableAuditLog(tables, audit_name),
         crl_publisher=BlobCrlPublisher(
-            blob_service(settings, credential),
+            blobs,
             settings.get("CERTROLL_PKI_CONTAINER"),
             settings.get("CERTROLL_CRL_BASE_URL") or None,
         ),
-        queue=StorageWorkQueue(
-            queue_service(settings, credential), settings.get("CERTROLL_WORK_QUEUE")
-        ),
+        queue=StorageWorkQueue(queues, settings.get("CERTROLL_WORK_QUEUE")),
     )
 
 

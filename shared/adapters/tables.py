@@ -462,10 +462,10 @@ class TableLedger(_TableBase, CertificateLedger):
         listed: Sequence[CertificateRecord] = (),
     ) -> dict[str, CertificateRecord]:
         """One ETag-checked merge of the status per changed row, in the order given,
-        retried on a concurrent change (rows already written then need no write). The ``listed``
-        records are written against when they hold every wanted row and each of those
-        changes (each write then checks its row is current); otherwise, and after a
-        failed check, the partition is read afresh. Not one entity-group transaction:
+        retried on a concurrent change (rows already written then need no write). The
+        ``listed`` records are written against when they hold every wanted row and each
+        of those changes (each write then checks its row is current); otherwise, and
+        after a failed check, the partition is read afresh. Not one entity-group transaction:
         the azure-data-tables client spends several times a single write's CPU on one,
         and every caller's change is idempotent and repeated when cut short."""
         wanted = {serial: CertificateStatus(status) for serial, status in changes.items()}

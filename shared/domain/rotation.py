@@ -927,29 +927,28 @@ class RotationService:
 
     def _revoke_stray(self, rec: RotationRecord) -> None:
         """A disallow won the race against ``rec``'s request. A certificate issued for it
-        after the disallow listed the device's certificates escaped that revocation; every
-        one not yet revoked is revoked here (keyCompromise, as the disallow does) and the
-        CRL published again."""
-        stray = [
-            cert
-            for cert in self._call(self.deps.ledger.list_for_device, rec.device_id)
-            if cert.status is not CertificateStatus.REVOKED
-        ]
-        for cert in stray:
-            logger.warning(
-                "device %s: certificate %s (request %s) issued as the device was disallowed",
-                rec.device_id,
-                cert.serial,
-                cert.request_id,
-            )
-            self._call(
-                self.deps.issuer.revoke,
-                cert.serial,
-                RevocationReason.KEY_COMPROMISE,
-                self.deps.actor,
-            )
+        after the disallow listed the device's certificates escaped that revocation; it
+        is revoked here as the disallow revokes, and the CRL published again."""
+        stray = self._revoke_all(rec.device_id, self.deps.actor)
         if stray:
+            logger.warning(
+                "device %s: %s issued as the device was disallowed; revoked",
+                rec.device_id,
+                ", ".join(stray),
+            )
             self._call(self.deps.issuer.publish_crl)
+
+    def _revoke_all(self, device_id: str, actor: str) -> list[str]:
+        """Revoke (keyCompromise) every certificate of the device not yet revoked; their
+        serials. The CRL is the caller's to publish."""
+        revoked: list[str] = []
+        for cert in self._call(self.deps.ledger.list_for_device, device_id):
+            if cert.status is not CertificateStatus.REVOKED:
+                self._call(
+                    self.deps.issuer.revoke, cert.serial, RevocationReason.KEY_COMPROMISE, actor
+                )
+                revoked.append(cert.serial)
+        return revoked
 
     def _step(
         self,
@@ -1755,13 +1754,7 @@ class RotationService:
             hub = "disabled"
             break
         # 4. every certificate of the device revoked (keyCompromise), then the CRL
-        revoked: list[str] = []
-        for cert in self._call(self.deps.ledger.list_for_device, device_id):
-            if cert.status is not CertificateStatus.REVOKED:
-                self._call(
-                    self.deps.issuer.revoke, cert.serial, RevocationReason.KEY_COMPROMISE, actor
-                )
-                revoked.append(cert.serial)
+        revoked = self._revoke_all(device_id, actor)
         changed = bool(
             not was_complete
             or revoked

@@ -89,8 +89,12 @@ def test_ledger_snapshot_pairs_old_and_new_certificates() -> None:
     day = timedelta(days=1)
     rows = [
         {"device_id": "a", "issued_at": T0, "not_after": T0 + 30 * day, "status": "superseded"},
-        {"device_id": "a", "issued_at": T0 + 20 * day, "not_after": T0 + 50 * day,
-         "status": "active"},
+        {
+            "device_id": "a",
+            "issued_at": T0 + 20 * day,
+            "not_after": T0 + 50 * day,
+            "status": "active",
+        },
         {"device_id": "b", "issued_at": T0, "not_after": T0 + 30 * day, "status": "active"},
         {"device_id": "c", "issued_at": T0, "not_after": T0 + 30 * day, "status": "revoked"},
     ]
@@ -116,7 +120,6 @@ def test_an_empty_work_queue_is_polled_again_after_a_while_or_when_the_timer_fir
     class Host:
         polls = 0
         queued = 0
-        timers = 0
 
         def pump_queue(self, max_messages: int) -> int:
             assert max_messages == 1
@@ -125,7 +128,6 @@ def test_an_empty_work_queue_is_polled_again_after_a_while_or_when_the_timer_fir
             return taken
 
         def fire_timer(self) -> int:
-            self.timers += 1
             self.queued += 3  # the sweep fans out
             return 1
 
