@@ -13,8 +13,8 @@ also require the App Service Authentication principal (``X-MS-CLIENT-PRINCIPAL``
 hold the app role named by ``CERTROLL_OPERATOR_ROLE``. Every refusal decided here (401,
 403, 400, 404/405 for an unknown route) is answered before the rotation service is
 called and is written to the audit log with outcome ``rejected``; so is a CSR brought
-to ``allow`` that the issuing policy refuses (422), checked before the device leaves
-``disallowed``.
+to ``allow`` that the issuer refuses (422; the issuer checks it before the device
+leaves ``disallowed``, and audits it too).
 """
 
 from __future__ import annotations
@@ -28,20 +28,15 @@ from typing import Any
 import azure.functions as func
 
 from functions._errors import HttpError, http_error_for
-from functions._parsing import (
-    AllowCommand,
-    Principal,
-    PrincipalError,
-    parse_allow,
-    parse_disallow,
-    parse_principal,
-    parse_renew,
-)
-from functions._services import RotationApi, audit_log, rotation, services, to_jsonable
+from functions._services import audit_log, rotation, services, to_jsonable
+from functions.parsing.api import parse_allow, parse_disallow, parse_renew, parse_status
+from functions.parsing.principal import Principal, PrincipalError, parse_principal
+from shared.domain.commands import Allow, Disallow, StartRenewal, Status
 from shared.domain.errors import CertrollError, CsrRejectedError, InvalidRequestError
 from shared.domain.messages import check_device_id
 from shared.domain.model import AuditEvent
-from shared.pki.csr_policy import check_csr
+from shared.domain.rotation import RotationService
+from shared.ports import AuditLog
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,6 +44,8 @@ logger = logging.getLogger(__name__)
 bp = func.Blueprint()
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+#: what a device route is parsed into
+OperatorCommand = Disallow | Allow | StartRenewal | Status
 DEVICES_ROUTE = "devices/{id}/{action?}"
 OPENAPI_ROUTE = "openapi.json"
 
@@ -99,8 +96,8 @@ class DevicesApi:
 
     def __init__(
         self,
-        service: Callable[[], RotationApi] = rotation,
-        audit: Callable[[], Any] = audit_log,
+        service: Callable[[], RotationService] = rotation,
+        audit: Callable[[], AuditLog] = audit_log,
         settings: Callable[[], Settings] = lambda: services().settings,
     ) -> None:
         self._service = service
@@ -154,7 +151,7 @@ class DevicesApi:
         try:
             device_id = check_device_id(raw_id)
             body = req.get_body() or b""
-            command: Any = None
+            command: OperatorCommand
             if operation == "disallow":
                 command = parse_disallow(device_id, body, principal.name)
             elif operation == "allow":
@@ -166,40 +163,47 @@ class DevicesApi:
                 )
             elif operation == "renew":
                 command = parse_renew(device_id, body, principal.name)
-            elif body.strip():
-                raise InvalidRequestError("unexpected_body", "GET takes no request body")
+            else:
+                command = parse_status(device_id, body)
         except InvalidRequestError as exc:
             valid_id = raw_id if isinstance(raw_id, str) and _is_device_id(raw_id) else None
             return refuse(400, exc.code, exc.message, principal.name, valid_id)
-        if isinstance(command, AllowCommand) and command.csr_pem is not None:
-            try:
-                check_csr(
-                    device_id,
-                    command.csr_pem,
-                    max_bytes=self._settings().int("CERTROLL_CSR_MAX_BYTES"),
-                )
-            except CsrRejectedError as exc:
-                error = http_error_for(exc)
-                return refuse(error.status, error.code, error.message, principal.name, device_id)
-        return self._call(operation, device_id, command, principal)
+        try:
+            return self._call(operation, command, principal)
+        except CsrRejectedError as exc:
+            # the issuer refused the CSR brought to allow: nothing changed
+            error = http_error_for(exc)
+            return refuse(error.status, error.code, error.message, principal.name, device_id)
 
     def _call(
-        self, operation: str, device_id: str, command: Any, principal: Principal
+        self, operation: str, command: OperatorCommand, principal: Principal
     ) -> func.HttpResponse:
+        """The service's answer; a CSR the issuer refuses propagates (audited above)."""
+        device_id = command.device_id
+        result: Any
         try:
             service = self._service()
-            if operation == "disallow":
-                result = service.disallow(command.device_id, command.reason, command.actor)
+            if isinstance(command, Disallow):
+                result = service.disallow(command)
                 status = 200
-            elif operation == "allow":
-                result = service.allow(command.device_id, command.actor, csr_pem=command.csr_pem)
+            elif isinstance(command, Allow):
+                result = service.allow(command)
                 status = 202
-            elif operation == "renew":
-                result = service.start_renewal(command.device_id, command.reason, command.actor)
+            elif isinstance(command, StartRenewal):
+                result = service.start_renewal(command)
                 status = 202
             else:
-                result = service.status(device_id)
+                result = service.status(command)
                 status = 200
+        except CsrRejectedError as exc:
+            logger.warning(
+                "devices_api: %s %s by %s refused by the issuer: %s",
+                operation,
+                device_id,
+                principal.name,
+                exc,
+            )
+            raise
         except CertrollError as exc:
             error = http_error_for(exc)
             log = logger.warning if error.status < 500 else logger.error

@@ -7,9 +7,14 @@ import logging
 import azure.functions as func
 
 from functions._errors import PERMANENT_ERRORS, TRANSIENT_ERRORS
-from functions._parsing import app_properties_for, parse_connection_log, parse_twin_change
-from functions._services import RotationApi, rotation
+from functions._services import rotation
+from functions.parsing.hub_events import (
+    app_properties_for,
+    parse_connection_log,
+    parse_twin_change,
+)
 from shared.domain.errors import InvalidRequestError
+from shared.domain.rotation import RotationService
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +32,7 @@ def _as_list(events: func.EventHubEvent | list[func.EventHubEvent]) -> list[func
     return events if isinstance(events, list) else [events]
 
 
-def handle_twin_changes(events: list[func.EventHubEvent], service: RotationApi) -> int:
+def handle_twin_changes(events: list[func.EventHubEvent], service: RotationService) -> int:
     """Call ``on_twin_reported`` for every message with a reported ``x509``; returns how many."""
     handled = 0
     for index, event in enumerate(events):
@@ -43,7 +48,7 @@ def handle_twin_changes(events: list[func.EventHubEvent], service: RotationApi) 
             logger.debug("twin_changes: event %d (sequence %s) has no reported x509", index, seq)
             continue
         try:
-            service.on_twin_reported(report.device_id, report.reported_x509, report.twin_version)
+            service.on_twin_reported(report)
         except PERMANENT_ERRORS as exc:
             logger.warning(
                 "twin_changes: device %s (twin version %s) skipped: %s",
@@ -71,7 +76,7 @@ def handle_twin_changes(events: list[func.EventHubEvent], service: RotationApi) 
     return handled
 
 
-def handle_connection_logs(events: list[func.EventHubEvent], service: RotationApi) -> int:
+def handle_connection_logs(events: list[func.EventHubEvent], service: RotationService) -> int:
     """Call ``on_connection_failure`` for every 401003/403012 record; returns how many."""
     handled = 0
     for index, event in enumerate(events):

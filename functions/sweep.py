@@ -6,14 +6,15 @@ import logging
 
 import azure.functions as func
 
-from functions._services import RotationApi, rotation, to_jsonable
+from functions._services import rotation, to_jsonable
+from shared.domain.rotation import RotationService
 
 logger = logging.getLogger(__name__)
 
 bp = func.Blueprint()
 
 
-def handle_sweep(timer: func.TimerRequest, service: RotationApi) -> dict[str, object]:
+def handle_sweep(timer: func.TimerRequest, service: RotationService) -> dict[str, object]:
     if timer.past_due:
         logger.warning("daily_sweep: the timer is past due; sweeping now")
     plan = to_jsonable(service.sweep())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import azure.functions as func
 
-from functions._parsing import parse_work_message
-from functions._services import RotationApi, rotation, to_jsonable
+from functions._services import rotation, to_jsonable
+from functions.parsing.work_queue import parse_work_message
 from shared.domain.errors import InvalidRequestError
+from shared.domain.rotation import RotationService
+from shared.domain.sweep import BatchResult
 
 logger = logging.getLogger(__name__)
 
@@ -20,15 +21,15 @@ class MalformedWorkMessage(InvalidRequestError):
     """A work-queue message that can never be processed (it ends in ``<queue>-poison``)."""
 
 
-def handle_work_message(msg: func.QueueMessage, service: RotationApi) -> Any:
+def handle_work_message(msg: func.QueueMessage, service: RotationService) -> BatchResult:
     """Process one message; a malformed one raises with a readable reason.
 
     The host retries a message whose function raised up to ``maxDequeueCount`` (host.json)
     times and then moves it to ``<queue>-poison``; the reason is in the log of every try.
     """
     try:
-        message = parse_work_message(msg.get_body())
-        result = service.process_batch(message)
+        batch = parse_work_message(msg.get_body())
+        result = service.process_batch(batch)
     except InvalidRequestError as exc:
         logger.error(
             "rotation_worker: message %s (dequeue %s) is malformed: %s",

@@ -11,7 +11,7 @@ import abc
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
@@ -32,6 +32,7 @@ from shared.domain.model import (
     RevocationReason,
     RotationRecord,
     RotationState,
+    Trigger,
     Twin,
 )
 
@@ -302,3 +303,62 @@ class DeviceRegistry(abc.ABC):
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobStatus: ...
+
+
+# --------------------------------------------------------------------------- issuing and metrics
+# The rotation service's view of the issuer and of metrics. They are protocols, not
+# abstract classes: ``shared.pki.issuer.Issuer`` and the metrics sinks satisfy them
+# structurally, and the domain imports nothing from ``shared.pki``.
+
+
+class IssuedLike(Protocol):
+    """What ``Issuer.issue`` returns (``shared.pki.issuer.IssuedCertificate``)."""
+
+    @property
+    def record(self) -> CertificateRecord: ...
+
+    @property
+    def certificate(self) -> x509.Certificate: ...
+
+    @property
+    def chain_pem(self) -> str: ...
+
+    @property
+    def reused(self) -> bool: ...
+
+
+class IssuerLike(Protocol):
+    """The issuing CA as the rotation service uses it (``shared.pki.issuer.Issuer``).
+
+    ``issue`` is idempotent on (device id, CSR): the same CSR returns the same
+    certificate with ``reused=True``. The issuer is the one place a CSR is checked
+    against the issuing policy.
+    """
+
+    def issue(
+        self,
+        device_id: str,
+        csr_pem: str,
+        *,
+        request_id: str,
+        trigger: Trigger,
+        actor: str,
+        known_allowed: bool = False,
+        first_attempt: bool = False,
+    ) -> IssuedLike: ...
+
+    def check(
+        self, device_id: str, csr_pem: str, *, request_id: str, trigger: Trigger, actor: str
+    ) -> None:
+        """Apply the issuing policy without issuing (CsrRejectedError, audited), refusing
+        a key that one of the device's revoked certificates held."""
+
+    def revoke(self, serial: str, reason: RevocationReason, actor: str) -> CertificateRecord: ...
+
+    def publish_crl(self) -> str: ...
+
+
+class Metrics(Protocol):
+    """A counter sink (Application Insights custom metrics, or a local counter)."""
+
+    def increment(self, name: str, value: int = 1, **dimensions: str) -> None: ...

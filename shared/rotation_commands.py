@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from shared.domain.commands import Allow, Disallow, StartRenewal, Status, Sweep
 from shared.domain.errors import (
     CertrollError,
     ConcurrencyError,
@@ -174,7 +175,7 @@ def run_disallow(args: argparse.Namespace) -> int:
         raise InvalidRequestError(
             "reason_too_long", f"--reason has {len(reason)} characters; at most 500 are allowed"
         )
-    result = _services().rotation.disallow(device_id, reason, cli_actor(args.actor))
+    result = _services().rotation.disallow(Disallow(device_id, reason, cli_actor(args.actor)))
     _print_result(jsonable(result), args.json, _out(args))
     return EXIT_OK
 
@@ -214,7 +215,7 @@ def run_allow(args: argparse.Namespace) -> int:
     if args.csr is not None:
         max_bytes = services.settings.int("CERTROLL_CSR_MAX_BYTES")
         csr_pem = read_csr_file(args.csr, device_id, max_bytes)
-    record = services.rotation.allow(device_id, cli_actor(args.actor), csr_pem=csr_pem)
+    record = services.rotation.allow(Allow.with_pem(device_id, cli_actor(args.actor), csr_pem))
     _print_result(jsonable(record), args.json, _out(args))
     return EXIT_OK
 
@@ -223,7 +224,8 @@ def run_allow(args: argparse.Namespace) -> int:
 def run_renew(args: argparse.Namespace) -> int:
     device_id = check_device_id(args.device_id)
     reason = Trigger(args.reason)
-    record = _services().rotation.start_renewal(device_id, reason, cli_actor(args.actor))
+    command = StartRenewal(device_id, reason, cli_actor(args.actor))
+    record = _services().rotation.start_renewal(command)
     _print_result(jsonable(record), args.json, _out(args))
     return EXIT_OK
 
@@ -252,7 +254,7 @@ def run_status(args: argparse.Namespace) -> int:
             out.write(f"{'total':<{width}}  {summary['total']}\n")
         return EXIT_OK
     device_id = check_device_id(args.device_id)
-    view = services.rotation.status(device_id)
+    view = services.rotation.status(Status(device_id))
     _print_result(jsonable(view), args.json, out)
     return EXIT_OK
 
@@ -261,7 +263,7 @@ def run_status(args: argparse.Namespace) -> int:
 def run_sweep(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.batch_size > 1000:
         raise InvalidRequestError("batch_size_invalid", "--batch-size must be 1-1000")
-    plan = _services().rotation.sweep(dry_run=args.dry_run, batch_size=args.batch_size)
+    plan = _services().rotation.sweep(Sweep(args.dry_run, args.batch_size))
     data = jsonable(plan)
     out = _out(args)
     if not args.json and args.dry_run:

@@ -16,6 +16,7 @@ from shared.adapters.memory import (
     MemoryWorkQueue,
 )
 from shared.clock import ManualClock
+from shared.domain.commands import DeviceConnected, StartRenewal, TwinReported
 from shared.domain.model import CertificateStatus, RotationState, Trigger
 from shared.domain.rotation import RotationDeps, RotationService
 from shared.pki.issuer import Issuer
@@ -79,15 +80,17 @@ def test_fleet_rotates_end_to_end_with_the_rotation_service(clock: ManualClock) 
             if "x509" in reported:
                 device_id = event["properties"]["deviceId"]
                 section = emulator.hub.get_twin(device_id).reported["x509"]
-                service.on_twin_reported(device_id, section, event["body"]["version"])
+                service.on_twin_reported(
+                    TwinReported.parse(device_id, section, event["body"]["version"])
+                )
                 handled += 1
         for event in emulator.events.drain(LIFECYCLE):
             if event["eventType"] == "Microsoft.Devices.DeviceConnected":
-                service.on_device_connected(event["data"]["deviceId"], clock.now())
+                service.on_device_connected(DeviceConnected(event["data"]["deviceId"], clock.now()))
         return handled
 
     for device_id in sim.device_ids:
-        service.start_renewal(device_id, Trigger.MANUAL, "cli:test")
+        service.start_renewal(StartRenewal(device_id, Trigger.MANUAL, "cli:test"))
     installed_in_steps: list[str] = []
     for _ in range(50):
         stepped = sim.step_all()

@@ -12,6 +12,18 @@ from typing import Any
 import azure.functions as func
 
 import function_app
+from shared.domain.commands import (
+    Allow,
+    ConnectionFailure,
+    DeviceConnected,
+    DeviceCreated,
+    Disallow,
+    RotateBatch,
+    StartRenewal,
+    Status,
+    Sweep,
+    TwinReported,
+)
 from shared.domain.model import RotationRecord, RotationState
 
 
@@ -41,55 +53,56 @@ class FakeRotation:
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
 
-    def on_twin_reported(
-        self, device_id: str, reported_x509: dict[str, Any], twin_version: int | None = None
-    ) -> RotationRecord:
-        self._record("on_twin_reported", device_id, reported_x509, twin_version)
-        return RotationRecord(device_id=device_id)
+    def on_twin_reported(self, event: TwinReported) -> RotationRecord:
+        """Recorded as ``(device_id, parsed report, twin_version)``."""
+        self._record("on_twin_reported", event.device_id, event.report, event.twin_version)
+        return RotationRecord(device_id=event.device_id)
 
-    def on_connection_failure(self, failure: Any) -> dict[str, str]:
+    def on_connection_failure(self, failure: ConnectionFailure) -> dict[str, str]:
         self._record("on_connection_failure", failure)
         return {"outcome": "noop"}
 
-    def on_device_connected(self, device_id: str, at: datetime) -> RotationRecord:
-        self._record("on_device_connected", device_id, at)
-        return RotationRecord(device_id=device_id)
+    def on_device_connected(self, event: DeviceConnected) -> RotationRecord:
+        self._record("on_device_connected", event.device_id, event.at)
+        return RotationRecord(device_id=event.device_id)
 
-    def on_device_created(self, device_id: str) -> None:
-        self._record("on_device_created", device_id)
+    def on_device_created(self, event: DeviceCreated) -> None:
+        self._record("on_device_created", event.device_id)
 
-    def start_renewal(self, device_id: str, reason: Any, actor: str) -> RotationRecord:
-        self._record("start_renewal", device_id, reason, actor)
+    def start_renewal(self, command: StartRenewal) -> RotationRecord:
+        self._record("start_renewal", command.device_id, command.reason, command.actor)
         return RotationRecord(
-            device_id=device_id,
+            device_id=command.device_id,
             state=RotationState.CSR_REQUESTED,
             request_id="req-1",
-            reason=str(reason),
+            reason=str(command.reason),
             updated_at=datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
             etag="W/secret-etag",
         )
 
-    def sweep(self, *, dry_run: bool = False, batch_size: int = 100) -> dict[str, Any]:
-        self._record("sweep", dry_run, batch_size)
-        return {"counts": {"expiring": 2}, "dryRun": dry_run}
+    def sweep(self, command: Sweep | None = None) -> dict[str, Any]:
+        command = command or Sweep()
+        self._record("sweep", command.dry_run, command.batch_size)
+        return {"counts": {"expiring": 2}, "dryRun": command.dry_run}
 
-    def process_batch(self, message: dict[str, Any]) -> dict[str, int]:
-        self._record("process_batch", message)
-        return {"processed": len(message.get("deviceIds", []))}
+    def process_batch(self, batch: RotateBatch) -> dict[str, int]:
+        self._record("process_batch", batch)
+        return {"processed": len(batch.device_ids)}
 
-    def disallow(self, device_id: str, reason: str, actor: str) -> dict[str, Any]:
-        self._record("disallow", device_id, reason, actor)
-        return {"deviceId": device_id, "revokedSerials": ["1f"], "noop": False}
+    def disallow(self, command: Disallow) -> dict[str, Any]:
+        self._record("disallow", command.device_id, command.reason, command.actor)
+        return {"deviceId": command.device_id, "revokedSerials": ["1f"], "noop": False}
 
-    def allow(self, device_id: str, actor: str, csr_pem: str | None = None) -> RotationRecord:
-        """Recorded as ``(device_id, actor)``, with ``csr_pem`` appended when one is given."""
-        self._record("allow", device_id, actor, *(() if csr_pem is None else (csr_pem,)))
-        return RotationRecord(device_id=device_id, state=RotationState.CSR_REQUESTED)
+    def allow(self, command: Allow) -> RotationRecord:
+        """Recorded as ``(device_id, actor)``, with the CSR's PEM appended when one is given."""
+        csr = () if command.csr is None else (command.csr.pem,)
+        self._record("allow", command.device_id, command.actor, *csr)
+        return RotationRecord(device_id=command.device_id, state=RotationState.CSR_REQUESTED)
 
-    def status(self, device_id: str) -> dict[str, Any]:
-        self._record("status", device_id)
+    def status(self, query: Status) -> dict[str, Any]:
+        self._record("status", query.device_id)
         return {
-            "deviceId": device_id,
+            "deviceId": query.device_id,
             "state": "idle",
             "updatedAt": datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
         }

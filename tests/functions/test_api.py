@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from cryptography import x509
 
 from shared.adapters.memory import MemoryAuditLog
 from shared.bootstrap import Services, override_services
@@ -464,38 +463,6 @@ def test_csr_size_bound_is_the_configured_one(
     assert "512" in error_of(resp)["message"]
     assert fake_rotation.calls == []
     assert call("POST", "dev-1", "allow", body={"csr": csr}).status_code == 202
-
-
-@pytest.mark.parametrize(
-    ("make", "code"),
-    [
-        pytest.param(lambda: pem_csr("dev-2"), "subject_mismatch", id="other-cn"),
-        pytest.param(lambda: pem_csr(key="rsa-1024"), "key_not_allowed", id="rsa-1024"),
-        pytest.param(lambda: pem_csr(key="ec-k256"), "key_not_allowed", id="secp256k1"),
-        pytest.param(
-            lambda: make_csr(
-                "dev-1", extensions=[(x509.BasicConstraints(ca=True, path_length=None), True)]
-            ).decode(),
-            "extension_not_allowed",
-            id="asks-for-ca",
-        ),
-        pytest.param(
-            lambda: (
-                "-----BEGIN CERTIFICATE REQUEST-----\nQUJDRA==\n-----END CERTIFICATE REQUEST-----\n"
-            ),
-            "csr_malformed",
-            id="not-pkcs10",
-        ),
-    ],
-)
-def test_csr_the_issuing_policy_refuses_is_422_and_changes_nothing(
-    make: Callable[[], str], code: str, fake_rotation: FakeRotation, audit: MemoryAuditLog
-) -> None:
-    resp = call("POST", "dev-1", "allow", body={"csr": make()})
-    assert resp.status_code == 422, resp.get_body()
-    assert error_of(resp)["code"] == code
-    assert fake_rotation.calls == []
-    assert_only_rejection(audit, 422, code, "alice@example.com")
 
 
 def test_csr_rejected_by_the_service_is_422(fake_rotation: FakeRotation) -> None:

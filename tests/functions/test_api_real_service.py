@@ -196,6 +196,20 @@ def test_allow_with_a_csr_readmits_the_device_with_only_the_new_certificate(
     [
         (lambda: make_csr("someone-else"), "subject_mismatch"),
         (lambda: make_csr("dev-2", make_device_key("ec-k256")), "key_not_allowed"),
+        (lambda: make_csr("dev-2", make_device_key("rsa-1024")), "key_not_allowed"),
+        (
+            lambda: make_csr(
+                "dev-2", extensions=[(x509.BasicConstraints(ca=True, path_length=None), True)]
+            ),
+            "extension_not_allowed",
+        ),
+        (
+            lambda: (
+                b"-----BEGIN CERTIFICATE REQUEST-----\nQUJDRA==\n"
+                b"-----END CERTIFICATE REQUEST-----\n"
+            ),
+            "csr_malformed",
+        ),
     ],
 )
 def test_allow_with_a_csr_the_policy_refuses_leaves_the_device_disallowed(
@@ -221,8 +235,10 @@ def test_allow_with_a_csr_the_policy_refuses_leaves_the_device_disallowed(
     enrollment = real.enrollments.get_individual(device_id)
     assert enrollment.provisioning_status is ProvisioningStatus.DISABLED
     new_entries = real.audit.list(device_id)[: len(real.audit.list(device_id)) - audit_before]
-    assert [(e.action, e.outcome, e.detail["status"]) for e in new_entries] == [
-        ("api_allow", "rejected", 422)
+    # the issuer, the one place a CSR is checked, audits its refusal; the API its answer
+    assert [(e.action, e.outcome, e.detail.get("status")) for e in new_entries] == [
+        ("api_allow", "rejected", 422),
+        ("issue_rejected", "rejected", None),
     ]
     # the same device is still let back in with a good CSR afterwards
     good = call("POST", device_id, "allow", body={"csr": make_csr(device_id).decode()})

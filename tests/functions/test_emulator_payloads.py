@@ -15,6 +15,7 @@ from cryptography.x509.oid import NameOID
 from local.devhost import to_eventgrid_event, to_eventhub_event
 from local.emulator import CONNECTIONS, LIFECYCLE, TWIN_CHANGES, FleetEmulator, HubConnectError
 from shared.clock import ManualClock
+from shared.domain.messages import parse_reported_x509
 from shared.domain.model import AuthType, DeviceIdentity
 from tests.functions.fakes import FakeRotation, user_function
 
@@ -99,7 +100,7 @@ def test_reported_x509_and_connect_events_reach_the_service(
     assert len(twin_calls) == 1
     device_id, x509_section, version = twin_calls[0]
     assert device_id == "dev-2"
-    assert x509_section == report
+    assert x509_section == parse_reported_x509("dev-2", report)
     assert isinstance(version, int)
     for event in emulator.events.drain(LIFECYCLE):
         user_function("device_lifecycle")(to_eventgrid_event(event))

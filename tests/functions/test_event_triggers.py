@@ -20,6 +20,7 @@ from shared.domain.errors import (
     ServiceError,
     ThrottledError,
 )
+from shared.domain.messages import ReportedX509, parse_reported_x509, parse_rotate_message
 from shared.domain.model import ConnectionFailure
 from tests.functions.fakes import FakeRotation, user_function
 
@@ -32,6 +33,12 @@ X509 = {
     "notBefore": "2026-01-01T00:00:00Z",
     "notAfter": "2026-01-31T00:00:00Z",
 }
+CSR_PEM = "-----BEGIN CERTIFICATE REQUEST-----\nQUJD\n-----END CERTIFICATE REQUEST-----\n"
+
+
+def parsed(device_id: str, section: dict[str, Any]) -> ReportedX509:
+    """The report as the trigger parses it (once, before the service is called)."""
+    return parse_reported_x509(device_id, section)
 
 
 def twin_event(
@@ -70,20 +77,23 @@ def test_twin_changes_calls_service_per_x509_report(fake_rotation: FakeRotation)
     events = [
         twin_event("dev-1", {"x509": X509, "$version": 3}, 11),
         twin_event("dev-2", {"firmware": "1.2"}, 4),  # no x509: ignored
-        twin_event("dev-3", {"x509": {**X509, "csr": {"requestId": "r1", "pem": "P"}}}, None),
+        twin_event("dev-3", {"x509": {**X509, "csr": {"requestId": "r1", "pem": CSR_PEM}}}, None),
         twin_event("dev-4", None, 2),  # tags change: no properties
         twin_event("dev-5", {"x509": None}, 9),  # x509 deleted: ignored
     ]
     user_function("twin_changes")(events)
     assert fake_rotation.calls == [
-        ("on_twin_reported", ("dev-1", X509, 11)),
-        ("on_twin_reported", ("dev-3", {**X509, "csr": {"requestId": "r1", "pem": "P"}}, None)),
+        ("on_twin_reported", ("dev-1", parsed("dev-1", X509), 11)),
+        (
+            "on_twin_reported",
+            ("dev-3", parsed("dev-3", {**X509, "csr": {"requestId": "r1", "pem": CSR_PEM}}), None),
+        ),
     ]
 
 
 def test_twin_device_id_from_application_property(fake_rotation: FakeRotation) -> None:
     user_function("twin_changes")([twin_event("dev-9", {"x509": X509}, 5, via="properties")])
-    assert fake_rotation.calls == [("on_twin_reported", ("dev-9", X509, 5))]
+    assert fake_rotation.calls == [("on_twin_reported", ("dev-9", parsed("dev-9", X509), 5))]
 
 
 def test_twin_device_id_from_properties_array_of_a_batch(fake_rotation: FakeRotation) -> None:
@@ -109,7 +119,7 @@ def test_twin_whole_routed_message_is_unwrapped(fake_rotation: FakeRotation) -> 
     }
     event = func.EventHubEvent(body=json.dumps(message).encode())
     user_function("twin_changes")(event)  # one event, not a list
-    assert fake_rotation.calls == [("on_twin_reported", ("dev-7", X509, 3))]
+    assert fake_rotation.calls == [("on_twin_reported", ("dev-7", parsed("dev-7", X509), 3))]
 
 
 @pytest.mark.parametrize(
@@ -375,7 +385,7 @@ def test_daily_sweep_throttled_propagates(fake_rotation: FakeRotation) -> None:
 def test_rotation_worker_passes_the_message(fake_rotation: FakeRotation) -> None:
     message = {"kind": "rotate", "deviceIds": ["a", "b"], "reason": "expiring"}
     user_function("rotation_worker")(func.QueueMessage(id="m1", body=json.dumps(message)))
-    assert fake_rotation.calls == [("process_batch", (message,))]
+    assert fake_rotation.calls == [("process_batch", (parse_rotate_message(message),))]
 
 
 @pytest.mark.parametrize(
@@ -402,11 +412,13 @@ def test_rotation_worker_service_rejection_is_readable(fake_rotation: FakeRotati
     fake_rotation.fail["process_batch"] = InvalidRequestError(
         "malformed_message", "'deviceIds' must be a list of device ids"
     )
+    body = b'{"kind": "rotate", "deviceIds": ["a"]}'
     with pytest.raises(MalformedWorkMessage, match="'deviceIds' must be a list"):
-        user_function("rotation_worker")(func.QueueMessage(id="m2", body=b'{"kind": "rotate"}'))
+        user_function("rotation_worker")(func.QueueMessage(id="m2", body=body))
 
 
 def test_rotation_worker_throttled_propagates(fake_rotation: FakeRotation) -> None:
     fake_rotation.fail["process_batch"] = ThrottledError("429", 5)
+    body = b'{"kind": "rotate", "deviceIds": ["a"]}'
     with pytest.raises(ThrottledError):
-        user_function("rotation_worker")(func.QueueMessage(id="m3", body=b'{"kind": "rotate"}'))
+        user_function("rotation_worker")(func.QueueMessage(id="m3", body=body))

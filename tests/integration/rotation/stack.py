@@ -5,7 +5,7 @@ prefix, queue and container), an issuing CA whose key is a file or a SoftHSM2 to
 the fleet emulator reached through the production DPS and IoT Hub adapters over its
 loopback REST front end (or in process), one ``ManualClock`` for everything, and the
 rotation service built by ``shared.bootstrap.Services``. Emulator events reach the
-service the way the functions route them, through ``functions._parsing``.
+service the way the functions route them, through ``functions.parsing``.
 """
 
 from __future__ import annotations
@@ -28,12 +28,9 @@ from azure.storage.queue import QueueServiceClient
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from functions._parsing import (
-    parse_connection_log,
-    parse_lifecycle,
-    parse_time,
-    parse_twin_change,
-)
+from functions.parsing.common import parse_time
+from functions.parsing.hub_events import parse_connection_log, parse_twin_change
+from functions.parsing.lifecycle import parse_lifecycle
 from local.device import contract
 from local.device.agent import DeviceAgent
 from local.device.contract import DeviceKey
@@ -45,6 +42,7 @@ from shared.adapters.iothub import IotHubRegistry
 from shared.adapters.memory import MemoryEventSink
 from shared.bootstrap import Services
 from shared.clock import ManualClock
+from shared.domain.commands import DeviceConnected
 from shared.domain.errors import ThrottledError
 from shared.domain.model import ConnectionFailure, RotationRecord, RotationState
 from shared.domain.rotation import RotationService
@@ -124,9 +122,7 @@ class Stack:
         if topic == TWIN_CHANGES:
             report = parse_twin_change(json.dumps(event))
             if report is not None:
-                service.on_twin_reported(
-                    report.device_id, report.reported_x509, report.twin_version
-                )
+                service.on_twin_reported(report)
         elif topic == LIFECYCLE:
             parsed = parse_lifecycle(
                 event["eventType"],
@@ -136,10 +132,10 @@ class Stack:
             )
             if parsed is None:
                 return
-            if parsed.kind == "connected":
-                service.on_device_connected(parsed.device_id, parsed.at)
+            if isinstance(parsed, DeviceConnected):
+                service.on_device_connected(parsed)
             else:
-                service.on_device_created(parsed.device_id)
+                service.on_device_created(parsed)
         else:
             batch = parse_connection_log(json.dumps(event))
             assert not batch.problems, batch.problems

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from local.device import contract
+from shared.domain.commands import StartRenewal
+from shared.domain.messages import parse_rotate_message
 from shared.domain.model import CertificateStatus, RotationState, Trigger
 from shared.domain.rotation import RotationService
 from tests.integration.rotation.stack import Stack
@@ -74,7 +76,7 @@ def _resume_with_sweep(stack: Stack, service: RotationService, device_id: str) -
     assert device_id in plan.stuck
     messages = stack.services.queue.receive(32)
     assert [m["deviceIds"] for m in messages] == [[device_id]]
-    result = service.process_batch(messages[0])
+    result = service.process_batch(parse_rotate_message(messages[0]))
     assert result.advanced == [device_id]
     assert result.errors == {}
 
@@ -105,7 +107,7 @@ def test_fresh_service_resumes_a_half_done_rotation(
 
     name, port = _crashing(stack, point)
     stack.restart(**{name: port})
-    started = stack.service.start_renewal(device_id, Trigger.MANUAL, "cli:test")
+    started = stack.service.start_renewal(StartRenewal(device_id, Trigger.MANUAL, "cli:test"))
     request_id = started.request_id
     assert request_id
     with pytest.raises(SimulatedCrash):

@@ -11,6 +11,7 @@ from cryptography import x509
 
 from local.device import contract
 from local.emulator import HubConnectError, RegistrationError
+from shared.domain.commands import Disallow, StartRenewal
 from shared.domain.model import (
     CertificateStatus,
     DeviceStatus,
@@ -51,7 +52,7 @@ def test_disallow_mid_rotation_blocks_everywhere(stack: Stack, membership: str) 
     old_chain = agent.chain
     stack.clock.advance(3600)
 
-    started = stack.service.start_renewal(device_id, Trigger.MANUAL, "cli:test")
+    started = stack.service.start_renewal(StartRenewal(device_id, Trigger.MANUAL, "cli:test"))
     request_id = started.request_id
     assert request_id is not None
     stack.run(
@@ -75,7 +76,7 @@ def test_disallow_mid_rotation_blocks_everywhere(stack: Stack, membership: str) 
         stack.services.enrollments.get_group(sim.group_id) if membership == "group" else None
     )
 
-    result = stack.service.disallow(device_id, "device reported stolen", "operator:alice")
+    result = stack.service.disallow(Disallow(device_id, "device reported stolen", "operator:alice"))
 
     assert result.changed
     assert result.cancelled_request_id == request_id
@@ -151,7 +152,7 @@ def test_disallow_mid_rotation_blocks_everywhere(stack: Stack, membership: str) 
     enr_etag = stack.services.enrollments.get_individual(device_id).etag
     ident_etag = stack.services.registry.get_device(device_id).etag
     rec_etag = stack.record(device_id).etag
-    again = stack.service.disallow(device_id, "device reported stolen", "operator:alice")
+    again = stack.service.disallow(Disallow(device_id, "device reported stolen", "operator:alice"))
     assert not again.changed
     assert again.revoked == ()
     assert stack.services.enrollments.get_individual(device_id).etag == enr_etag

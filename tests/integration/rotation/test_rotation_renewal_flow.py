@@ -8,6 +8,7 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from shared.domain.commands import StartRenewal
 from shared.domain.errors import NotFoundError
 from shared.domain.model import (
     AuthType,
@@ -81,7 +82,7 @@ def test_individual_enrollment_alternates_slots_over_two_rotations(stack: Stack)
     registrations_before = agent.timeline.registrations
     for round_no, slot in enumerate(expected_slots, start=1):
         stack.clock.advance(3600)
-        started = stack.service.start_renewal(device_id, Trigger.MANUAL, "cli:test")
+        started = stack.service.start_renewal(StartRenewal(device_id, Trigger.MANUAL, "cli:test"))
         request_id = started.request_id
         assert started.state is RotationState.CSR_REQUESTED
         assert request_id
@@ -171,7 +172,7 @@ def test_group_member_renews_without_touching_the_group(stack: Stack) -> None:
     registrations = agent.timeline.registrations
     stack.clock.advance(60)
 
-    started = stack.service.start_renewal(device_id, Trigger.MANUAL, "cli:test")
+    started = stack.service.start_renewal(StartRenewal(device_id, Trigger.MANUAL, "cli:test"))
     assert started.request_id
     stack.run(sim, stack.all_idle([device_id]))
 

@@ -14,6 +14,7 @@ from local.emulator.http import serve
 from shared.adapters.iothub import IotHubRegistry
 from shared.clock import ManualClock
 from shared.domain.errors import ThrottledError
+from shared.domain.messages import parse_rotate_message
 from shared.domain.model import CertificateStatus, DeviceIdentity, RotationState, Trigger
 from shared.domain.rotation import RotationService
 from tests.integration.rotation.stack import START, Stack, StackOptions, StaticToken
@@ -51,12 +52,14 @@ def test_fleet_renewal_under_s1_limits_completes(stack: Stack, fleet_size: int) 
     for start in range(0, fleet_size, 100):
         batch = sim.device_ids[start : start + 100]
         result = service.process_batch(
-            {
-                "kind": "rotate",
-                "deviceIds": batch,
-                "reason": Trigger.EXPIRING.value,
-                "enqueuedAt": contract.format_time(stack.clock.now()),
-            }
+            parse_rotate_message(
+                {
+                    "kind": "rotate",
+                    "deviceIds": batch,
+                    "reason": Trigger.EXPIRING.value,
+                    "enqueuedAt": contract.format_time(stack.clock.now()),
+                }
+            )
         )
         assert result.errors == {}
         assert result.started == batch

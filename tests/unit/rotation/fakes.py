@@ -51,7 +51,8 @@ from shared.domain.model import (
     Twin,
 )
 from shared.domain.policy import RotationPolicy
-from shared.domain.rotation import CountingMetrics, RotationDeps, RotationService
+from shared.domain.rotation import RotationDeps, RotationService
+from shared.metrics import CountingMetrics
 from shared.pki.issuer import IssuancePolicy, Issuer
 from shared.ports import DeviceRegistry, EnrollmentStore
 from tests.support.pki import make_test_authority

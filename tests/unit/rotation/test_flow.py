@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
+from shared.domain.commands import (
+    DeviceConnected,
+    Disallow,
+    StartRenewal,
+    Status,
+    Sweep,
+    TwinReported,
+)
 from shared.domain.errors import DeviceDisallowedError, InvalidRequestError, NotFoundError
+from shared.domain.messages import parse_rotate_message
 from shared.domain.model import (
     AuthType,
     CertificateStatus,
@@ -40,16 +49,16 @@ class Recording:
 
 
 def adopt(svc: RotationService, dev: Device) -> RotationRecord:
-    return svc.on_twin_reported(dev.device_id, dev.section(), twin_version=1)
+    return svc.on_twin_reported(TwinReported.parse(dev.device_id, dev.section(), twin_version=1))
 
 
 def rotate(svc: RotationService, dev: Device, reason: Trigger = Trigger.MANUAL) -> RotationRecord:
     """One full rotation driven by the device's answers."""
-    svc.start_renewal(dev.device_id, reason, "operator@example.com")
+    svc.start_renewal(StartRenewal(dev.device_id, reason, "operator@example.com"))
     answer = dev.answer()
     assert answer is not None
-    svc.on_twin_reported(dev.device_id, answer)
-    return svc.on_twin_reported(dev.device_id, dev.install())
+    svc.on_twin_reported(TwinReported.parse(dev.device_id, answer))
+    return svc.on_twin_reported(TwinReported.parse(dev.device_id, dev.install()))
 
 
 def test_every_transition_in_order(world: World) -> None:
@@ -62,14 +71,14 @@ def test_every_transition_in_order(world: World) -> None:
     recorder = Recording(world)
     old_cert = dev.cert
 
-    started = svc.start_renewal("dev-1", Trigger.MANUAL, "operator@example.com")
+    started = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "operator@example.com"))
     assert started.state is RotationState.CSR_REQUESTED
     assert dev.renewal_request() == started.request_id
     assert world.registry.twins["dev-1"].desired["x509"]["renewal"]["reason"] == "manual"
 
     answer = dev.answer()
     assert answer is not None
-    after_csr = svc.on_twin_reported("dev-1", answer)
+    after_csr = svc.on_twin_reported(TwinReported.parse("dev-1", answer))
     # the CSR drove the record through issue, enroll, deliver and the reprovision call
     assert after_csr.state is RotationState.REPROVISION_SENT
     assert world.registry.methods == [("dev-1", "reprovision", {"requestId": started.request_id})]
@@ -77,7 +86,7 @@ def test_every_transition_in_order(world: World) -> None:
     assert delivered is not None
     assert after_csr.new_thumbprint == thumb(delivered)
 
-    done = svc.on_twin_reported("dev-1", dev.install())
+    done = svc.on_twin_reported(TwinReported.parse("dev-1", dev.install()))
     # one write per device round trip (docs/rotation.md): issue, enroll, deliver and the
     # reprovision call go from csr_received to reprovision_sent in one write; the
     # confirmation and the finishing steps from reprovision_sent to idle in one
@@ -134,10 +143,10 @@ def test_new_certificate_sits_beside_the_old_until_confirmed(world: World) -> No
     dev = world.add_device("dev-1")
     svc = world.service()
     adopt(svc, dev)
-    svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+    svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
-    rec = svc.on_twin_reported("dev-1", answer)
+    rec = svc.on_twin_reported(TwinReported.parse("dev-1", answer))
     enr = world.enrollments.individual["dev-1"]
     assert enr.primary is not None
     assert enr.secondary is not None
@@ -178,14 +187,14 @@ def test_compromise_removes_old_slot_at_once_and_revokes_on_completion(world: Wo
     svc = world.service()
     adopt(svc, dev)
     old = dev.cert
-    svc.start_renewal("dev-1", Trigger.COMPROMISE, "op")
+    svc.start_renewal(StartRenewal("dev-1", Trigger.COMPROMISE, "op"))
     answer = dev.answer()
     assert answer is not None
-    rec = svc.on_twin_reported("dev-1", answer)
+    rec = svc.on_twin_reported(TwinReported.parse("dev-1", answer))
     enr = world.enrollments.individual["dev-1"]
     held = {s.thumbprint_sha256 for s in (enr.primary, enr.secondary) if s is not None}
     assert held == {rec.new_thumbprint}
-    svc.on_twin_reported("dev-1", dev.install())
+    svc.on_twin_reported(TwinReported.parse("dev-1", dev.install()))
     old_rec = world.ledger.find_by_thumbprint(thumb(old))
     assert old_rec is not None
     assert old_rec.status is CertificateStatus.REVOKED
@@ -197,15 +206,15 @@ def test_device_failure_fails_rotation_and_sweep_retries(world: World) -> None:
     dev = world.add_device("dev-1")
     svc = world.service()
     adopt(svc, dev)
-    first = svc.start_renewal("dev-1", Trigger.MANUAL, "op")
-    rec = svc.on_twin_reported("dev-1", dev.fail("DPS said no"))
+    first = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
+    rec = svc.on_twin_reported(TwinReported.parse("dev-1", dev.fail("DPS said no")))
     assert rec.state is RotationState.FAILED
     assert rec.last_error is not None
     assert "DPS said no" in rec.last_error
     assert [e.event_type for e in world.events.events] == ["RotationFailed"]
     plan = svc.sweep()
     assert plan.failed == ["dev-1"]
-    result = svc.process_batch(world.queue.receive()[0])
+    result = svc.process_batch(parse_rotate_message(world.queue.receive()[0]))
     assert result.started == ["dev-1"]
     again = world.state.get("dev-1")
     assert again is not None
@@ -218,10 +227,10 @@ def test_rejected_csr_fails_without_issuing(world: World) -> None:
     dev = world.add_device("dev-1")
     svc = world.service()
     adopt(svc, dev)
-    started = svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+    started = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     other = Device(world, "someone-else")
     bad = {"csr": {"requestId": started.request_id, "pem": other.new_csr("x")}}
-    rec = svc.on_twin_reported("dev-1", bad)
+    rec = svc.on_twin_reported(TwinReported.parse("dev-1", bad))
     assert rec.state is RotationState.FAILED
     assert rec.last_error is not None
     assert rec.last_error.startswith("subject_mismatch")
@@ -232,12 +241,12 @@ def test_start_renewal_coalesces_and_refuses(world: World) -> None:
     dev = world.add_device("dev-1")
     svc = world.service()
     adopt(svc, dev)
-    first = svc.start_renewal("dev-1", Trigger.MANUAL, "op")
-    second = svc.start_renewal("dev-1", Trigger.EXPIRING, "system:sweep")
+    first = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
+    second = svc.start_renewal(StartRenewal("dev-1", Trigger.EXPIRING, "system:sweep"))
     assert second.request_id == first.request_id
     assert second.reason == "manual"
     with pytest.raises(NotFoundError):
-        svc.start_renewal("ghost", Trigger.MANUAL, "op")
+        svc.start_renewal(StartRenewal("ghost", Trigger.MANUAL, "op"))
 
 
 def test_status_view_is_json(world: World) -> None:
@@ -245,7 +254,7 @@ def test_status_view_is_json(world: World) -> None:
     svc = world.service()
     adopt(svc, dev)
     rotate(svc, dev)
-    view = svc.status("dev-1").to_dict()
+    view = svc.status(Status("dev-1")).to_dict()
     text = json.dumps(view)
     assert thumb(dev.cert) in text
     assert view["rotation"]["state"] == "idle"
@@ -254,7 +263,7 @@ def test_status_view_is_json(world: World) -> None:
     assert view["hubIdentity"]["status"] == "enabled"
     assert any(a["action"] == "rotation_complete" for a in view["audit"])
     with pytest.raises(NotFoundError):
-        svc.status("ghost")
+        svc.status(Status("ghost"))
 
 
 @pytest.mark.parametrize(
@@ -273,7 +282,7 @@ def test_bad_report_is_rejected_and_changes_nothing(world: World, report: dict[s
     svc = world.service()
     before = adopt(svc, dev)
     with pytest.raises(InvalidRequestError):
-        svc.on_twin_reported("dev-1", report)
+        svc.on_twin_reported(TwinReported.parse("dev-1", report))
     after = world.state.get("dev-1")
     assert after is not None
     assert after.etag == before.etag
@@ -284,10 +293,10 @@ def test_offline_device_backs_off_then_completes_when_back(world: World) -> None
     svc = world.service()
     adopt(svc, dev)
     world.registry.online.discard("dev-1")
-    svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+    svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
-    rec = svc.on_twin_reported("dev-1", answer)
+    rec = svc.on_twin_reported(TwinReported.parse("dev-1", answer))
     assert rec.state is RotationState.DELIVERED
     assert rec.attempts == 1
     assert rec.deadline is not None
@@ -299,14 +308,14 @@ def test_offline_device_backs_off_then_completes_when_back(world: World) -> None
     assert rec.deadline is not None
     assert rec.deadline - world.clock.now() > first_wait
     # the sweep lists it once the next try is due
-    assert "dev-1" not in svc.sweep(dry_run=True).stuck
+    assert "dev-1" not in svc.sweep(Sweep(dry_run=True)).stuck
     world.clock.advance(3600)
-    assert "dev-1" in svc.sweep(dry_run=True).stuck
+    assert "dev-1" in svc.sweep(Sweep(dry_run=True)).stuck
     world.registry.online.add("dev-1")
-    rec2 = svc.on_device_connected("dev-1", world.clock.now())
+    rec2 = svc.on_device_connected(DeviceConnected("dev-1", world.clock.now()))
     assert rec2 is not None
     assert rec2.state is RotationState.REPROVISION_SENT
-    done = svc.on_twin_reported("dev-1", dev.install())
+    done = svc.on_twin_reported(TwinReported.parse("dev-1", dev.install()))
     assert done.state is RotationState.IDLE
 
 
@@ -316,14 +325,16 @@ def test_bulk_reprovision_uses_one_job(world: World) -> None:
     svc = world.service()
     for dev in devs:
         adopt(svc, dev)
-        svc.start_renewal(dev.device_id, Trigger.MANUAL, "op")
+        svc.start_renewal(StartRenewal(dev.device_id, Trigger.MANUAL, "op"))
         answer = dev.answer()
         assert answer is not None
         world.registry.online.discard(dev.device_id)
-        svc.on_twin_reported(dev.device_id, answer)
+        svc.on_twin_reported(TwinReported.parse(dev.device_id, answer))
         world.registry.online.add(dev.device_id)
     result = svc.process_batch(
-        {"kind": "rotate", "deviceIds": [d.device_id for d in devs], "reason": "expiring"}
+        parse_rotate_message(
+            {"kind": "rotate", "deviceIds": [d.device_id for d in devs], "reason": "expiring"}
+        )
     )
     assert result.reprovision_job is not None
     condition, method, _payload = world.registry.jobs[result.reprovision_job]
@@ -339,9 +350,9 @@ def test_disallowed_device_refuses_renewal(world: World) -> None:
     dev = world.add_device("dev-1")
     svc = world.service()
     adopt(svc, dev)
-    svc.disallow("dev-1", "stolen", "sec@example.com")
+    svc.disallow(Disallow("dev-1", "stolen", "sec@example.com"))
     with pytest.raises(DeviceDisallowedError):
-        svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+        svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
 
 
 def test_a_rotation_reads_back_nothing_it_just_wrote(world: World) -> None:
@@ -380,7 +391,9 @@ def test_the_worker_reads_a_record_once_to_start_it(world: World) -> None:
 
     world.state.get = get  # type: ignore[method-assign]
     result = svc.process_batch(
-        {"kind": "rotate", "deviceIds": [d.device_id for d in devs], "reason": "expiring"}
+        parse_rotate_message(
+            {"kind": "rotate", "deviceIds": [d.device_id for d in devs], "reason": "expiring"}
+        )
     )
     assert result.started == ["dev-0", "dev-1", "dev-2"]
     assert sorted(reads) == ["dev-0", "dev-1", "dev-2"]
@@ -397,11 +410,13 @@ def test_the_worker_decides_again_when_its_read_went_stale(world: World) -> None
         rec = inner(device_id)
         if not raced:  # an operator's renewal lands between the worker's read and write
             world.state.get = inner  # type: ignore[method-assign]
-            raced.append(svc.start_renewal(device_id, Trigger.MANUAL, "op"))
+            raced.append(svc.start_renewal(StartRenewal(device_id, Trigger.MANUAL, "op")))
         return rec
 
     world.state.get = get  # type: ignore[method-assign]
-    result = svc.process_batch({"kind": "rotate", "deviceIds": ["dev-1"], "reason": "expiring"})
+    result = svc.process_batch(
+        parse_rotate_message({"kind": "rotate", "deviceIds": ["dev-1"], "reason": "expiring"})
+    )
     assert raced
     assert result.started == ["dev-1"]
     rec = inner("dev-1")

@@ -12,7 +12,9 @@ import pytest
 from cryptography import x509
 
 from shared.bootstrap import CRL_NAME
+from shared.domain.commands import Allow, Disallow, StartRenewal, Sweep, TwinReported
 from shared.domain.errors import InvalidRequestError, NotFoundError
+from shared.domain.messages import parse_rotate_message
 from shared.domain.model import (
     AuthType,
     CertificateStatus,
@@ -32,15 +34,15 @@ DAY = 86400.0
 def _ready(world: World, device_id: str = "dev-1", **kw: Any) -> tuple[Device, RotationService]:
     dev = world.add_device(device_id, **kw)
     svc = world.service()
-    svc.on_twin_reported(device_id, dev.section())
+    svc.on_twin_reported(TwinReported.parse(device_id, dev.section()))
     return dev, svc
 
 
 def _mid_rotation(world: World, svc: RotationService, dev: Device) -> None:
-    svc.start_renewal(dev.device_id, Trigger.MANUAL, "op")
+    svc.start_renewal(StartRenewal(dev.device_id, Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
-    svc.on_twin_reported(dev.device_id, answer)
+    svc.on_twin_reported(TwinReported.parse(dev.device_id, answer))
 
 
 # --------------------------------------------------------------------------- disallow
@@ -51,7 +53,7 @@ def test_disallow_during_rotation_blocks_everything(world: World) -> None:
     _mid_rotation(world, svc, dev)
     in_flight = world.state.get("dev-1")
     assert in_flight is not None
-    result = svc.disallow("dev-1", "device reported stolen", "sec@example.com")
+    result = svc.disallow(Disallow("dev-1", "device reported stolen", "sec@example.com"))
     assert result.changed
     assert result.cancelled_request_id == in_flight.request_id
     assert result.enrollment == "disabled"
@@ -75,7 +77,7 @@ def test_disallow_during_rotation_blocks_everything(world: World) -> None:
     assert (entry.action, entry.outcome, entry.actor) == ("disallow", "ok", "sec@example.com")
     assert entry.detail["reason"] == "device reported stolen"
     # the device finishing its side of the rotation changes nothing now
-    svc.on_twin_reported("dev-1", dev.install())
+    svc.on_twin_reported(TwinReported.parse("dev-1", dev.install()))
     after = world.state.get("dev-1")
     assert after is not None
     assert after.state is RotationState.DISALLOWED
@@ -88,7 +90,7 @@ def test_a_disallow_landing_between_csr_and_signature_leaves_no_live_certificate
     """The rotation holds its CSR_RECEIVED record (it does not read it again to issue);
     a whole disallow runs before it signs, so the disallow cannot list the certificate."""
     dev, svc = _ready(world)
-    svc.start_renewal("dev-1", Trigger.MANUAL, "op")
+    svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
     real_issue = world.issuer.issue
@@ -96,11 +98,11 @@ def test_a_disallow_landing_between_csr_and_signature_leaves_no_live_certificate
 
     def issue_after_a_disallow(*args: Any, **kwargs: Any) -> Any:
         if not raced:
-            raced.append(world.service().disallow("dev-1", "stolen", "sec").device_id)
+            raced.append(world.service().disallow(Disallow("dev-1", "stolen", "sec")).device_id)
         return real_issue(*args, **kwargs)
 
     world.issuer.issue = issue_after_a_disallow  # type: ignore[method-assign]
-    svc.on_twin_reported("dev-1", answer)
+    svc.on_twin_reported(TwinReported.parse("dev-1", answer))
     assert raced == ["dev-1"]
     rec = world.state.get("dev-1")
     assert rec is not None
@@ -116,10 +118,10 @@ def test_a_disallow_landing_between_csr_and_signature_leaves_no_live_certificate
 
 def test_disallow_twice_is_a_noop(world: World) -> None:
     _dev, svc = _ready(world)
-    svc.disallow("dev-1", "stolen", "sec")
+    svc.disallow(Disallow("dev-1", "stolen", "sec"))
     events = len(world.events.events)
     crls = copy.deepcopy(world.crl.objects)
-    again = svc.disallow("dev-1", "stolen", "sec")
+    again = svc.disallow(Disallow("dev-1", "stolen", "sec"))
     assert not again.changed
     assert again.revoked == ()
     assert len(world.events.events) == events
@@ -130,7 +132,7 @@ def test_disallow_twice_is_a_noop(world: World) -> None:
 
 def test_disallow_group_member_adds_disabled_individual_enrollment(world: World) -> None:
     dev, svc = _ready(world, "dev-g", group=True, auth=AuthType.CERTIFICATE_AUTHORITY)
-    result = svc.disallow("dev-g", "decommissioned", "ops")
+    result = svc.disallow(Disallow("dev-g", "decommissioned", "ops"))
     assert result.enrollment == "created_disabled"
     enr = world.enrollments.individual["dev-g"]
     assert enr.provisioning_status is ProvisioningStatus.DISABLED
@@ -152,7 +154,7 @@ def test_disallow_bad_input_changes_nothing(
     _dev, svc = _ready(world)
     before = world.state.get("dev-1")
     with pytest.raises(error):
-        svc.disallow(device_id, reason, actor)
+        svc.disallow(Disallow(device_id, reason, actor))
     assert world.state.get("dev-1") == before
     assert world.registry.devices["dev-1"].status is DeviceStatus.ENABLED
 
@@ -163,30 +165,32 @@ def test_disallow_bad_input_changes_nothing(
 def test_allow_needs_a_disallowed_device(world: World) -> None:
     _dev, svc = _ready(world)
     with pytest.raises(InvalidRequestError, match="not_disallowed"):
-        svc.allow("dev-1", "ops")
+        svc.allow(Allow.with_pem("dev-1", "ops"))
     with pytest.raises(NotFoundError):
-        svc.allow("ghost", "ops")
+        svc.allow(Allow.with_pem("ghost", "ops"))
 
 
 def test_allow_waits_for_new_certificate_before_enabling(world: World) -> None:
     _dev, svc = _ready(world)
-    svc.disallow("dev-1", "stolen", "sec")
-    rec = svc.allow("dev-1", "ops")
+    svc.disallow(Disallow("dev-1", "stolen", "sec"))
+    rec = svc.allow(Allow.with_pem("dev-1", "ops"))
     assert rec.state is RotationState.CSR_REQUESTED
     assert rec.reason == "allow"
     assert world.registry.twins["dev-1"].desired["x509"]["renewal"]["reason"] == "manual"
     # nothing is enabled before a new certificate is enrolled
     assert world.enrollments.individual["dev-1"].provisioning_status is ProvisioningStatus.DISABLED
     assert world.registry.devices["dev-1"].status is DeviceStatus.DISABLED
-    assert svc.allow("dev-1", "ops").request_id == rec.request_id  # repeat: same request
+    assert (
+        svc.allow(Allow.with_pem("dev-1", "ops")).request_id == rec.request_id
+    )  # repeat: same request
 
 
 def test_allow_with_csr_enables_only_the_new_certificate(world: World) -> None:
     dev, svc = _ready(world)
     old = thumb(dev.cert)
-    svc.disallow("dev-1", "stolen", "sec")
+    svc.disallow(Disallow("dev-1", "stolen", "sec"))
     csr = dev.new_csr("from-the-bench")
-    rec = svc.allow("dev-1", "ops", csr_pem=csr)
+    rec = svc.allow(Allow.with_pem("dev-1", "ops", csr_pem=csr))
     assert rec.state in (RotationState.DELIVERED, RotationState.REPROVISION_SENT)
     new = rec.new_thumbprint
     assert new is not None
@@ -205,9 +209,9 @@ def test_allow_with_csr_enables_only_the_new_certificate(world: World) -> None:
 
 def test_allow_rejects_a_bad_csr_without_change(world: World) -> None:
     _dev, svc = _ready(world)
-    svc.disallow("dev-1", "stolen", "sec")
+    svc.disallow(Disallow("dev-1", "stolen", "sec"))
     with pytest.raises(InvalidRequestError):
-        svc.allow("dev-1", "ops", csr_pem="garbage")
+        svc.allow(Allow.with_pem("dev-1", "ops", csr_pem="garbage"))
     rec = world.state.get("dev-1")
     assert rec is not None
     assert rec.state is RotationState.DISALLOWED
@@ -238,7 +242,7 @@ def test_allow_refuses_a_policy_rejected_csr_without_change(
     rec = world.state.get("dev-1")
     assert rec is not None
     assert rec.request_id is not None
-    svc.disallow("dev-1", "stolen", "sec")
+    svc.disallow(Disallow("dev-1", "stolen", "sec"))
     before = world.state.get("dev-1")
     certificates = world.ledger.list_for_device("dev-1")
     assert all(c.status is CertificateStatus.REVOKED for c in certificates)
@@ -247,7 +251,7 @@ def test_allow_refuses_a_policy_rejected_csr_without_change(
     else:
         csr = _csr_with(dev.pending[rec.request_id], "dev-1")  # the revoked certificate's key
     with pytest.raises(CsrRejectedError) as refused:
-        svc.allow("dev-1", "ops", csr_pem=csr)
+        svc.allow(Allow.with_pem("dev-1", "ops", csr_pem=csr))
     assert refused.value.code == code
     after = world.state.get("dev-1")
     assert after == before
@@ -308,7 +312,7 @@ def test_adopting_a_newer_own_certificate_retires_the_previous(world: World) -> 
     assert rec.new_thumbprint is not None
     world.state.put(dataclasses.replace(rec, state=RotationState.FAILED))
 
-    after = svc.on_twin_reported("dev-1", dev.install())
+    after = svc.on_twin_reported(TwinReported.parse("dev-1", dev.install()))
 
     new_thumb = thumb(dev.cert)
     assert new_thumb == rec.new_thumbprint != old_thumb
@@ -331,7 +335,7 @@ def test_adopting_a_newer_own_certificate_retires_the_previous(world: World) -> 
 def test_adopting_a_first_certificate_retires_nothing(world: World) -> None:
     dev = world.add_device("dev-1")
     svc = world.service()
-    svc.on_twin_reported("dev-1", dev.section())
+    svc.on_twin_reported(TwinReported.parse("dev-1", dev.section()))
     adopted = [e for e in world.audit.list("dev-1", 50) if e.action == "adopt_certificate"]
     assert [e.detail["previousRetired"] for e in adopted] == [False]
     statuses = [c.status for c in world.ledger.list_for_device("dev-1")]
@@ -365,7 +369,7 @@ def test_reconcile_refusals_change_nothing(world: World, case: str, expected: st
         serial = world.ledger.list_for_device("dev-1")[0].serial
         world.issuer.revoke(serial, RevocationReason.KEY_COMPROMISE, "test")
     elif case == "disallowed":
-        svc.disallow("dev-1", "stolen", "sec")
+        svc.disallow(Disallow("dev-1", "stolen", "sec"))
     dps = copy.deepcopy(world.enrollments.individual)
     hub = copy.deepcopy(world.registry.devices)
     outcome = svc.on_connection_failure(_failure(world, "dev-1", thumbprint, code))
@@ -402,13 +406,13 @@ def test_sweep_plan_categories_and_dry_run_changes_nothing(world: World) -> None
     failed, svc = _ready(world, "failed")
     world.clock.advance(25 * DAY)
     fresh2 = world.add_device("fresh2")  # born later: not due
-    svc.on_twin_reported("fresh2", fresh2.section())
-    svc.start_renewal("stuck", Trigger.MANUAL, "op")
-    svc.start_renewal("failed", Trigger.MANUAL, "op")
-    svc.on_twin_reported("failed", failed.fail())
+    svc.on_twin_reported(TwinReported.parse("fresh2", fresh2.section()))
+    svc.start_renewal(StartRenewal("stuck", Trigger.MANUAL, "op"))
+    svc.start_renewal(StartRenewal("failed", Trigger.MANUAL, "op"))
+    svc.on_twin_reported(TwinReported.parse("failed", failed.fail()))
     world.clock.advance(6 * DAY)  # the first certificates are past notAfter; "stuck" too old
     before = _snapshot(world)
-    plan = svc.sweep(dry_run=True, batch_size=2)
+    plan = svc.sweep(Sweep(dry_run=True, batch_size=2))
     assert _snapshot(world) == before
     assert world.queue.receive() == []
     assert plan.crl_url is None
@@ -422,14 +426,14 @@ def test_sweep_plan_categories_and_dry_run_changes_nothing(world: World) -> None
     assert data["counts"]["overdue"] == 3
     assert len(plan.messages) == 3  # 5 devices in batches of 2
     # for real: messages enqueued, CRL published
-    real = svc.sweep(batch_size=2)
+    real = svc.sweep(Sweep(batch_size=2))
     sent = world.queue.receive(100)
     assert sent == real.messages
     assert sum(len(m["deviceIds"]) for m in sent) == 5
     assert real.crl_url is not None
     assert world.audit.list(limit=1)[0].action == "sweep"
     for message in sent:
-        svc.process_batch(message)
+        svc.process_batch(parse_rotate_message(message))
     for device_id in ("fresh", "due", "late", "failed"):
         rec = world.state.get(device_id)
         assert rec is not None
@@ -439,7 +443,7 @@ def test_sweep_plan_categories_and_dry_run_changes_nothing(world: World) -> None
 def test_sweep_expiring_is_separate_from_overdue(world: World) -> None:
     _dev, svc = _ready(world)
     world.clock.advance(22 * DAY)  # between the renewal point (20 +- 1.5 days) and expiry
-    plan = svc.sweep(dry_run=True)
+    plan = svc.sweep(Sweep(dry_run=True))
     assert plan.expiring == ["dev-1"]
     assert plan.overdue == []
 
@@ -447,9 +451,9 @@ def test_sweep_expiring_is_separate_from_overdue(world: World) -> None:
 def test_sweep_warns_about_issuing_ca_expiry(world: World) -> None:
     _dev, svc = _ready(world)
     left = world.authority.certificate.not_valid_after_utc - world.clock.now()
-    assert svc.sweep(dry_run=True).ca_expiring == []
+    assert svc.sweep(Sweep(dry_run=True)).ca_expiring == []
     world.clock.advance((left - timedelta(days=10)).total_seconds())
-    warned = svc.sweep(dry_run=True).ca_expiring
+    warned = svc.sweep(Sweep(dry_run=True)).ca_expiring
     assert len(warned) == 1
     assert warned[0]["daysLeft"] <= 10
 
@@ -458,7 +462,7 @@ def test_sweep_finds_silent_devices(world: World) -> None:
     _dev, svc = _ready(world)
     world.registry.twins["dev-1"].reported.pop("x509")
     world.clock.advance(31 * DAY)
-    plan = svc.sweep(dry_run=True)
+    plan = svc.sweep(Sweep(dry_run=True))
     assert plan.silent == ["dev-1"]
 
 
@@ -480,7 +484,7 @@ def test_process_batch_rejects_garbage(world: World, message: Any) -> None:
     _dev, svc = _ready(world)
     before = _snapshot(world)
     with pytest.raises(InvalidRequestError) as info:
-        svc.process_batch(message)
+        svc.process_batch(parse_rotate_message(message))
     assert info.value.code == "malformed_message"
     assert _snapshot(world) == before
 
@@ -488,14 +492,16 @@ def test_process_batch_rejects_garbage(world: World, message: Any) -> None:
 def test_process_batch_reports_per_device(world: World) -> None:
     _dev, svc = _ready(world)
     _ready(world, "dev-x")
-    svc.disallow("dev-x", "stolen", "sec")
+    svc.disallow(Disallow("dev-x", "stolen", "sec"))
     result = svc.process_batch(
-        {
-            "kind": "rotate",
-            "deviceIds": ["dev-1", "dev-x", "ghost"],
-            "reason": "expiring",
-            "enqueuedAt": datetime(2026, 1, 2, tzinfo=UTC).isoformat(),
-        }
+        parse_rotate_message(
+            {
+                "kind": "rotate",
+                "deviceIds": ["dev-1", "dev-x", "ghost"],
+                "reason": "expiring",
+                "enqueuedAt": datetime(2026, 1, 2, tzinfo=UTC).isoformat(),
+            }
+        )
     )
     assert result.started == ["dev-1"]
     assert result.skipped == {"dev-x": "disallowed"}

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from shared.domain.commands import StartRenewal, TwinReported
 from shared.domain.errors import ThrottledError
 from shared.domain.model import CertificateStatus, RotationRecord, RotationState, Trigger
 from shared.domain.policy import RotationPolicy
@@ -19,7 +20,7 @@ DEVICE = "dev-1"
 
 def _setup(world: World) -> Device:
     dev = world.add_device(DEVICE)
-    world.service().on_twin_reported(DEVICE, dev.section())
+    world.service().on_twin_reported(TwinReported.parse(DEVICE, dev.section()))
     return dev
 
 
@@ -27,16 +28,16 @@ def _steps(world: World, dev: Device) -> list[Callable[[RotationService], object
     """One rotation as the service sees it: trigger, CSR answer, install report."""
 
     def start(svc: RotationService) -> object:
-        return svc.start_renewal(DEVICE, Trigger.MANUAL, "op")
+        return svc.start_renewal(StartRenewal(DEVICE, Trigger.MANUAL, "op"))
 
     def csr(svc: RotationService) -> object:
         answer = dev.answer()
-        return svc.on_twin_reported(DEVICE, answer) if answer else None
+        return svc.on_twin_reported(TwinReported.parse(DEVICE, answer)) if answer else None
 
     def installed(svc: RotationService) -> object:
         if dev.delivered() is None:
             return None
-        return svc.on_twin_reported(DEVICE, dev.install())
+        return svc.on_twin_reported(TwinReported.parse(DEVICE, dev.install()))
 
     return [start, csr, installed]
 
@@ -163,17 +164,17 @@ def _record(world: World) -> RotationRecord:
 def test_duplicate_events_are_harmless(world: World) -> None:
     dev = _setup(world)
     svc = world.service()
-    svc.start_renewal(DEVICE, Trigger.MANUAL, "op")
+    svc.start_renewal(StartRenewal(DEVICE, Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
-    first = svc.on_twin_reported(DEVICE, answer)
-    again = svc.on_twin_reported(DEVICE, answer)
+    first = svc.on_twin_reported(TwinReported.parse(DEVICE, answer))
+    again = svc.on_twin_reported(TwinReported.parse(DEVICE, answer))
     assert again.state is first.state
     assert again.new_serial == first.new_serial
     install = dev.install()
-    svc.on_twin_reported(DEVICE, install)
-    svc.on_twin_reported(DEVICE, install)
-    svc.on_twin_reported(DEVICE, answer)
+    svc.on_twin_reported(TwinReported.parse(DEVICE, install))
+    svc.on_twin_reported(TwinReported.parse(DEVICE, install))
+    svc.on_twin_reported(TwinReported.parse(DEVICE, answer))
     _converged(world, dev)
 
 
@@ -181,15 +182,15 @@ def test_out_of_order_old_reports_change_nothing(world: World) -> None:
     dev = _setup(world)
     svc = world.service()
     old_section = dev.section()
-    svc.start_renewal(DEVICE, Trigger.MANUAL, "op")
+    svc.start_renewal(StartRenewal(DEVICE, Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
-    svc.on_twin_reported(DEVICE, answer)
-    svc.on_twin_reported(DEVICE, dev.install())
+    svc.on_twin_reported(TwinReported.parse(DEVICE, answer))
+    svc.on_twin_reported(TwinReported.parse(DEVICE, dev.install()))
     done = _record(world)
     world.clock.advance(25 * 86400)  # the old certificate would be due by now
-    late = svc.on_twin_reported(DEVICE, old_section, twin_version=2)
-    late_csr = svc.on_twin_reported(DEVICE, answer, twin_version=3)
+    late = svc.on_twin_reported(TwinReported.parse(DEVICE, old_section, twin_version=2))
+    late_csr = svc.on_twin_reported(TwinReported.parse(DEVICE, answer, twin_version=3))
     assert late.etag == done.etag
     assert late_csr.etag == done.etag
     assert _record(world).state is RotationState.IDLE
@@ -199,26 +200,28 @@ def test_out_of_order_old_reports_change_nothing(world: World) -> None:
 def test_coalesced_report_with_certificate_only_confirms(world: World) -> None:
     dev = _setup(world)
     svc = world.service()
-    svc.start_renewal(DEVICE, Trigger.MANUAL, "op")
+    svc.start_renewal(StartRenewal(DEVICE, Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
-    svc.on_twin_reported(DEVICE, answer)
+    svc.on_twin_reported(TwinReported.parse(DEVICE, answer))
     install = dev.install()
     # the renewal result got lost in coalescing; the certificate facts alone confirm
     only_cert = {k: v for k, v in install.items() if k != "renewal"}
-    svc.on_twin_reported(DEVICE, only_cert)
+    svc.on_twin_reported(TwinReported.parse(DEVICE, only_cert))
     _converged(world, dev)
 
 
 def test_second_csr_for_same_request_is_not_issued(world: World) -> None:
     dev = _setup(world)
     svc = world.service()
-    started = svc.start_renewal(DEVICE, Trigger.MANUAL, "op")
+    started = svc.start_renewal(StartRenewal(DEVICE, Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
-    svc.on_twin_reported(DEVICE, answer)
+    svc.on_twin_reported(TwinReported.parse(DEVICE, answer))
     other = Device(world, DEVICE).new_csr("other")
-    svc.on_twin_reported(DEVICE, {"csr": {"requestId": started.request_id, "pem": other}})
+    svc.on_twin_reported(
+        TwinReported.parse(DEVICE, {"csr": {"requestId": started.request_id, "pem": other}})
+    )
     assert len(world.ledger.list_for_device(DEVICE)) == 2
     assert any(a.action == "csr_ignored" for a in world.audit.list(DEVICE))
 
@@ -246,6 +249,6 @@ def test_lost_race_is_decided_again(world: World) -> None:
         return inner(record)
 
     world.state.put = racing_put  # type: ignore[method-assign]
-    rec = svc.start_renewal(DEVICE, Trigger.MANUAL, "op")
+    rec = svc.start_renewal(StartRenewal(DEVICE, Trigger.MANUAL, "op"))
     assert rec.request_id == "other-request"
     assert dev.renewal_request() == "other-request"

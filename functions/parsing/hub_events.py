@@ -1,0 +1,250 @@
+"""Event Hubs payloads: routed TwinChangeEvents and the hub's Connections resource log.
+
+Pure functions: bytes and trigger metadata in, a command from
+:mod:`shared.domain.commands` out (``None`` for a payload that is well-formed but not
+for certroll), or :class:`InvalidRequestError` with a code and a message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from functions.parsing.common import load_json, parse_time
+from shared.domain.commands import ConnectionFailure, TwinReported
+from shared.domain.errors import InvalidRequestError
+from shared.domain.messages import check_device_id
+
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+_SHA256_IN_TEXT = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])")
+_PRESENTED_IN_TEXT = re.compile(
+    r"presented[^0-9a-fA-F]{0,40}?(?<![0-9a-fA-F])([0-9a-fA-F]{64})(?![0-9a-fA-F])", re.I
+)
+
+#: Connections-log result types certroll acts on.
+UNAUTHORIZED = 401003  # IoTHubUnauthorized
+DEVICE_DISABLED = 403012  # DeviceDisabled
+FAILURE_CODES = frozenset({UNAUTHORIZED, DEVICE_DISABLED})
+
+#: Keys (in the record's ``properties`` or on the record itself) that may name the
+#: SHA-256 thumbprint of the certificate the device presented, in the order tried.
+THUMBPRINT_KEYS = (
+    "thumbprint",
+    "presentedThumbprint",
+    "certificateThumbprint",
+    "clientCertificateThumbprint",
+    "x509Thumbprint",
+)
+
+
+# --------------------------------------------------------------------------- twin changes
+
+
+def _strip_iothub_prefix(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in (metadata or {}).items():
+        out[key.removeprefix("iothub-")] = value
+    return out
+
+
+def parse_twin_change(
+    body: bytes | str,
+    iothub_metadata: Mapping[str, Any] | None = None,
+    app_properties: Mapping[str, Any] | None = None,
+) -> TwinReported | None:
+    """Parse one routed TwinChangeEvents message.
+
+    ``body`` is ``{"version": n, "properties": {"reported": {...}}}``. The device id is
+    the ``iothub-connection-device-id`` system property (``iothub_metadata``, with or
+    without the ``iothub-`` prefix) or the ``deviceId`` application property. A body
+    that is a whole routed message (``{"body", "properties", "systemProperties"}``, as
+    the local emulator writes it) is unwrapped first. Returns None when the change does
+    not carry a reported ``x509`` section; a section that is not a well-formed
+    report raises (``malformed_report``).
+    """
+    doc = load_json(body, "twin change message")
+    if not isinstance(doc, dict):
+        raise InvalidRequestError("malformed_event", "twin change message is not a JSON object")
+    system = _strip_iothub_prefix(iothub_metadata)
+    app = dict(app_properties or {})
+    if isinstance(doc.get("body"), dict):  # a whole routed message
+        system.update(_strip_iothub_prefix(doc.get("systemProperties")))
+        if isinstance(doc.get("properties"), dict):
+            app.update(doc["properties"])
+        doc = doc["body"]
+    device_id = system.get("connection-device-id") or app.get("deviceId")
+    if device_id is None:
+        raise InvalidRequestError(
+            "malformed_event",
+            "twin change message names no device (iothub-connection-device-id or deviceId)",
+        )
+    device_id = check_device_id(device_id)
+    properties = doc.get("properties")
+    if properties is None:
+        return None
+    if not isinstance(properties, dict):
+        raise InvalidRequestError("malformed_event", f"{device_id}: 'properties' is not an object")
+    reported = properties.get("reported")
+    if reported is None:
+        return None
+    if not isinstance(reported, dict):
+        raise InvalidRequestError(
+            "malformed_event", f"{device_id}: 'properties.reported' is not an object"
+        )
+    x509 = reported.get("x509")
+    if x509 is None:
+        return None
+    if not isinstance(x509, dict):
+        raise InvalidRequestError(
+            "malformed_event", f"{device_id}: reported 'x509' is not an object"
+        )
+    version = doc.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise InvalidRequestError(
+            "malformed_event", f"{device_id}: twin 'version' is not an integer: {version!r}"
+        )
+    return TwinReported.parse(device_id, x509, version)
+
+
+def app_properties_for(metadata: Mapping[str, Any] | None, index: int) -> dict[str, Any]:
+    """The application properties of event ``index`` of a batch from trigger metadata.
+
+    With ``cardinality="many"`` the runtime passes ``PropertiesArray`` (one dict per
+    event); with one event per call, ``Properties``.
+    """
+    if not metadata:
+        return {}
+    many = metadata.get("PropertiesArray")
+    if isinstance(many, str):
+        try:
+            many = json.loads(many)
+        except ValueError:
+            many = None
+    if isinstance(many, list) and 0 <= index < len(many) and isinstance(many[index], dict):
+        return dict(many[index])
+    one = metadata.get("Properties")
+    if isinstance(one, str):
+        try:
+            one = json.loads(one)
+        except ValueError:
+            one = None
+    return dict(one) if isinstance(one, dict) else {}
+
+
+# --------------------------------------------------------------------------- connections log
+
+
+@dataclass(frozen=True)
+class ConnectionLogBatch:
+    """What one resource-log envelope held: failures to reconcile and unreadable records."""
+
+    failures: list[ConnectionFailure]
+    problems: list[str]
+    ignored: int
+
+
+def _find_thumbprint(record: Mapping[str, Any], props: Mapping[str, Any]) -> str | None:
+    for source in (props, record):
+        for key in THUMBPRINT_KEYS:
+            value = source.get(key)
+            if isinstance(value, str) and _SHA256_HEX.match(value.strip()):
+                return value.strip().lower()
+    for source in (props, record):
+        for key in ("message", "resultDescription", "errorMessage"):
+            value = source.get(key)
+            if isinstance(value, str):
+                presented = _PRESENTED_IN_TEXT.search(value)
+                if presented:
+                    return presented.group(1).lower()
+                match = _SHA256_IN_TEXT.search(value)
+                if match:
+                    return match.group(0).lower()
+    return None
+
+
+def parse_connection_record(
+    record: object, fallback_time: datetime | None = None
+) -> ConnectionFailure | None:
+    """One Connections-log record as a :class:`ConnectionFailure`, or None if not one.
+
+    Only records with category ``Connections``, operation ``deviceConnect`` and result
+    type 401003 or 403012 count. ``properties`` is a JSON string (or an object) with
+    ``deviceId``; the presented certificate's SHA-256 thumbprint is taken from a key in
+    :data:`THUMBPRINT_KEYS` (in ``properties`` or on the record) or, failing that, from
+    a 64-hex-digit run in ``message`` / ``resultDescription`` / ``errorMessage`` (one
+    following the word "presented" first).
+    """
+    if not isinstance(record, dict):
+        raise InvalidRequestError("malformed_event", "log record is not a JSON object")
+    if str(record.get("category", "")).lower() != "connections":
+        return None
+    if str(record.get("operationName", "")).lower() != "deviceconnect":
+        return None
+    try:
+        code = int(str(record.get("resultType", "")).strip())
+    except ValueError:
+        return None
+    if code not in FAILURE_CODES:
+        return None
+    raw_props = record.get("properties")
+    if isinstance(raw_props, str):
+        props = load_json(raw_props, "log record 'properties'")
+    elif raw_props is None:
+        props = {}
+    else:
+        props = raw_props
+    if not isinstance(props, dict):
+        raise InvalidRequestError("malformed_event", "log record 'properties' is not an object")
+    device_id = props.get("deviceId", record.get("deviceId"))
+    if device_id is None:
+        raise InvalidRequestError("malformed_event", f"{code} record names no deviceId")
+    device_id = check_device_id(device_id)
+    if record.get("time") is not None:
+        at = parse_time(record["time"], f"{device_id}: record 'time'")
+    elif fallback_time is not None:
+        at = parse_time(fallback_time, "enqueued time")
+    else:
+        at = datetime.now(UTC)
+    message = record.get("resultDescription") or props.get("message") or ""
+    return ConnectionFailure(
+        device_id=device_id,
+        code=code,
+        at=at,
+        thumbprint=_find_thumbprint(record, props),
+        message=str(message),
+    )
+
+
+def parse_connection_log(
+    body: bytes | str, fallback_time: datetime | None = None
+) -> ConnectionLogBatch:
+    """Parse one Azure Monitor resource-log envelope ``{"records": [...]}``.
+
+    A malformed envelope raises; a malformed record is reported in ``problems`` and the
+    other records still count.
+    """
+    doc = load_json(body, "resource log event")
+    if isinstance(doc, dict) and isinstance(doc.get("body"), dict):  # whole routed message
+        doc = doc["body"]
+    if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
+        raise InvalidRequestError(
+            "malformed_event", "resource log event is not an object with a 'records' list"
+        )
+    failures: list[ConnectionFailure] = []
+    problems: list[str] = []
+    ignored = 0
+    for index, record in enumerate(doc["records"]):
+        try:
+            failure = parse_connection_record(record, fallback_time)
+        except InvalidRequestError as exc:
+            problems.append(f"record {index}: {exc}")
+            continue
+        if failure is None:
+            ignored += 1
+        else:
+            failures.append(failure)
+    return ConnectionLogBatch(failures=failures, problems=problems, ignored=ignored)

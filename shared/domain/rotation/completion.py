@@ -1,0 +1,144 @@
+"""How a rotation ends: confirmed and finished (the old certificate retired), or failed."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+
+from shared.domain.model import (
+    CertificateRecord,
+    CertificateStatus,
+    RevocationReason,
+    RotationRecord,
+    Trigger,
+)
+from shared.domain.rotation import transitions
+from shared.domain.rotation.context import RotationContext, iso
+from shared.domain.rotation.slots import hub_accept, keep_only_in_enrollment
+from shared.domain.rotation.states import trigger_of
+
+
+class Completion:
+    def __init__(self, ctx: RotationContext) -> None:
+        self.ctx = ctx
+
+    def confirm(self, rec: RotationRecord, evidence: str) -> RotationRecord:
+        """The device runs on the new certificate: finish now. ``confirmed`` is not written
+        on its own: every finishing step is idempotent, so a crash before the final write
+        leaves the record where it was and the next report (or the sweep) confirms again."""
+        return self.finish(transitions.apply(rec, transitions.confirmed()), evidence=evidence)
+
+    def finish(self, rec: RotationRecord, *, evidence: str | None = None) -> RotationRecord:
+        """confirmed -> idle: retire the old certificate, clear the desired twin, tell."""
+        ctx = self.ctx
+        compromise = trigger_of(rec.reason) is Trigger.COMPROMISE
+        new_cert, revoked_any = self.retire_previous(rec, compromise=compromise)
+        if revoked_any:
+            ctx.call(ctx.deps.issuer.publish_crl)
+        ctx.call(
+            ctx.deps.registry.patch_desired,
+            rec.device_id,
+            {"x509": {"renewal": None, "issued": None}},
+        )
+        ctx.publish(
+            "RotationCompleted",
+            rec.device_id,
+            f"{rec.request_id}/completed",
+            requestId=rec.request_id,
+            serial=rec.new_serial,
+            thumbprint=rec.new_thumbprint,
+            previousSerial=rec.current_serial,
+            notAfter=iso(new_cert.not_after),
+            reason=rec.reason,
+        )
+        detail = {} if evidence is None else {"confirmedBy": evidence}
+        ctx.audit(
+            "rotation_complete",
+            "ok",
+            rec.device_id,
+            request_id=rec.request_id,
+            serial=rec.new_serial,
+            previous=rec.current_serial,
+            slot=rec.slot,
+            **detail,
+        )
+        ctx.metric("certroll.rotation_completed", reason=rec.reason or "")
+        ctx.forget_issued(rec)
+        return ctx.uow.save(rec, transitions.finished(rec, new_cert.not_after))
+
+    def retire_previous(
+        self, rec: RotationRecord, *, compromise: bool
+    ) -> tuple[CertificateRecord, bool]:
+        """The device runs on ``rec.new_serial``: retire what came before it. The old
+        individual-enrollment slot is emptied, the hub identity keeps only the new
+        thumbprint, older certificates are superseded in the ledger (the current one
+        revoked on ``compromise``) and the new one is active. Every step is idempotent.
+        Returns (the new certificate's record, whether anything was revoked)."""
+        ctx = self.ctx
+        if rec.new_serial is None or rec.new_thumbprint is None:
+            raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
+        new = rec.new_thumbprint
+        keep_only_in_enrollment(ctx, rec.device_id, new)
+        hub_accept(ctx, rec.device_id, new, keep=new, clear_others=True, enable=False)
+        # ledger: old certificates superseded (revoked on compromise), the new one active
+        revoked_any = False
+        certs = ctx.call(ctx.deps.ledger.list_for_device, rec.device_id)
+        issued_at = next(
+            (c.issued_at for c in certs if c.serial == rec.new_serial), None
+        ) or self._issue_time(rec)
+        # the new one active before the old ones are superseded: a crash in between
+        # leaves two active (the retried finish completes it), never none
+        statuses = {rec.new_serial: CertificateStatus.ACTIVE}
+        for cert in certs:
+            if cert.serial == rec.new_serial or cert.status in (
+                CertificateStatus.REVOKED,
+                CertificateStatus.SUPERSEDED,
+            ):
+                continue
+            if compromise and cert.serial == rec.current_serial:
+                ctx.call(
+                    ctx.deps.issuer.revoke,
+                    cert.serial,
+                    RevocationReason.KEY_COMPROMISE,
+                    ctx.deps.actor,
+                )
+                revoked_any = True
+            elif cert.issued_at <= issued_at or cert.serial == rec.current_serial:
+                statuses[cert.serial] = CertificateStatus.SUPERSEDED
+        new_cert = ctx.call(ctx.deps.ledger.set_statuses, rec.device_id, statuses, certs)[
+            rec.new_serial
+        ]
+        return new_cert, revoked_any
+
+    def retire_before(self, rec: RotationRecord, serial: str, thumbprint: str) -> None:
+        """``rec``'s device turned out to run on ``serial`` (a renewal whose confirmation
+        was missed): retire what came before it as a finish would."""
+        moved_on = dataclasses.replace(rec, new_serial=serial, new_thumbprint=thumbprint.lower())
+        self.retire_previous(moved_on, compromise=False)
+
+    def _issue_time(self, rec: RotationRecord) -> datetime:
+        cert = self.ctx.ledger_get(rec.new_serial or "")
+        return cert.issued_at if cert is not None else self.ctx.now()
+
+    def fail(self, rec: RotationRecord, code: str, message: str) -> RotationRecord:
+        ctx = self.ctx
+        ctx.audit(
+            "rotation_failed",
+            "failed",
+            rec.device_id,
+            request_id=rec.request_id,
+            code=code,
+            error=message,
+            state=rec.state.value,
+        )
+        ctx.publish(
+            "RotationFailed",
+            rec.device_id,
+            f"{rec.request_id}/failed",
+            requestId=rec.request_id,
+            code=code,
+            error=message,
+            state=rec.state.value,
+        )
+        ctx.metric("certroll.rotation_failed", code=code)
+        return ctx.uow.save(rec, transitions.failed(code, message))
