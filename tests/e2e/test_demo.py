@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from local.commands import read_ledger_rows
 from local.demo import SUMMARY_KEYS, DemoOptions, run_demo
+from local.ledger import read_ledger_rows
 from local.stack import drop_run_storage, local_storage, run_settings
 from shared.bootstrap import CRL_NAME
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # the console script's entry point, run by this interpreter from the checkout
-CERTROLL = [sys.executable, "-c", "import sys; from shared.cli import main; sys.exit(main())"]
+CERTROLL = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"]
 DEVICES = 1000
 
 

@@ -20,7 +20,7 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # the console script's entry point, run by this interpreter from the checkout
-CERTROLL = [sys.executable, "-c", "import sys; from shared.cli import main; sys.exit(main())"]
+CERTROLL = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"]
 OPERATOR = "Certroll.Operator"
 
 

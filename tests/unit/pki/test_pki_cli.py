@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from shared.cli import COMMANDS, main
 
 from shared.bootstrap import Services, override_services
-from shared.cli import COMMANDS, main
 from shared.domain.model import CertificateStatus
 from shared.settings import Settings
 from tests.support.pki import make_csr
