@@ -190,7 +190,7 @@ def _expect_refused(
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: "), err
+    assert err.startswith("rejected: "), err
     assert fragment in err
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
