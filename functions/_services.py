@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared.ports import AuditLog
+from shared.render import to_jsonable as to_jsonable  # one renderer for API and CLI
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services
@@ -28,33 +25,3 @@ def rotation() -> RotationService:
 
 def audit_log() -> AuditLog:
     return services().audit
-
-
-# Fields of a rotation record that are internal bookkeeping, not API output.
-_HIDDEN_FIELDS = frozenset({"etag", "csr_pem"})
-
-
-def to_jsonable(value: Any) -> Any:
-    """Render a service result (``to_dict()``, dataclass, enum, datetime ...) as JSON data."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    to_dict = getattr(value, "to_dict", None)
-    if callable(to_dict):
-        return to_jsonable(to_dict())
-    if isinstance(value, enum.Enum):
-        return to_jsonable(value.value)
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: to_jsonable(getattr(value, f.name))
-            for f in dataclasses.fields(value)
-            if f.name not in _HIDDEN_FIELDS
-        }
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        items = [to_jsonable(v) for v in value]
-        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
-    return str(value)

@@ -70,6 +70,7 @@ SUMMARY_KEYS = (
     "disallowed",
     "certificates_issued",
     "duplicate_events",
+    "disallowed_reconnect_attempts",
     "disallowed_reconnect_rejected",
     "max_gap_seconds",
     "elapsed_seconds",
@@ -127,6 +128,26 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Comeback:
+    """The disallowed device's attempts to register with DPS and connect to the hub."""
+
+    attempts: int = 0
+    refused: int = 0
+
+    def __add__(self, other: Comeback) -> Comeback:
+        return Comeback(self.attempts + other.attempts, self.refused + other.refused)
+
+    def check(self) -> Check:
+        """Passes only when there were attempts and every one of them was refused."""
+        ok = self.attempts > 0 and self.refused == self.attempts
+        return Check(
+            "disallowed device refused by DPS and hub",
+            ok,
+            f"{self.refused} of {self.attempts} attempts refused",
+        )
 
 
 @dataclass
@@ -362,7 +383,7 @@ def _run(
         if status != 200:
             raise CertrollError(f"disallow of {disallowed_id} answered {status}: {body}")
         say(f"disallowed {disallowed_id} through POST /api/devices/{disallowed_id}/disallow")
-        rejected = _try_comeback(stack, sim, disallowed_id)
+        comeback = try_comeback(stack, sim, disallowed_id)
         sim.agents[disallowed_id].go_offline()  # powered off: it stops retrying
 
         bar = _progress(len(others), options.progress)
@@ -375,13 +396,11 @@ def _run(
         rotation_calls = STORAGE_CALLS.value - calls_before
         cpu_after = cpu_seconds()
         rotation_cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after if k in cpu_before}
-    rejected += _try_comeback(stack, sim, disallowed_id)
+    comeback += try_comeback(stack, sim, disallowed_id)
     say(f"rotation finished after {rounds} rounds; clock at {clock.now():%Y-%m-%d %H:%M} UTC")
 
     checks, counts = verify(stack, sim, others, disallowed_id, initial_serials, root, real_now)
-    checks.append(
-        Check("disallowed device refused by DPS and hub", rejected >= 2, f"{rejected} refusals")
-    )
+    checks.append(comeback.check())
     after = [sim.agents[d].certificate.not_valid_after_utc for d in others]
     summary = {
         "devices": options.devices,
@@ -390,7 +409,8 @@ def _run(
         "disallowed": counts["disallowed"],
         "certificates_issued": counts["certificates_issued"],
         "duplicate_events": stack.totals.duplicates,
-        "disallowed_reconnect_rejected": rejected,
+        "disallowed_reconnect_attempts": comeback.attempts,
+        "disallowed_reconnect_rejected": comeback.refused,
         "max_gap_seconds": round(
             max(sim.agents[d].timeline.gap_seconds(clock.now()) for d in others), 3
         ),
@@ -426,9 +446,9 @@ def _drain(stack: LocalStack, sim: FleetSimulator, max_rounds: int = 1000) -> No
             return
 
 
-def _try_comeback(stack: LocalStack, sim: FleetSimulator, device_id: str) -> int:
-    """The disallowed device tries to register and to connect with every certificate it
-    has; returns how many attempts DPS and the hub refused."""
+def try_comeback(stack: LocalStack, sim: FleetSimulator, device_id: str) -> Comeback:
+    """The disallowed device tries to register with DPS and to connect to the hub with
+    the certificate it has; how many attempts there were and how many were refused."""
     agent = sim.agents[device_id]
     refused = 0
     try:
@@ -442,8 +462,9 @@ def _try_comeback(stack: LocalStack, sim: FleetSimulator, device_id: str) -> int
         logger.info("hub refused %s: %s", device_id, exc)
         refused += 1
     else:
+        logger.warning("the hub let the disallowed device %s connect", device_id)
         session.disconnect()
-    return refused
+    return Comeback(attempts=2, refused=refused)
 
 
 def _rotate(

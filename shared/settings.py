@@ -32,7 +32,9 @@ SETTING_DEFAULTS: dict[str, str] = {
     "CERTROLL_PKI_CONTAINER": "pki",
     "CERTROLL_CRL_BASE_URL": "",  # public base URL of the PKI container; derived when empty
     # Issuing key
-    "CERTROLL_KEY_BACKEND": "file",  # keyvault | pkcs11 | file
+    # keyvault | pkcs11 | file; empty: what `certroll pki init` recorded under
+    # $CERTROLL_HOME/pki, else file
+    "CERTROLL_KEY_BACKEND": "",
     "CERTROLL_KEYVAULT_KEY_ID": "",  # https://<vault>.vault.azure.net/keys/<name>/<version>
     "CERTROLL_ISSUING_CERT": "",  # PEM path or blob name; default: $CERTROLL_HOME/pki/issuing.pem
     "CERTROLL_PKCS11_MODULE": "",

@@ -1,8 +1,10 @@
 """Load the issuing CA (certificate + signing key) the settings point at.
 
-``CERTROLL_KEY_BACKEND`` picks the key: ``file`` (``$CERTROLL_HOME/pki/issuing-key.pem``,
-development only), ``pkcs11`` (``CERTROLL_PKCS11_MODULE`` / ``_TOKEN`` / ``_KEY_LABEL`` /
-``_PIN``) or ``keyvault`` (``CERTROLL_KEYVAULT_KEY_ID``, Key Vault Premium or Managed HSM).
+``CERTROLL_KEY_BACKEND`` picks the key (when it is empty: the backend ``certroll pki init``
+recorded in ``$CERTROLL_HOME/pki/pki.json``, else ``file``): ``file``
+(``$CERTROLL_HOME/pki/issuing-key.pem``, development only), ``pkcs11``
+(``CERTROLL_PKCS11_MODULE`` / ``_TOKEN`` / ``_KEY_LABEL`` / ``_PIN``) or ``keyvault``
+(``CERTROLL_KEYVAULT_KEY_ID``, Key Vault Premium or Managed HSM).
 ``CERTROLL_ISSUING_CERT`` names the issuing CA certificate: a PEM path (default
 ``$CERTROLL_HOME/pki/issuing.pem``) or, in Azure, a blob name read through ``fetch``.
 """
@@ -18,7 +20,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from shared.domain.errors import InvalidRequestError, NotFoundError, SigningError
-from shared.pki.local_ca import ISSUING_CERT_FILE, ISSUING_KEY_FILE, ROOT_CERT_FILE
+from shared.pki.local_ca import (
+    ISSUING_CERT_FILE,
+    ISSUING_KEY_FILE,
+    ROOT_CERT_FILE,
+    recorded_key_backend,
+)
 from shared.ports import IssuingAuthority
 from shared.settings import Settings
 
@@ -58,11 +65,17 @@ def _read_certificates(
     return certs
 
 
+def configured_key_backend(settings: Settings) -> str:
+    """``CERTROLL_KEY_BACKEND`` when set, else the backend the local PKI was made with
+    (``certroll pki init --backend``), else ``file``."""
+    return settings.get("CERTROLL_KEY_BACKEND") or recorded_key_backend(settings.pki_dir) or "file"
+
+
 def load_signing_key(
     settings: Settings, backend: str | None = None
 ) -> tuple[CertificateIssuerPrivateKeyTypes, str]:
     """``(signing key, key id)`` for the configured backend."""
-    chosen = backend or settings.get("CERTROLL_KEY_BACKEND")
+    chosen = backend or configured_key_backend(settings)
     home = settings.home
     if chosen == "file":
         from shared.adapters.filekey import load_file_key

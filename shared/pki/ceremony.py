@@ -1,7 +1,7 @@
 """The issuing CA's key ceremony: its CSR, the offline root's signature, proof of possession.
 
 Three steps, each a pure function here and a ``certroll pki`` subcommand in
-:mod:`shared.pki.commands`:
+:mod:`cli.pki`:
 
 1. :func:`build_issuing_csr` — a CSR for the issuing CA, signed through the issuing key's
    ``sign()`` (Key Vault, PKCS#11 or a development file: the private key never leaves the

@@ -309,6 +309,17 @@ def _encrypted_pem(key: CertificateIssuerPrivateKeyTypes, password: bytes | None
     )
 
 
+def recorded_key_backend(pki_dir: Path) -> str | None:
+    """The key backend ``init_pki`` recorded in ``pki_dir/pki.json``; None when there is
+    no (readable) record."""
+    meta = pki_dir / METADATA_FILE
+    try:
+        recorded = json.loads(meta.read_text(encoding="utf-8")).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, str) and recorded else None
+
+
 def init_pki(
     home: Path,
     backend: str = "file",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,12 +18,13 @@ from typing import Any
 import pytest
 
 from local.demo import call_api, principal_header
+from local.serve import ServeOptions, run_serve
 from local.stack import drop_run_storage, run_settings
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # the console script's entry point, run by this interpreter from the checkout
-CERTROLL = [sys.executable, "-c", "import sys; from shared.cli import main; sys.exit(main())"]
+CERTROLL = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"]
 OPERATOR = "Certroll.Operator"
 
 
@@ -128,3 +132,38 @@ def test_api_answers_for_a_real_device(served: Served) -> None:
                                **_operator())
     assert status == 404
     assert body["error"]["code"] == "not_found"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.azurite
+def test_serve_listens_on_the_port_asked_for(tmp_path: Path) -> None:
+    """``certroll serve --port N`` (``make serve``: 7071) answers on N, not on a free port."""
+    port = _free_port()
+    run_id = uuid.uuid4().hex[:12]
+    settings = Settings.from_env({"CERTROLL_HOME": str(tmp_path)})
+    out = io.StringIO()
+    stop = threading.Event()
+    options = ServeOptions(port=port, key_backend="file", run_id=run_id, poll_seconds=0.05)
+    server = threading.Thread(target=run_serve, args=(settings, options),
+                              kwargs={"stop": stop, "out": out})
+    server.start()
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C stops." not in out.getvalue() and server.is_alive():
+            assert time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+        banner = out.getvalue().splitlines()
+        assert banner[0] == f"certroll dev host on http://127.0.0.1:{port}", banner
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        stop.set()
+        server.join(timeout=60)
+        drop_run_storage(run_settings(settings, run_id))
+    assert not server.is_alive()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from local.commands import ledger_snapshot
+from local.ledger import ledger_snapshot
 from local.stack import (
     LocalStack,
     _device_of,

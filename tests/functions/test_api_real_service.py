@@ -244,3 +244,38 @@ def test_allow_with_a_csr_the_policy_refuses_leaves_the_device_disallowed(
     good = call("POST", device_id, "allow", body={"csr": make_csr(device_id).decode()})
     assert good.status_code == 202, good.get_body()
     assert real.registry.get_device(device_id).status is DeviceStatus.ENABLED
+
+
+@pytest.mark.parametrize(
+    ("make", "code_text"),
+    [
+        pytest.param(lambda: make_csr("dev-2"), "subject_mismatch", id="other-cn"),
+        pytest.param(
+            lambda: make_csr("dev-1", make_device_key("rsa-1024")), "key_not_allowed", id="weak"
+        ),
+        pytest.param(
+            lambda: (
+                b"-----BEGIN CERTIFICATE REQUEST-----\nQUJDRA==\n"
+                b"-----END CERTIFICATE REQUEST-----\n"
+            ),
+            "csr_malformed",
+            id="not-pkcs10",
+        ),
+    ],
+)
+def test_cli_allow_with_a_csr_the_policy_refuses_exits_2_and_issues_nothing(
+    real: Services,
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+    make: Callable[[], bytes],
+    code_text: str,
+) -> None:
+    """The CLI checks only framing and size; the issuer's policy refusal reaches exit 2."""
+    from cli.main import main
+
+    csr_file = tmp_path / "device.csr"
+    csr_file.write_bytes(make())
+    assert main(["allow", "dev-1", "--csr", str(csr_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rejected: {code_text}: "), err
+    assert real.ledger.list_for_device("dev-1") == []

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from cli.main import main
 from shared.adapters import keyvault
 from shared.adapters.memory import MemoryAuditLog, MemoryLedger
-from shared.cli import main
 from shared.clock import SystemClock
 from shared.pki.authority import load_authority
 from shared.pki.issuer import Issuer
@@ -190,7 +190,7 @@ def _expect_refused(
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: "), err
+    assert err.startswith("rejected: "), err
     assert fragment in err
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]

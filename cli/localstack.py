@@ -1,6 +1,8 @@
-"""``certroll serve``, ``certroll demo`` and ``certroll report``: the local stack's commands.
+"""``certroll serve``, ``demo`` and ``report``: the local stack's commands.
 
-Registered with :func:`shared.cli.register_command` when ``shared.cli`` imports this module.
+The demo keeps its own PKI and run records under ``$CERTROLL_HOME/demo``; the id of the
+last run is kept there so ``certroll report`` can find its ledger and the next run can
+drop its storage.
 """
 
 from __future__ import annotations
@@ -9,21 +11,17 @@ import argparse
 import json
 import logging
 import sys
-import threading
-import time
-from collections import defaultdict
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from shared.cli import EXIT_FAILED, EXIT_OK, register_command
+from cli.common import Command
+from cli.exits import ExitCode
 from shared.domain.errors import InvalidRequestError, NotFoundError
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DEMO_DIR = "demo"  # the demo keeps its own PKI and run records under $CERTROLL_HOME/demo
+DEMO_DIR = "demo"
 LAST_RUN_FILE = "last-run"
 
 
@@ -38,113 +36,6 @@ def _settings_with_home(settings: Settings, home: Path) -> Settings:
 
 
 # --------------------------------------------------------------------------- serve
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    host: str = "127.0.0.1"
-    port: int = 7071
-    transport: str = "inproc"
-    key_backend: str | None = None
-    devices: int = 0
-    speed: float = 1.0
-    sweep_every: float = 0.0  # seconds of real time between timer firings; 0: never
-    poll_seconds: float = 0.2
-    run_id: str | None = None
-
-
-def run_serve(
-    settings: Settings,
-    options: ServeOptions,
-    *,
-    stop: threading.Event | None = None,
-    out: Any = None,
-) -> int:
-    """Run the local stack and its pumps until ``stop`` is set or Ctrl-C."""
-    from local.stack import LocalStack
-    from shared.clock import ScaledClock
-
-    out = out or sys.stdout
-    stop = stop or threading.Event()
-    stack = LocalStack(
-        settings,
-        clock=ScaledClock(options.speed),
-        transport=options.transport,
-        key_backend=options.key_backend,
-        run_id=options.run_id,
-    )
-    try:
-        with stack:
-            stack.start(host=options.host, port=options.port)
-            sim = _serve_fleet(stack, options.devices) if options.devices else None
-            print(_serve_banner(stack, sim), file=out, flush=True)
-            try:
-                _serve_loop(stack, sim, options, stop)
-            except KeyboardInterrupt:
-                print("stopping", file=out, flush=True)
-    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
-        print("stopped", file=out, flush=True)
-    return EXIT_OK
-
-
-def _serve_fleet(stack: Any, devices: int) -> Any:
-    from local.device.simulator import FleetSimulator
-
-    authority = stack.services.authority
-    issuer = stack.services.issuer
-
-    def issue_initial(device_id: str, csr_pem: str) -> str:
-        chain: str = issuer.issue(
-            device_id,
-            csr_pem,
-            request_id=f"serve-{device_id}",
-            trigger="provision",
-            actor="system:serve",
-        ).chain_pem
-        return chain
-
-    sim = FleetSimulator(
-        stack.emulator,
-        issue_initial,
-        devices,
-        trust_anchor=authority.root or authority.chain[-1],
-        id_prefix="dev-",
-    )
-    sim.start(wait=False)
-    return sim
-
-
-def _serve_banner(stack: Any, sim: Any) -> str:
-    url = stack.url
-    lines = [
-        f"certroll dev host on {url}",
-        f"  API:          {url}/api/devices/{{id}}  (header x-functions-key)",
-        f"  function key: {stack.function_key_path}",
-        f"  Event Grid:   {url}/runtime/webhooks/eventgrid?functionName=device_lifecycle",
-        f"  key backend:  {stack.backend} ({stack.backend_note})",
-        f"  run id:       {stack.run_id}",
-        f"  storage:      Azurite, tables {stack.settings.get('CERTROLL_TABLE_PREFIX')}*, "
-        f"queue {stack.settings.get('CERTROLL_WORK_QUEUE')}",
-    ]
-    if stack.fleet_server is not None:
-        lines.append(f"  DPS/hub REST: {stack.fleet_server.url}")
-    if sim is not None:
-        lines.append(f"  devices:      {len(sim.device_ids)} simulated ({sim.device_ids[0]} ...)")
-    lines.append("Ctrl-C stops.")
-    return "\n".join(lines)
-
-
-def _serve_loop(stack: Any, sim: Any, options: ServeOptions, stop: threading.Event) -> None:
-    every = options.sweep_every
-    next_sweep = time.monotonic() + every if every else None
-    while not stop.is_set():
-        stack.pump()
-        if sim is not None:
-            sim.step_all()
-        if next_sweep is not None and time.monotonic() >= next_sweep:
-            stack.fire_timer()
-            next_sweep = time.monotonic() + every
-        stop.wait(options.poll_seconds)
 
 
 def _configure_serve(parser: argparse.ArgumentParser) -> None:
@@ -179,6 +70,8 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    from local.serve import ServeOptions, run_serve
+
     if args.devices < 0 or args.speed <= 0 or args.sweep_every < 0:
         raise InvalidRequestError(
             "argument_invalid", "--devices and --sweep-every must be >= 0, --speed > 0"
@@ -193,7 +86,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         sweep_every=args.sweep_every,
         run_id=args.run_id,
     )
-    return run_serve(Settings.from_env(), options)
+    run_serve(Settings.from_env(), options)
+    return ExitCode.OK
 
 
 # --------------------------------------------------------------------------- demo
@@ -278,8 +172,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         for check in result.checks:
             if not check.ok:
                 print(f"verification failed: {check.name} {check.detail}".rstrip(), file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        return ExitCode.FAILED
+    return ExitCode.OK
 
 
 def _drop_previous_run(settings: Settings, home: Path) -> None:
@@ -301,86 +195,6 @@ def _drop_previous_run(settings: Settings, home: Path) -> None:
 # --------------------------------------------------------------------------- report
 
 
-@dataclass(frozen=True)
-class LedgerSnapshot:
-    before: list[datetime]
-    before_at: datetime
-    after: list[datetime]
-    after_at: datetime
-    devices: int
-    certificates: int
-    renewed: int
-    revoked: int
-
-
-def ledger_snapshot(rows: list[dict[str, Any]], now: datetime) -> LedgerSnapshot:
-    """Per device, the newest certificate in use (after) and the one it replaced (before),
-    from ledger certificate rows (``device_id``, ``not_after``, ``issued_at``, ``status``)."""
-    by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        by_device[row["device_id"]].append(row)
-    before: list[datetime] = []
-    after: list[datetime] = []
-    renewal_times: list[datetime] = []
-    revoked = 0
-    for records in by_device.values():
-        records.sort(key=lambda r: r["issued_at"])
-        usable = [r for r in records if r["status"] != "revoked"]
-        revoked += len(records) - len(usable)
-        if not usable:
-            continue
-        after.append(usable[-1]["not_after"])
-        if len(usable) > 1:
-            before.append(usable[-2]["not_after"])
-            renewal_times.append(usable[-1]["issued_at"])
-        else:
-            before.append(usable[-1]["not_after"])
-    return LedgerSnapshot(
-        before=before,
-        before_at=min(renewal_times, default=now),
-        after=after,
-        after_at=now,
-        devices=len(by_device),
-        certificates=len(rows),
-        renewed=len(renewal_times),
-        revoked=revoked,
-    )
-
-
-def read_ledger_rows(settings: Settings) -> list[dict[str, Any]]:
-    """Every certificate row of the ledger table (``RK=cert-<csr sha256>`` rows)."""
-    from azure.core.exceptions import ResourceNotFoundError
-
-    from shared.adapters.storage_clients import table_names, table_service
-
-    ledger_name = table_names(settings)[0]
-    client = table_service(settings).get_table_client(ledger_name)
-    fields = ["device_id", "not_after", "issued_at", "status"]
-    try:
-        entities = list(
-            client.query_entities("RowKey ge 'cert-' and RowKey lt 'cert.'", select=fields)
-        )
-    except ResourceNotFoundError:
-        raise NotFoundError(f"no ledger table {ledger_name}") from None
-    rows = []
-    for e in entities:
-        rows.append(
-            {
-                "device_id": str(e["device_id"]),
-                "not_after": _aware(e["not_after"]),
-                "issued_at": _aware(e["issued_at"]),
-                "status": str(e["status"]),
-            }
-        )
-    return rows
-
-
-def _aware(value: Any) -> datetime:
-    if not isinstance(value, datetime):
-        raise InvalidRequestError("ledger_row_invalid", f"expected a datetime, got {value!r}")
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--html", type=Path, required=True, metavar="FILE", help="write the HTML report to FILE"
@@ -394,6 +208,7 @@ def _configure_report(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from local.ledger import ledger_snapshot, read_ledger_rows
     from local.report import render_report
 
     settings = Settings.from_env()
@@ -428,24 +243,26 @@ def _run_report(args: argparse.Namespace) -> int:
         encoding="utf-8",
     )
     print(f"report for {snapshot.devices} devices written to {args.html}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
-register_command(
-    "serve",
-    "run the local stack (dev host, emulator, pumps) until Ctrl-C",
-    _configure_serve,
-    _run_serve,
-)
-register_command(
-    "demo",
-    "rotate a simulated fleet end to end on the local stack and verify",
-    _configure_demo,
-    _run_demo,
-)
-register_command(
-    "report",
-    "write the HTML certificate-expiry report from a ledger",
-    _configure_report,
-    _run_report,
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "serve",
+        "run the local stack (dev host, emulator, pumps) until Ctrl-C",
+        _configure_serve,
+        _run_serve,
+    ),
+    Command(
+        "demo",
+        "rotate a simulated fleet end to end on the local stack and verify",
+        _configure_demo,
+        _run_demo,
+    ),
+    Command(
+        "report",
+        "write the HTML certificate-expiry report from a ledger",
+        _configure_report,
+        _run_report,
+    ),
 )

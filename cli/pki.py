@@ -1,5 +1,5 @@
-"""PKI subcommands of ``certroll``: ``pki init``, ``issue``, ``revoke``, ``crl``, and the
-issuing CA's ceremony: ``pki issuing-csr``, ``pki sign-issuing``, ``pki verification-cert``.
+"""``certroll pki init``, ``issue``, ``revoke``, ``crl``, and the issuing CA's ceremony:
+``pki issuing-csr``, ``pki sign-issuing``, ``pki verification-cert``.
 
 Each ``cmd_*`` function takes the parsed arguments and the objects it works on (the
 issuer, or settings), so tests can pass in-memory fakes; the ``run_*`` wrappers get
@@ -23,7 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-from shared.cli import EXIT_OK, cli_actor, register_command
+from cli.common import Command, cli_actor, services
+from cli.exits import ExitCode
 from shared.domain.errors import InvalidRequestError
 from shared.domain.model import RevocationReason, Trigger
 from shared.pki import ceremony
@@ -37,12 +38,6 @@ from shared.pki.local_ca import (
     root_crl_url,
 )
 from shared.settings import Settings
-
-
-def _services() -> Any:
-    from shared.bootstrap import get_services
-
-    return get_services()
 
 
 def _write_output(path: str | None, data: bytes) -> None:
@@ -91,7 +86,7 @@ def cmd_pki_init(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"root CA:    {files.root_certificate}")
         print(f"issuing CA: {files.issuing_certificate} (key: {files.key_id})")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def run_pki(args: argparse.Namespace) -> int:
@@ -226,7 +221,7 @@ def cmd_issuing_csr(
     csr = ceremony.build_issuing_csr(key, subject)
     _write_new_file(args.out, csr.public_bytes(serialization.Encoding.PEM))
     print(f"issuing CA CSR {csr.subject.rfc4514_string()} (key {key_id}) -> {args.out}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_sign_issuing(args: argparse.Namespace, now: datetime | None = None) -> int:
@@ -252,7 +247,7 @@ def cmd_sign_issuing(args: argparse.Namespace, now: datetime | None = None) -> i
         f"{issuing.not_valid_after_utc.isoformat()}"
     )
     print(f"  sha256   {_fingerprint(issuing)}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_verification_cert(
@@ -266,7 +261,7 @@ def cmd_verification_cert(
     )
     _write_new_file(args.out, cert.public_bytes(serialization.Encoding.PEM))
     print(f"verification certificate CN={args.code} -> {args.out}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 # --------------------------------------------------------------------------- issue
@@ -313,11 +308,11 @@ def cmd_issue(args: argparse.Namespace, issuer: Issuer) -> int:
         )
     elif not args.out:
         _write_output(None, issued.chain_pem.encode("ascii"))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def run_issue(args: argparse.Namespace) -> int:
-    return cmd_issue(args, _services().issuer)
+    return cmd_issue(args, services().issuer)
 
 
 # --------------------------------------------------------------------------- revoke
@@ -351,11 +346,11 @@ def cmd_revoke(args: argparse.Namespace, issuer: Issuer) -> int:
         )
     else:
         print(f"revoked {record.serial} of {record.device_id} ({reason})")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    return cmd_revoke(args, _services().issuer)
+    return cmd_revoke(args, services().issuer)
 
 
 # --------------------------------------------------------------------------- crl
@@ -388,14 +383,16 @@ def cmd_crl(args: argparse.Namespace, issuer: Issuer, settings: Settings | None 
         print(json.dumps({"url": url, "rootCrlUrl": root_url, "revoked": len(crl)}))
     else:
         print(f"published {url} ({len(crl)} revoked)")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def run_crl(args: argparse.Namespace) -> int:
-    return cmd_crl(args, _services().issuer)
+    return cmd_crl(args, services().issuer)
 
 
-register_command("pki", "manage the local PKI (root and issuing CA)", configure_pki, run_pki)
-register_command("issue", "issue a device certificate from a CSR", configure_issue, run_issue)
-register_command("revoke", "revoke a certificate by serial", configure_revoke, run_revoke)
-register_command("crl", "build and publish the CRL", configure_crl, run_crl)
+COMMANDS: tuple[Command, ...] = (
+    Command("pki", "manage the local PKI (root and issuing CA)", configure_pki, run_pki),
+    Command("issue", "issue a device certificate from a CSR", configure_issue, run_issue),
+    Command("revoke", "revoke a certificate by serial", configure_revoke, run_revoke),
+    Command("crl", "build and publish the CRL", configure_crl, run_crl),
+)
