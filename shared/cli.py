@@ -41,6 +41,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shared.rotation_commands",
     "shared.domain.commands",
     "local.commands",
+    "local.token_command",
 )
 
 EXIT_OK = 0

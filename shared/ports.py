@@ -16,6 +16,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
+from shared.domain.auth import Caller
 from shared.domain.errors import NotFoundError
 from shared.domain.model import (
     AuditEvent,
@@ -302,3 +303,17 @@ class DeviceRegistry(abc.ABC):
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobStatus: ...
+
+
+# --------------------------------------------------------------------------- operators
+
+
+class TokenValidator(abc.ABC):
+    """Validates a caller's access token (Entra ID in Azure, a loopback issuer locally)."""
+
+    @abc.abstractmethod
+    def validate(self, token: str) -> Caller:
+        """The caller the token proves: signature against the issuer's published keys,
+        algorithm, issuer, tenant, audience and lifetime checked. Raises
+        ``NotAuthenticatedError`` for a token that fails, ``AuthUnavailableError`` when the
+        signing keys cannot be read."""

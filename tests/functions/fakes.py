@@ -132,10 +132,18 @@ def http_request(
     action: str | None = None,
     *,
     body: bytes | dict[str, Any] | None = None,
+    token: str | None = None,
     principal: str | None = None,
     principal_name: str | None = None,
+    authorization: str | None = None,
 ) -> func.HttpRequest:
+    """A request to ``devices/{device_id}/{action}``; ``token`` goes in
+    ``Authorization: Bearer``, ``authorization`` replaces that header as given."""
     headers: dict[str, str] = {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if authorization is not None:
+        headers["Authorization"] = authorization
     if principal is not None:
         headers["X-MS-CLIENT-PRINCIPAL"] = principal
     if principal_name is not None:
