@@ -22,9 +22,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name", default="operator@certroll.local", help="user (or, with --app, app) name"
     )
-    parser.add_argument(
-        "--app", action="store_true", help="an app-only (client credentials) token"
-    )
+    parser.add_argument("--app", action="store_true", help="an app-only (client credentials) token")
     parser.add_argument(
         "--role",
         action="append",

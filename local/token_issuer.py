@@ -22,6 +22,7 @@ import os
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -91,6 +92,8 @@ class LocalTokenIssuer:
         self.tenant_id: str = meta["tenant_id"]
         self.client_id: str = meta["client_id"]
         self.kid = key_id(self.key.public_key())
+        self._published: dict[str, rsa.RSAPublicKey] = {self.kid: self.key.public_key()}
+        self.hits: Counter[str] = Counter()  # requests served, by path
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url: str | None = None
@@ -112,7 +115,13 @@ class LocalTokenIssuer:
         return f"{self.url}/{self.tenant_id}/v2.0/.well-known/openid-configuration"
 
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [public_jwk(self.key.public_key(), self.kid)]}
+        return {"keys": [public_jwk(key, kid) for kid, key in self._published.items()]}
+
+    def publish(self, key: rsa.RSAPublicKey) -> str:
+        """Add ``key`` to the published key set (a key roll-over); returns its ``kid``."""
+        kid = key_id(key)
+        self._published[kid] = key
+        return kid
 
     def openid_configuration(self) -> dict[str, Any]:
         base = f"{self.url}/{self.tenant_id}"
@@ -212,6 +221,7 @@ class LocalTokenIssuer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                issuer.hits[self.path] += 1
                 base = f"/{issuer.tenant_id}"
                 if self.path == f"{base}/v2.0/.well-known/openid-configuration":
                     self._json(200, issuer.openid_configuration())
