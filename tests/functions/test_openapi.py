@@ -226,3 +226,24 @@ def test_error_responses_match_the_documented_schema(
     jsonschema.validate(json.loads(resp.get_body()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"error": {"code": "x"}}, schema)
+
+
+def test_bearer_scheme_is_described_and_required_by_the_device_routes() -> None:
+    doc = document()
+    scheme = doc["components"]["securitySchemes"]["entraId"]
+    assert scheme["type"] == "http"
+    assert scheme["scheme"] == "bearer"
+    assert scheme["bearerFormat"] == "JWT"
+    for fragment in ("RS256", "roles", "api://<client id>", "/v2.0", "sts.windows.net"):
+        assert fragment in scheme["description"], fragment
+    assert {"functionKey": [], "entraId": []} in doc["security"]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            if path.startswith("/devices/"):
+                assert "security" not in op, (method, path)  # the document's: key and token
+                assert {"401", "403", "503"} <= set(op["responses"]), (method, path)
+            else:
+                assert op["security"] == [{"functionKey": []}], (method, path)
+    assert "X-MS-CLIENT-PRINCIPAL never" in doc["info"]["description"]
