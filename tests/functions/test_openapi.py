@@ -246,4 +246,4 @@ def test_bearer_scheme_is_described_and_required_by_the_device_routes() -> None:
                 assert {"401", "403", "503"} <= set(op["responses"]), (method, path)
             else:
                 assert op["security"] == [{"functionKey": []}], (method, path)
-    assert "X-MS-CLIENT-PRINCIPAL never" in doc["info"]["description"]
+    assert "X-MS-CLIENT-PRINCIPAL header never" in doc["info"]["description"]
