@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,20 +109,6 @@ def user_function(name: str) -> Callable[..., Any]:
         if fn.get_function_name() == name:
             return fn.get_user_function()
     raise LookupError(f"function_app has no function {name}")
-
-
-def principal_header(
-    name: str | None = "alice@example.com",
-    roles: tuple[str, ...] = ("Certroll.Operator",),
-    *,
-    role_typ: str = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role",
-    role_claim: str = "roles",
-) -> str:
-    claims = [{"typ": role_claim, "val": role} for role in roles]
-    if name:
-        claims.append({"typ": "name", "val": name})
-    doc = {"auth_typ": "aad", "claims": claims, "name_typ": "name", "role_typ": role_typ}
-    return base64.b64encode(json.dumps(doc).encode()).decode()
 
 
 def http_request(
