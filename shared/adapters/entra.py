@@ -6,9 +6,10 @@
   (``CERTROLL_AUTH_METADATA_URL``; by default
   ``https://login.microsoftonline.com/<tenant>/v2.0/.well-known/openid-configuration``),
   whose ``issuer`` must be the tenant's v2 issuer. Keys are fetched with PyJWT's
-  :class:`jwt.PyJWKClient` and cached for an hour; a token whose ``kid`` is not in the
-  cached set makes one refetch, at most once per ``MIN_REFRESH_SECONDS`` however many such
-  tokens arrive (so unknown ``kid`` values cannot turn callers into a flood of fetches);
+  :class:`jwt.PyJWKClient` and cached for an hour (if the hourly refetch fails, the last
+  keys read stay in use); a token whose ``kid`` is not in the cached set makes one
+  refetch, at most once per ``MIN_REFRESH_SECONDS`` however many such tokens arrive (so
+  unknown ``kid`` values cannot turn callers into a flood of fetches);
 - the header must name ``RS256`` (``none``, ``HS256`` and every other algorithm are
   refused before any key is looked up) and a ``kid``;
 - the signature, ``exp``/``nbf``/``iat`` (``LEEWAY_SECONDS`` of clock skew), the issuer
@@ -123,6 +124,7 @@ class EntraTokenValidator(TokenValidator):
         self._jwks: jwt.PyJWKClient | None = None
         self._metadata_failed_at = -math.inf
         self._refreshed_at = -math.inf
+        self._last_keys: list[jwt.PyJWK] = []
         self.key_fetches = 0  # forced refetches on an unknown kid (for tests and logs)
 
     # ----------------------------------------------------------------- validation
@@ -212,10 +214,10 @@ class EntraTokenValidator(TokenValidator):
     def _signing_key(self, kid: str) -> RSAPublicKey:
         client = self._client()
         try:
-            found = _match(client.get_signing_keys(), kid)
+            found = _match(self._keys(client), kid)
             if found is None and self._may_refresh():
                 logger.info("token key %s is not in the cached key set: fetching the keys", kid)
-                found = _match(client.get_signing_keys(refresh=True), kid)
+                found = _match(self._keys(client, refresh=True), kid)
         except jwt.PyJWKClientConnectionError as exc:
             raise AuthUnavailableError(
                 "keys_unavailable", f"the tenant's signing keys could not be fetched: {exc}"
@@ -231,6 +233,19 @@ class EntraTokenValidator(TokenValidator):
         if not isinstance(found.key, RSAPublicKey):
             raise NotAuthenticatedError("token_key_unknown", "the token's signing key is not RSA")
         return found.key
+
+    def _keys(self, client: jwt.PyJWKClient, *, refresh: bool = False) -> list[jwt.PyJWK]:
+        """The tenant's signing keys; when the hourly refetch fails, the last ones read
+        (keys are announced long before they are used and kept long after)."""
+        try:
+            keys = client.get_signing_keys(refresh=refresh)
+        except jwt.PyJWKClientConnectionError as exc:
+            if not self._last_keys:
+                raise
+            logger.warning("signing keys could not be refetched, using the last ones: %s", exc)
+            return self._last_keys
+        self._last_keys = keys
+        return keys
 
     def _may_refresh(self) -> bool:
         with self._lock:

@@ -200,3 +200,16 @@ def test_principal_header_is_ignored_unless_the_platform_enforces_auth(
     with pytest.raises(NotAuthenticatedError) as info:
         enforced.authenticate("Bearer " + issuer.mint(), "%%% not even base64 %%%")
     assert info.value.code == "principal_invalid"
+
+
+def test_last_keys_stay_in_use_when_the_key_endpoint_goes_away(issuer: LocalTokenIssuer) -> None:
+    validator = validator_for(issuer)
+    validator.validate(issuer.mint())
+    issuer.close()  # the key endpoint is gone; the cached key set then expires
+    client = validator._client()
+    assert client.jwk_set_cache is not None
+    client.jwk_set_cache.lifespan = 0.0
+    assert validator.validate(issuer.mint()).object_id
+    with pytest.raises(NotAuthenticatedError) as info:  # unknown to the last keys too
+        validator.validate(issuer.mint(headers={"kid": "rolled-over"}))
+    assert info.value.code == "token_key_unknown"
