@@ -246,6 +246,48 @@ def _run_report(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# --------------------------------------------------------------------------- token
+
+
+def _configure_token(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--name", default="operator@certroll.local", help="user (or, with --app, app) name"
+    )
+    parser.add_argument("--app", action="store_true", help="an app-only (client credentials) token")
+    parser.add_argument(
+        "--role",
+        action="append",
+        default=None,
+        help="app role in 'roles' (repeatable; default: CERTROLL_OPERATOR_ROLE)",
+    )
+    parser.add_argument("--no-role", action="store_true", help="a token without any app role")
+    parser.add_argument("--v1", action="store_true", help="the v1 token form (sts.windows.net)")
+    parser.add_argument("--minutes", type=int, default=60, help="lifetime (default 60)")
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    from local.token_issuer import LocalTokenIssuer
+
+    if not 1 <= args.minutes <= 24 * 60:
+        raise InvalidRequestError("argument_invalid", "--minutes must be within 1..1440")
+    settings = Settings.from_env()
+    roles: tuple[str, ...] = ()
+    if not args.no_role:
+        roles = tuple(args.role or [settings.get("CERTROLL_OPERATOR_ROLE")])
+    issuer = LocalTokenIssuer(settings.home.resolve())
+    print(
+        issuer.mint(
+            args.name,
+            roles,
+            app=args.app,
+            version="1.0" if args.v1 else "2.0",
+            lifetime=args.minutes * 60,
+        )
+    )
+    return ExitCode.OK
+
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "serve",
@@ -264,5 +306,11 @@ COMMANDS: tuple[Command, ...] = (
         "write the HTML certificate-expiry report from a ledger",
         _configure_report,
         _run_report,
+    ),
+    Command(
+        "token",
+        "print an operator access token of the local token issuer (for certroll serve)",
+        _configure_token,
+        _run_token,
     ),
 )

@@ -9,12 +9,14 @@ Routes (under ``/api``; see docs/api.md and ``functions/openapi.json``):
 - ``GET  openapi.json``
 
 The function key is enforced by the host (``AuthLevel.FUNCTION``). The device routes
-also require the App Service Authentication principal (``X-MS-CLIENT-PRINCIPAL``) to
-hold the app role named by ``CERTROLL_OPERATOR_ROLE``. Every refusal decided here (401,
-403, 400, 404/405 for an unknown route) is answered before the rotation service is
-called and is written to the audit log with outcome ``rejected``; so is a CSR brought
-to ``allow`` that the issuer refuses (422; the issuer checks it before the device
-leaves ``disallowed``, and audits it too).
+also require an Entra ID access token (``Authorization: Bearer``) validated in code
+(``shared.domain.auth.OperatorAuthenticator`` over ``shared.adapters.entra``) whose
+``roles`` hold the app role named by ``CERTROLL_OPERATOR_ROLE``; ``X-MS-CLIENT-PRINCIPAL``
+is never enough on its own. Every refusal decided here (401, 403, 503 when the signing
+keys cannot be read, 400, 404/405 for an unknown route) is answered before the rotation
+service is called and is written to the audit log with outcome ``rejected`` (never with
+the token); so is a CSR brought to ``allow`` that the issuing policy refuses (422),
+checked before the device leaves ``disallowed``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import azure.functions as func
 from functions._errors import HttpError, http_error_for
 from functions._services import audit_log, rotation, services, to_jsonable
 from functions.parsing.api import parse_allow, parse_disallow, parse_renew, parse_status
-from functions.parsing.principal import Principal, PrincipalError, parse_principal
+from shared.domain.auth import AuthError, AuthUnavailableError, Caller, OperatorAuthenticator
 from shared.domain.commands import Allow, Disallow, StartRenewal, Status
 from shared.domain.errors import CertrollError, CsrRejectedError, InvalidRequestError
 from shared.domain.messages import check_device_id
@@ -86,6 +88,8 @@ def error_response(error: HttpError, headers: dict[str, str] | None = None) -> f
         extra["Retry-After"] = str(error.retry_after)
     if error.status == 401:
         extra.setdefault("WWW-Authenticate", 'Bearer realm="certroll"')
+    elif error.status == 403:
+        extra.setdefault("WWW-Authenticate", 'Bearer realm="certroll", error="insufficient_scope"')
     return _json_response(
         error.status, {"error": {"code": error.code, "message": error.message}}, extra
     )
@@ -99,10 +103,12 @@ class DevicesApi:
         service: Callable[[], RotationService] = rotation,
         audit: Callable[[], AuditLog] = audit_log,
         settings: Callable[[], Settings] = lambda: services().settings,
+        authenticator: Callable[[], OperatorAuthenticator] = lambda: services().authenticator,
     ) -> None:
         self._service = service
         self._audit = audit
         self._settings = settings
+        self._authenticator = authenticator
 
     def handle(self, req: func.HttpRequest) -> func.HttpResponse:
         method = (req.method or "").upper()
@@ -118,20 +124,38 @@ class DevicesApi:
             actor: str,
             device_id: str | None = None,
             headers: dict[str, str] | None = None,
+            retry_after: int | None = None,
         ) -> func.HttpResponse:
             self._record_rejection(operation, actor, device_id, status, code, message, context)
-            return error_response(HttpError(status, code, message), headers)
+            return error_response(HttpError(status, code, message, retry_after), headers)
 
+        # authorization step: a verified token first, then the operator app role
         try:
-            principal = parse_principal(
-                req.headers.get("x-ms-client-principal"),
-                req.headers.get("x-ms-client-principal-name"),
+            authenticator = self._authenticator()
+            caller = authenticator.authenticate(
+                req.headers.get("authorization"), req.headers.get("x-ms-client-principal")
             )
-        except PrincipalError as exc:
-            return refuse(401, "unauthenticated", f"not authenticated: {exc}", "anonymous")
-        role = self._settings().get("CERTROLL_OPERATOR_ROLE")
-        if role not in principal.roles:
-            return refuse(403, "forbidden", f"the app role {role!r} is required", principal.name)
+        except AuthError as exc:
+            context["reason"] = exc.code
+            if isinstance(exc, AuthUnavailableError):
+                logger.error("devices_api: authentication unavailable: %s", exc)
+                return refuse(503, "auth_unavailable", exc.message, "anonymous", retry_after=30)
+            headers = None
+            if exc.code not in ("token_missing", "principal_missing"):
+                headers = {"WWW-Authenticate": 'Bearer realm="certroll", error="invalid_token"'}
+            return refuse(
+                401,
+                "unauthenticated",
+                f"not authenticated: {exc.message}",
+                "anonymous",
+                headers=headers,
+            )
+        context["caller"] = caller.audit_detail()
+        try:
+            authenticator.authorize(caller)
+        except AuthError as exc:
+            return refuse(403, "forbidden", exc.message, caller.actor)
+        principal = _Actor(caller)
         if operation is None:
             if action is not None and any(a == action for _, a in OPERATIONS):
                 allowed = ", ".join(sorted(m for m, a in OPERATIONS if a == action))
@@ -176,7 +200,7 @@ class DevicesApi:
             return refuse(error.status, error.code, error.message, principal.name, device_id)
 
     def _call(
-        self, operation: str, command: OperatorCommand, principal: Principal
+        self, operation: str, command: OperatorCommand, principal: _Actor
     ) -> func.HttpResponse:
         """The service's answer; a CSR the issuer refuses propagates (audited above)."""
         device_id = command.device_id
@@ -260,6 +284,14 @@ class DevicesApi:
             )
         except Exception:
             logger.exception("devices_api: the rejection could not be audited")
+
+
+class _Actor:
+    """The authenticated caller as the audit log and the service calls name it."""
+
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+        self.name = caller.actor
 
 
 def _is_device_id(value: str) -> bool:

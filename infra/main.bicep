@@ -77,17 +77,20 @@ param devicePublicNetworkAccess string = 'Enabled'
 @description('Public network access for the PKI storage account that serves the CRL and CA certificates to relying parties.')
 param pkiPublicNetworkAccess string = 'Enabled'
 
-@description('Entra ID application (client) id that App Service Authentication validates tokens for; it defines the operator app role.')
+@description('Entra ID application (client) id of the operator API (scripts/post-deploy.sh app-registration creates it); it defines the operator app role and is the audience of operator tokens.')
 param authClientId string
 
 @description('Entra ID tenant id that issues the operator tokens.')
 param authTenantId string = tenant().tenantId
 
-@description('Audiences accepted by App Service Authentication; empty means api://<authClientId> and the client id itself.')
+@description('Audiences accepted for operator tokens (by the code and App Service Authentication); empty means api://<authClientId> and the client id itself.')
 param authAllowedAudiences array = []
 
 @description('Entra ID app role an operator needs for the devices API.')
 param operatorRole string = 'Certroll.Operator'
+
+@description('Set true only after checking that App Service Authentication runs in front of the app and strips client-sent X-MS-CLIENT-PRINCIPAL headers (Flex Consumption documentation has said it does not block unauthenticated callers); the code then also cross-checks that header with the bearer token it validates.')
+param platformAuthEnforced bool = false
 
 @description('True once the function code is published: creates the Event Grid subscription that delivers DeviceConnected/DeviceCreated to the device_lifecycle function (it must exist first).')
 param functionCodeDeployed bool = false
@@ -333,6 +336,7 @@ module functionApp 'modules/functionapp.bicep' = {
     authClientId: authClientId
     authTenantId: authTenantId
     authAllowedAudiences: authAllowedAudiences
+    platformAuthEnforced: platformAuthEnforced
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     publicNetworkAccess: publicNetworkAccess

@@ -15,7 +15,8 @@ Flow (:func:`run_demo`):
    delivered, the devices reprovision, and ``device_lifecycle`` / ``twin_changes``
    confirm. A share of the twin-change messages is delivered twice (at-least-once), some
    devices are offline for a while, and one device is disallowed through the HTTP API
-   while its rotation runs; it is then refused by DPS and the hub.
+   (with a bearer token of the stack's loopback token issuer) while its rotation runs;
+   it is then refused by DPS and the hub.
 5. Verify: every other device runs on a new certificate that chains to the root and is
    valid at real now, with exactly one renewal issuance in the ledger; every certificate
    of the disallowed device is revoked and listed in the published CRL.
@@ -181,7 +182,9 @@ class DemoResult:
 
 
 def principal_header(name: str, role: str) -> str:
-    """An App Service Authentication principal (``X-MS-CLIENT-PRINCIPAL``) with one role."""
+    """An App Service Authentication principal (``X-MS-CLIENT-PRINCIPAL``) with one role:
+    what a caller could forge where the platform does not strip it (the API refuses it
+    without a valid bearer token)."""
     doc = {
         "auth_typ": "aad",
         "claims": [{"typ": "roles", "val": role}, {"typ": "name", "val": name}],
@@ -197,6 +200,7 @@ def call_api(
     path: str,
     *,
     function_key: str | None,
+    token: str | None = None,
     principal: str | None = None,
     principal_name: str | None = None,
     body: dict[str, Any] | None = None,
@@ -206,6 +210,8 @@ def call_api(
     headers = {"Accept": "application/json"}
     if function_key is not None:
         headers["x-functions-key"] = function_key
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     if principal is not None:
         headers["X-MS-CLIENT-PRINCIPAL"] = principal
     if principal_name is not None:
@@ -370,14 +376,12 @@ def _run(
 
         # breach response through the HTTP API while the device's rotation runs
         assert stack.url is not None
-        role = stack.settings.get("CERTROLL_OPERATOR_ROLE")
         status, body = call_api(
             stack.url,
             "POST",
             f"/api/devices/{disallowed_id}/disallow",
             function_key=stack.function_key,
-            principal=principal_header("operator@demo.local", role),
-            principal_name="operator@demo.local",
+            token=stack.operator_token("operator@demo.local"),
             body={"reason": "demo: device reported stolen"},
         )
         if status != 200:

@@ -13,7 +13,8 @@ It indexes ``app.get_functions()`` and invokes each function's user code with th
   queue rules (:meth:`DevHost.pump_queue`).
 
 Easy Auth is not emulated: the ``X-MS-CLIENT-PRINCIPAL`` header a caller sends reaches the
-function unchanged, which is what the function's own role check is then tested against.
+function unchanged, as on a plan without it; the function validates the bearer token itself
+(locally against the stack's loopback token issuer, ``local/token_issuer.py``).
 """
 
 from __future__ import annotations

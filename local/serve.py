@@ -94,8 +94,10 @@ def _serve_banner(stack: Any, sim: Any) -> str:
     url = stack.url
     lines = [
         f"certroll dev host on {url}",
-        f"  API:          {url}/api/devices/{{id}}  (header x-functions-key)",
+        f"  API:          {url}/api/devices/{{id}}  (headers x-functions-key, "
+        "Authorization: Bearer $(certroll token))",
         f"  function key: {stack.function_key_path}",
+        f"  token issuer: {stack.token_issuer.url} (loopback Entra ID stand-in)",
         f"  Event Grid:   {url}/runtime/webhooks/eventgrid?functionName=device_lifecycle",
         f"  key backend:  {stack.backend} ({stack.backend_note})",
         f"  run id:       {stack.run_id}",

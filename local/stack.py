@@ -12,6 +12,8 @@
   registry: in process (``transport="inproc"``) or through the production DPS/IoT Hub
   adapters against the emulator's REST front end over loopback (``transport="http"``);
 - the dev host over ``function_app.app``, serving HTTP on loopback with a function key;
+- the loopback token issuer (:mod:`local.token_issuer`) the operator API validates
+  bearer tokens against (:meth:`LocalStack.operator_token` mints one);
 - the event pump that plays the Azure plumbing: the emulator's routed twin changes and
   Connections-log records go to the Event Hub triggers (one emulator envelope is one
   Event Hub message), its lifecycle events to the Event Grid webhook (Event Grid schema,
@@ -374,6 +376,7 @@ class LocalStack:
         if self._started:
             return self
         self._ensure_pki()
+        self._start_token_issuer()
         self.emulator = FleetEmulator(
             self.clock, enforce_limits=self.enforce_limits, units=self.hub_units
         )
@@ -436,6 +439,22 @@ class LocalStack:
             self.url or "(not serving)",
         )
         return self
+
+    def _start_token_issuer(self) -> None:
+        """The loopback token issuer (:mod:`local.token_issuer`) the API trusts, as it
+        trusts Entra ID in Azure."""
+        from local.token_issuer import LocalTokenIssuer
+
+        self.token_issuer = LocalTokenIssuer(self.home)
+        self.token_issuer.serve()
+        self._exit.callback(self.token_issuer.close)
+        self.settings = Settings({**self.settings.values, **self.token_issuer.settings_values()})
+
+    def operator_token(self, name: str = "operator@certroll.local", **kwargs: Any) -> str:
+        """A token of the loopback issuer with the operator app role (see ``mint``)."""
+        kwargs.setdefault("roles", (self.settings.get("CERTROLL_OPERATOR_ROLE"),))
+        token: str = self.token_issuer.mint(name, **kwargs)
+        return token
 
     def _create_queue(self, queues: Any) -> None:
         """The work queue exists before the queue trigger polls it (infra/ creates it in

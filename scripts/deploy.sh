@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Deploy certroll's Azure resources (infra/main.bicep) and run the post-deploy steps.
 #
-#   scripts/deploy.sh -e <environment> -l <location> -c <entra-app-client-id> [-p params.json]
+#   scripts/deploy.sh -e <environment> -l <location> [-c <api-client-id>] [-p params.json]
 #
+# Without -c the operator API's app registration is created (or found) first
+# (scripts/post-deploy.sh <deployment> app-registration) and its client id used.
 # Needs: Azure CLI (az login done, Bicep bundled), rights to create a resource group and
 # role assignments in the subscription (Owner, or Contributor + Role Based Access Control
 # Administrator). See docs/deploy.md.
@@ -16,14 +18,18 @@ while getopts "e:l:c:p:h" opt; do
     l) location=$OPTARG ;;
     c) client_id=$OPTARG ;;
     p) params=$OPTARG ;;
-    *) sed -n '2,9p' "$0"; exit 2 ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
   esac
 done
-if [[ -z $env_name || -z $location || -z $client_id ]]; then
-  sed -n '2,9p' "$0"; exit 2
+if [[ -z $env_name || -z $location ]]; then
+  sed -n '2,12p' "$0"; exit 2
 fi
 
 deployment="certroll-${env_name}"
+if [[ -z $client_id ]]; then
+  scripts/post-deploy.sh "$deployment" app-registration
+  client_id=$(cat "${WORK:-.certroll/deploy/$deployment}/api-client-id")
+fi
 echo "deploying ${deployment} to ${location}"
 az deployment sub create \
   --name "$deployment" \

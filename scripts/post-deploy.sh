@@ -4,7 +4,14 @@
 #
 #   scripts/post-deploy.sh <deployment-name> [step ...]
 #
-# Steps (default: all, in this order):
+# Steps (default: all deployment steps, in this order):
+#   app-registration  (before the first deployment too) the operator API's Entra ID app
+#                 registration: app role Certroll.Operator, api://<client id>, v2 tokens, a
+#                 user_impersonation scope pre-authorized for the Azure CLI, assignment
+#                 required; writes the client id to $WORK/api-client-id (deploy.sh passes it
+#                 as authClientId)
+#   grant-operator  give the operator app role to each object id in $OPERATORS (users,
+#                 groups, or service principals / managed identities of automations)
 #   link-dps      link the IoT Hub to DPS (hub policy 'dps-link'; the key stays in az)
 #   hsm-rbac      Managed HSM only: "Managed HSM Crypto User" on /keys/<key> for the app
 #   issuing-csr   CSR for the issuing CA from the HSM key   -> $WORK/issuing.csr
@@ -33,25 +40,41 @@ CERTROLL=${CERTROLL:-.venv/bin/certroll}
 ENROLLMENT_GROUP=${ENROLLMENT_GROUP:-certroll-fleet}
 CA_NAME=${CA_NAME:-certroll-issuing}
 ISSUING_SUBJECT=${ISSUING_SUBJECT:-CN=certroll Issuing CA,O=certroll}
+API_APP_NAME=${API_APP_NAME:-$deployment-api}
+OPERATOR_ROLE=${OPERATOR_ROLE:-Certroll.Operator}
+AZURE_CLI_APP_ID=04b07795-8ddb-461a-bbee-02f9e1bf7b46  # Microsoft's Azure CLI client
+GRAPH=https://graph.microsoft.com/v1.0
 mkdir -p "$WORK"
 
 out() { az deployment sub show --name "$deployment" --query "properties.outputs.$1.value" -o tsv; }
 say() { printf '== %s\n' "$*"; }
 
-RG=$(out AZURE_RESOURCE_GROUP)
-LOCATION=$(out AZURE_LOCATION)
-KEY_STORE=$(out CERTROLL_KEY_STORE)
-KEY_ID=$(out CERTROLL_KEY_ID)
-KEY_HOLDER=$(out KEYVAULT_NAME)
-APP=$(out FUNCTION_APP_NAME)
-APP_PRINCIPAL=$(out FUNCTION_APP_PRINCIPAL_ID)
-PKI_ACCOUNT=$(out PKI_STORAGE_ACCOUNT_NAME)
-PKI_CONTAINER=$(out PKI_CONTAINER_NAME)
-PKI_BASE_URL=$(out PKI_BASE_URL)
-ISSUING_BLOB=$(out ISSUING_CERT_BLOB_NAME)
-HUB=$(out IOTHUB_NAME)
-HUB_POLICY=$(out IOTHUB_DPS_LINK_POLICY)
-DPS=$(out DPS_NAME)
+# The deployment's outputs; read only by the steps that need a deployment.
+load_outputs() {
+  [[ -n ${RG:-} ]] && return
+  RG=$(out AZURE_RESOURCE_GROUP)
+  LOCATION=$(out AZURE_LOCATION)
+  KEY_STORE=$(out CERTROLL_KEY_STORE)
+  KEY_ID=$(out CERTROLL_KEY_ID)
+  KEY_HOLDER=$(out KEYVAULT_NAME)
+  APP=$(out FUNCTION_APP_NAME)
+  APP_PRINCIPAL=$(out FUNCTION_APP_PRINCIPAL_ID)
+  PKI_ACCOUNT=$(out PKI_STORAGE_ACCOUNT_NAME)
+  PKI_CONTAINER=$(out PKI_CONTAINER_NAME)
+  PKI_BASE_URL=$(out PKI_BASE_URL)
+  ISSUING_BLOB=$(out ISSUING_CERT_BLOB_NAME)
+  HUB=$(out IOTHUB_NAME)
+  HUB_POLICY=$(out IOTHUB_DPS_LINK_POLICY)
+  DPS=$(out DPS_NAME)
+}
+
+# The operator API's client id: $API_CLIENT_ID, else the one app-registration wrote, else the
+# deployment's authClientId parameter.
+api_client_id() {
+  if [[ -n ${API_CLIENT_ID:-} ]]; then echo "$API_CLIENT_ID"; return; fi
+  if [[ -s $WORK/api-client-id ]]; then cat "$WORK/api-client-id"; return; fi
+  az deployment sub show --name "$deployment" --query properties.parameters.authClientId.value -o tsv
+}
 
 # certroll with the deployment's issuing key (Key Vault / Managed HSM): the CSR and the
 # proof-of-possession certificates are signed inside the HSM, the private key never leaves it.
@@ -70,6 +93,81 @@ need_issuing_pem() {
     echo "put the result and root.pem (and root.crl) in $WORK, then rerun: $0 $deployment ${steps[*]}" >&2
     exit 3
   fi
+}
+
+step_app_registration() {
+  local app_id object_id sp_id
+  app_id=${API_CLIENT_ID:-$(az ad app list --display-name "$API_APP_NAME" --query "[0].appId" -o tsv)}
+  if [[ -z $app_id ]]; then
+    say "create the app registration $API_APP_NAME (operator API)"
+    app_id=$(az ad app create --display-name "$API_APP_NAME" --sign-in-audience AzureADMyOrg \
+      --query appId -o tsv)
+  else
+    say "app registration $API_APP_NAME: $app_id"
+  fi
+  object_id=$(az ad app show --id "$app_id" --query id -o tsv)
+  az ad app show --id "$app_id" -o json >"$WORK/api-app.json"
+  # Two PATCHes: the scope must exist before an application can be pre-authorized for it.
+  # Ids of an existing role or scope are kept (Graph refuses to change an enabled one).
+  "$PY" - "$WORK/api-app.json" "$OPERATOR_ROLE" "$AZURE_CLI_APP_ID" "$WORK" <<'PYEOF'
+import json, sys, uuid
+app, role_value, cli_app, work = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4]
+roles = list(app.get("appRoles") or [])
+if not any(r.get("value") == role_value for r in roles):
+    roles.append({"id": str(uuid.uuid4()), "value": role_value, "isEnabled": True,
+                  "allowedMemberTypes": ["User", "Application"],
+                  "displayName": "certroll operator",
+                  "description": "Disallow, allow, renew and inspect devices through the certroll API"})
+api = app.get("api") or {}
+scopes = list(api.get("oauth2PermissionScopes") or [])
+scope = next((s for s in scopes if s.get("value") == "user_impersonation"), None)
+if scope is None:
+    text = "Call the certroll operator API as the signed-in user (the app role still decides)"
+    scope = {"id": str(uuid.uuid4()), "value": "user_impersonation", "type": "User",
+             "isEnabled": True, "adminConsentDisplayName": "Access certroll",
+             "adminConsentDescription": text, "userConsentDisplayName": "Access certroll",
+             "userConsentDescription": text}
+    scopes.append(scope)
+uris = list(app.get("identifierUris") or [])
+if f"api://{app['appId']}" not in uris:
+    uris.append(f"api://{app['appId']}")
+first = {"identifierUris": uris, "appRoles": roles,
+         "api": {"requestedAccessTokenVersion": 2, "oauth2PermissionScopes": scopes,
+                 "preAuthorizedApplications": api.get("preAuthorizedApplications") or []}}
+pre = [p for p in first["api"]["preAuthorizedApplications"] if p.get("appId") != cli_app]
+pre.append({"appId": cli_app, "delegatedPermissionIds": [scope["id"]]})
+second = {"api": {**first["api"], "preAuthorizedApplications": pre}}
+json.dump(first, open(f"{work}/api-app-patch1.json", "w"))
+json.dump(second, open(f"{work}/api-app-patch2.json", "w"))
+PYEOF
+  for patch in api-app-patch1 api-app-patch2; do
+    az rest --method PATCH --uri "$GRAPH/applications/$object_id" \
+      --headers Content-Type=application/json --body "@$WORK/$patch.json" --output none
+  done
+  az ad sp show --id "$app_id" --output none 2>/dev/null || az ad sp create --id "$app_id" --output none
+  sp_id=$(az ad sp show --id "$app_id" --query id -o tsv)
+  # Only users, groups and apps given a role can get a token for the API at all.
+  az rest --method PATCH --uri "$GRAPH/servicePrincipals/$sp_id" \
+    --headers Content-Type=application/json --body '{"appRoleAssignmentRequired": true}' --output none
+  echo "$app_id" >"$WORK/api-client-id"
+  say "operator API client id $app_id (authClientId); audiences api://$app_id and $app_id"
+}
+
+step_grant_operator() {
+  local app_id sp_id role_id principal assigned
+  app_id=$(api_client_id)
+  sp_id=$(az ad sp show --id "$app_id" --query id -o tsv)
+  role_id=$(az ad sp show --id "$app_id" --query "appRoles[?value=='$OPERATOR_ROLE'].id | [0]" -o tsv)
+  [[ -n $role_id ]] || { echo "no app role $OPERATOR_ROLE on $app_id: run app-registration" >&2; exit 3; }
+  for principal in ${OPERATORS:?set OPERATORS to object ids of users, groups or service principals}; do
+    assigned=$(az rest --method GET --uri "$GRAPH/servicePrincipals/$sp_id/appRoleAssignedTo" \
+      --query "value[?principalId=='$principal' && appRoleId=='$role_id'] | length(@)" -o tsv)
+    if [[ $assigned != 0 ]]; then say "$principal already holds $OPERATOR_ROLE"; continue; fi
+    say "give $OPERATOR_ROLE to $principal"
+    az rest --method POST --uri "$GRAPH/servicePrincipals/$sp_id/appRoleAssignedTo" \
+      --headers Content-Type=application/json --output none \
+      --body "{\"principalId\": \"$principal\", \"resourceId\": \"$sp_id\", \"appRoleId\": \"$role_id\"}"
+  done
 }
 
 step_link_dps() {
@@ -202,6 +300,12 @@ step_crl() {
 
 for step in "${steps[@]}"; do
   case $step in
+    app-registration|grant-operator) ;;
+    *) load_outputs ;;
+  esac
+  case $step in
+    app-registration) step_app_registration ;;
+    grant-operator) step_grant_operator ;;
     link-dps) step_link_dps ;;
     hsm-rbac) step_hsm_rbac ;;
     issuing-csr) step_issuing_csr ;;

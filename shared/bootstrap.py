@@ -28,11 +28,13 @@ from shared.ports import (
     EventSink,
     IssuingAuthority,
     RotationStateStore,
+    TokenValidator,
     WorkQueue,
 )
 from shared.settings import Settings
 
 if TYPE_CHECKING:
+    from shared.domain.auth import OperatorAuthenticator
     from shared.domain.rotation import RotationService
     from shared.pki.issuer import Issuer
 
@@ -168,6 +170,23 @@ class Services:
         from shared.adapters.eventgrid import EventGridSink
 
         return EventGridSink(endpoint, self.credential)
+
+    # ----------------------------------------------------------------- operators
+    @cached_property
+    def token_validator(self) -> TokenValidator:
+        from shared.adapters.entra import EntraConfig, EntraTokenValidator
+
+        return EntraTokenValidator(EntraConfig.from_settings(self.settings))
+
+    @cached_property
+    def authenticator(self) -> OperatorAuthenticator:
+        from shared.domain.auth import OperatorAuthenticator
+
+        return OperatorAuthenticator(
+            self.token_validator,
+            self.settings.get("CERTROLL_OPERATOR_ROLE"),
+            platform_auth_enforced=self.settings.flag("CERTROLL_PLATFORM_AUTH_ENFORCED"),
+        )
 
     # ----------------------------------------------------------------- domain
     @cached_property

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
+from shared.domain.auth import Caller
 from shared.domain.errors import NotFoundError
 from shared.domain.model import (
     AuditEvent,
@@ -362,3 +363,17 @@ class Metrics(Protocol):
     """A counter sink (Application Insights custom metrics, or a local counter)."""
 
     def increment(self, name: str, value: int = 1, **dimensions: str) -> None: ...
+
+
+# --------------------------------------------------------------------------- operators
+
+
+class TokenValidator(abc.ABC):
+    """Validates a caller's access token (Entra ID in Azure, a loopback issuer locally)."""
+
+    @abc.abstractmethod
+    def validate(self, token: str) -> Caller:
+        """The caller the token proves: signature against the issuer's published keys,
+        algorithm, issuer, tenant, audience and lifetime checked. Raises
+        ``NotAuthenticatedError`` for a token that fails, ``AuthUnavailableError`` when the
+        signing keys cannot be read."""

@@ -60,6 +60,11 @@ SETTING_DEFAULTS: dict[str, str] = {
     "CERTROLL_CA_WARNING_DAYS": "90",
     # API
     "CERTROLL_OPERATOR_ROLE": "Certroll.Operator",
+    # Operator API authentication: Entra ID access tokens (docs/api.md)
+    "CERTROLL_AUTH_TENANT_ID": "",  # the tenant that issues operator tokens
+    "CERTROLL_AUTH_AUDIENCES": "",  # comma-separated: api://<client id>,<client id>
+    "CERTROLL_AUTH_METADATA_URL": "",  # OpenID configuration; empty: the tenant's Entra ID one
+    "CERTROLL_PLATFORM_AUTH_ENFORCED": "false",  # true only where App Service Authentication runs
 }
 
 
@@ -100,3 +105,7 @@ class Settings:
 
     def float(self, name: str) -> float:
         return float(self.get(name))
+
+    def flag(self, name: str) -> bool:
+        """A true/false setting (``true``, ``1``, ``yes``; any case); anything else is false."""
+        return self.get(name).strip().lower() in ("true", "1", "yes")

@@ -1,8 +1,8 @@
 // The Function App on the Flex Consumption plan: Python 3.11, system-assigned managed
 // identity for every connection (host storage, deployment package, Event Hubs, queues,
-// tables, blobs, Key Vault, DPS, IoT Hub, Event Grid, Application Insights), App
-// Service Authentication with Entra ID in front of the HTTP API. No secret in any
-// setting: identity-based connections (NAME__serviceUri + __credential) only.
+// tables, blobs, Key Vault, DPS, IoT Hub, Event Grid, Application Insights), Entra ID
+// token validation settings for the HTTP API (and App Service Authentication in front of
+// it where the plan supports it). No secret in any setting: identity-based connections (NAME__serviceUri + __credential) only.
 
 @description('Azure region.')
 param location string
@@ -96,6 +96,9 @@ param authTenantId string
 
 @description('Accepted audiences; empty means api://<authClientId> and the client id.')
 param authAllowedAudiences array
+
+@description('True only where App Service Authentication is verified to run in front of the app and strip client-sent X-MS-CLIENT-PRINCIPAL headers; the code then also requires that header to match the bearer token.')
+param platformAuthEnforced bool
 
 @description('Flex Consumption: maximum instance count.')
 param maximumInstanceCount int
@@ -306,10 +309,27 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           name: 'CERTROLL_CA_WARNING_DAYS'
           value: string(caWarningDays)
         }
-        // HTTP API devices_api.
+        // HTTP API devices_api: Entra ID access tokens validated in code (signing keys from
+        // the tenant's OpenID configuration), the operator app role in their roles claim.
         {
           name: 'CERTROLL_OPERATOR_ROLE'
           value: operatorRole
+        }
+        {
+          name: 'CERTROLL_AUTH_TENANT_ID'
+          value: authTenantId
+        }
+        {
+          name: 'CERTROLL_AUTH_AUDIENCES'
+          value: join(audiences, ',')
+        }
+        {
+          name: 'CERTROLL_AUTH_METADATA_URL'
+          value: '${environment().authentication.loginEndpoint}${authTenantId}/v2.0/.well-known/openid-configuration'
+        }
+        {
+          name: 'CERTROLL_PLATFORM_AUTH_ENFORCED'
+          value: platformAuthEnforced ? 'true' : 'false'
         }
       ]
     }
@@ -333,10 +353,14 @@ resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@20
   }
 }
 
-// App Service Authentication: every HTTP request needs an Entra ID token for this
-// application (401 otherwise) in addition to the function key; the devices API then
-// checks the operator app role in the principal header. The Event Grid extension
-// webhook is excluded: Event Grid authenticates to it with the extension's system key.
+// App Service Authentication, where the plan runs it: every HTTP request needs an Entra ID
+// token for this application (401 otherwise) in addition to the function key. The code
+// does not rely on it (Flex Consumption's documentation has said unauthenticated callers
+// are not blocked): the devices API validates the bearer token itself and reads the
+// principal header only when platformAuthEnforced says so. The Event Grid extension
+// webhook is excluded, in both casings Azure uses for it (/runtime/webhooks/eventgrid in
+// the Functions documentation, /runtime/webhooks/EventGrid in Event Grid's): Event Grid
+// authenticates to it with the extension's system key.
 resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
   parent: site
   name: 'authsettingsV2'
@@ -349,6 +373,7 @@ resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
       unauthenticatedClientAction: 'Return401'
       excludedPaths: [
         '/runtime/webhooks/eventgrid'
+        '/runtime/webhooks/EventGrid'
       ]
     }
     identityProviders: {

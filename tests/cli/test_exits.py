@@ -77,7 +77,7 @@ def test_one_parser_over_the_listed_modules() -> None:
     assert set(commands()) == set(names) == {
         "pki", "issue", "revoke", "crl",
         "disallow", "allow", "renew", "status", "sweep",
-        "serve", "demo", "report",
+        "serve", "demo", "report", "token",
     }  # fmt: skip
     parser = build_parser()
     assert parser.parse_args(["status"]).func is commands()["status"].run

@@ -20,6 +20,7 @@ import pytest
 from local.demo import call_api, principal_header
 from local.serve import ServeOptions, run_serve
 from local.stack import drop_run_storage, run_settings
+from local.token_issuer import LocalTokenIssuer
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,9 +30,11 @@ OPERATOR = "Certroll.Operator"
 
 
 class Served:
-    def __init__(self, url: str, key: str) -> None:
+    def __init__(self, url: str, key: str, home: Path, token: str) -> None:
         self.url = url
         self.key = key
+        self.home = home
+        self.token = token  # an operator token minted by `certroll token`
 
     def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         return call_api(self.url, method, path, **kwargs)
@@ -68,7 +71,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         key_path = Path(key_line.split("function key:", 1)[1].strip())
         assert key_path.parent == home
         assert oct(key_path.stat().st_mode & 0o777) == "0o600"
-        yield Served(url, key_path.read_text(encoding="utf-8").strip())
+        minted = subprocess.run(
+            [*CERTROLL, "token", "--name", "operator@example.com"],
+            cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+        )
+        yield Served(url, key_path.read_text(encoding="utf-8").strip(), home,
+                     minted.stdout.strip())
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -81,15 +89,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     assert rc == 0, errors.read_text(encoding="utf-8")
 
 
-def _operator() -> dict[str, str]:
-    return {"principal": principal_header("operator@example.com", OPERATOR)}
-
-
 def _wait_for_device(served: Served, device_id: str) -> tuple[int, Any]:
     deadline = time.monotonic() + 30
     while True:
         status, body = served.call("GET", f"/api/devices/{device_id}", function_key=served.key,
-                                   **_operator())
+                                   token=served.token)
         # answered once the device registered; its rotation record follows DeviceCreated
         ready = status == 200 and isinstance(body, dict) and body.get("rotation")
         if ready or time.monotonic() > deadline:
@@ -100,22 +104,31 @@ def _wait_for_device(served: Served, device_id: str) -> tuple[int, Any]:
 @pytest.mark.azurite
 def test_api_needs_the_function_key(served: Served) -> None:
     for key in (None, "not-the-key"):
-        status, _ = served.call("GET", "/api/devices/dev-00000", function_key=key, **_operator())
+        status, _ = served.call("GET", "/api/devices/dev-00000", function_key=key,
+                                token=served.token)
         assert status == 401
     status, _ = served.call("POST", "/api/devices/dev-00000/disallow", function_key=None,
-                            body={"reason": "x"}, **_operator())
+                            body={"reason": "x"}, token=served.token)
     assert status == 401
 
 
 @pytest.mark.azurite
-def test_api_refuses_a_principal_without_the_operator_role(served: Served) -> None:
+def test_api_refuses_a_forged_principal_and_a_token_without_the_role(served: Served) -> None:
+    forged = principal_header("mallory@example.com", OPERATOR)
     status, body = served.call(
         "POST", "/api/devices/dev-00001/disallow", function_key=served.key,
-        principal=principal_header("reader@example.com", "Certroll.Reader"),
+        principal=forged, principal_name="mallory@example.com",
         body={"reason": "should not happen"},
     )
+    assert status == 401
+    assert body["error"]["code"] == "unauthenticated"
+    reader = LocalTokenIssuer(served.home).mint("reader@example.com", ("Certroll.Reader",))
+    status, body = served.call(
+        "POST", "/api/devices/dev-00001/disallow", function_key=served.key, token=reader,
+        principal=forged, body={"reason": "should not happen"},
+    )
     assert status == 403
-    assert body["error"]["code"]
+    assert body["error"]["code"] == "forbidden"
     status, body = _wait_for_device(served, "dev-00001")
     assert status == 200
     assert body["rotation"]["state"] != "disallowed"
@@ -129,7 +142,7 @@ def test_api_answers_for_a_real_device(served: Served) -> None:
     assert body["deviceId"] == "dev-00002"
     assert body["hubIdentity"]["status"] == "enabled"
     status, body = served.call("GET", "/api/devices/no-such-device", function_key=served.key,
-                               **_operator())
+                               token=served.token)
     assert status == 404
     assert body["error"]["code"] == "not_found"
 

@@ -8,6 +8,7 @@ from shared.adapters.memory import MemoryAuditLog
 from shared.bootstrap import Services, override_services
 from shared.settings import Settings
 from tests.functions.fakes import FakeRotation
+from tests.support.tokens import auth_settings
 
 
 @pytest.fixture
@@ -22,6 +23,6 @@ def audit() -> MemoryAuditLog:
 
 @pytest.fixture
 def services(fake_rotation: FakeRotation, audit: MemoryAuditLog) -> Iterator[Services]:
-    settings = Settings.from_env({"CERTROLL_STORAGE": "memory"})
+    settings = Settings.from_env({"CERTROLL_STORAGE": "memory", **auth_settings()})
     with override_services(Services(settings, rotation=fake_rotation, audit=audit)) as svc:
         yield svc

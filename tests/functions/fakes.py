@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,30 +124,24 @@ def user_function(name: str) -> Callable[..., Any]:
     raise LookupError(f"function_app has no function {name}")
 
 
-def principal_header(
-    name: str | None = "alice@example.com",
-    roles: tuple[str, ...] = ("Certroll.Operator",),
-    *,
-    role_typ: str = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role",
-    role_claim: str = "roles",
-) -> str:
-    claims = [{"typ": role_claim, "val": role} for role in roles]
-    if name:
-        claims.append({"typ": "name", "val": name})
-    doc = {"auth_typ": "aad", "claims": claims, "name_typ": "name", "role_typ": role_typ}
-    return base64.b64encode(json.dumps(doc).encode()).decode()
-
-
 def http_request(
     method: str,
     device_id: str | None,
     action: str | None = None,
     *,
     body: bytes | dict[str, Any] | None = None,
+    token: str | None = None,
     principal: str | None = None,
     principal_name: str | None = None,
+    authorization: str | None = None,
 ) -> func.HttpRequest:
+    """A request to ``devices/{device_id}/{action}``; ``token`` goes in
+    ``Authorization: Bearer``, ``authorization`` replaces that header as given."""
     headers: dict[str, str] = {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if authorization is not None:
+        headers["Authorization"] = authorization
     if principal is not None:
         headers["X-MS-CLIENT-PRINCIPAL"] = principal
     if principal_name is not None:

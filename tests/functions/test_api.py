@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from typing import Any
@@ -22,10 +21,13 @@ from shared.domain.errors import (
 )
 from shared.domain.model import Trigger
 from shared.settings import Settings
-from tests.functions.fakes import FakeRotation, http_request, principal_header, user_function
+from tests.functions.fakes import FakeRotation, http_request, user_function
 from tests.support.pki import make_csr, make_device_key
+from tests.support.tokens import actor_of, auth_settings, oid_of, token
 
 pytestmark = pytest.mark.usefixtures("services")
+
+ALICE = actor_of("alice@example.com")
 
 api = user_function("devices_api")
 
@@ -39,7 +41,7 @@ GOOD_BODY: dict[str | None, dict[str, Any] | None] = {
 
 
 def call(method: str, device_id: str | None, action: str | None = None, **kw: Any) -> Any:
-    kw.setdefault("principal", principal_header())
+    kw.setdefault("token", token())
     return api(http_request(method, device_id, action, **kw))
 
 
@@ -63,32 +65,37 @@ def assert_only_rejection(audit: MemoryAuditLog, status: int, code: str, actor: 
 
 
 # --------------------------------------------------------------------------- authentication
+# (every bad token the issue names is in tests/functions/test_api_auth.py, against the real
+# rotation service; these check each route and the refusal's shape)
 
 
 @pytest.mark.parametrize(("method", "action"), ROUTES)
 @pytest.mark.parametrize(
-    "principal",
+    "authorization",
     [
         None,
         "",
-        "%%%not-base64%%%",
-        base64.b64encode(b"not json").decode(),
-        base64.b64encode(b"[1, 2]").decode(),
-        principal_header(name=None),
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Bearer not-a-jwt",
+        "Bearer a.b.c",
     ],
-    ids=["absent", "empty", "not-base64", "not-json", "not-object", "no-name"],
+    ids=["absent", "empty", "bearer-only", "bearer-blank", "basic", "not-jwt", "garbage-jwt"],
 )
 def test_unauthenticated_is_401_and_changes_nothing(
     method: str,
     action: str | None,
-    principal: str | None,
+    authorization: str | None,
     fake_rotation: FakeRotation,
     audit: MemoryAuditLog,
 ) -> None:
-    resp = call(method, "dev-1", action, body=GOOD_BODY[action], principal=principal)
+    resp = api(
+        http_request(method, "dev-1", action, body=GOOD_BODY[action], authorization=authorization)
+    )
     assert resp.status_code == 401
     assert error_of(resp)["code"] == "unauthenticated"
-    assert "WWW-Authenticate" in resp.headers
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     assert fake_rotation.calls == []
     assert_only_rejection(audit, 401, "unauthenticated", "anonymous")
 
@@ -104,19 +111,14 @@ def test_wrong_role_is_403_and_changes_nothing(
     fake_rotation: FakeRotation,
     audit: MemoryAuditLog,
 ) -> None:
-    resp = call(
-        method,
-        "dev-1",
-        action,
-        body=GOOD_BODY[action],
-        principal=principal_header("mallory", roles),
-    )
+    resp = call(method, "dev-1", action, body=GOOD_BODY[action], token=token("mallory", roles))
     assert resp.status_code == 403
     error = error_of(resp)
     assert error["code"] == "forbidden"
     assert "Certroll.Operator" in error["message"]
     assert fake_rotation.calls == []
-    assert_only_rejection(audit, 403, "forbidden", "mallory")
+    assert_only_rejection(audit, 403, "forbidden", actor_of("mallory"))
+    assert audit.list()[0].detail["caller"]["oid"] == oid_of("mallory")
 
 
 def test_role_setting_decides_the_role(
@@ -128,28 +130,24 @@ def test_role_setting_decides_the_role(
     refused = call("GET", "dev-1")
     assert refused.status_code == 403
     assert "Fleet.Admin" in error_of(refused)["message"]
-    ok = call("GET", "dev-1", principal=principal_header(roles=("Fleet.Admin",)))
+    ok = call("GET", "dev-1", token=token(roles=("Fleet.Admin",)))
     assert ok.status_code == 200
     assert fake_rotation.names() == ["status"]
 
 
-def test_role_from_role_typ_claim_and_name_header(fake_rotation: FakeRotation) -> None:
-    custom = "urn:example:role"
-    principal = principal_header(
-        name="claim-name", roles=("Certroll.Operator",), role_typ=custom, role_claim=custom
-    )
-    resp = call("POST", "dev-1", "allow", principal=principal, principal_name="header-name")
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+def test_app_only_token_names_the_app_in_the_audit_actor(
+    version: str, fake_rotation: FakeRotation
+) -> None:
+    resp = call("POST", "dev-1", "allow", token=token("nightly-job", app=True, version=version))
     assert resp.status_code == 202
-    assert fake_rotation.calls == [("allow", ("dev-1", "header-name"))]
+    ((_, (device_id, actor)),) = fake_rotation.calls
+    assert device_id == "dev-1"
+    assert actor.startswith(f"oid:{oid_of('nightly-job')} app:")
 
 
-def test_urlsafe_base64_principal_is_accepted(fake_rotation: FakeRotation) -> None:
-    doc = {
-        "auth_typ": "aad",
-        "claims": [{"typ": "roles", "val": "Certroll.Operator"}, {"typ": "name", "val": "ü>?~"}],
-    }
-    raw = base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
-    resp = call("GET", "dev-1", principal=raw)
+def test_v1_delegated_token_is_accepted(fake_rotation: FakeRotation) -> None:
+    resp = call("GET", "dev-1", token=token(version="1.0"))
     assert resp.status_code == 200
     assert fake_rotation.calls == [("status", ("dev-1",))]
 
@@ -194,7 +192,7 @@ def test_bad_input_is_400_and_changes_nothing(
     assert resp.status_code == 400
     assert error_of(resp)["code"] == code
     assert fake_rotation.calls == []
-    assert_only_rejection(audit, 400, code, "alice@example.com")
+    assert_only_rejection(audit, 400, code, ALICE)
 
 
 @pytest.mark.parametrize(
@@ -221,14 +219,14 @@ def test_unknown_route_is_refused(
     if status == 405:
         assert resp.headers["Allow"] == "POST"
     assert fake_rotation.calls == []
-    assert_only_rejection(audit, status, code, "alice@example.com")
+    assert_only_rejection(audit, status, code, ALICE)
 
 
 def test_reason_of_500_characters_is_accepted_and_trimmed(fake_rotation: FakeRotation) -> None:
     reason = "r" * 500
     resp = call("POST", "dev-1", "disallow", body={"reason": f"  {reason}\n"})
     assert resp.status_code == 200
-    assert fake_rotation.calls == [("disallow", ("dev-1", reason, "alice@example.com"))]
+    assert fake_rotation.calls == [("disallow", ("dev-1", reason, ALICE))]
 
 
 # --------------------------------------------------------------------------- service errors
@@ -298,7 +296,7 @@ def test_disallow_calls_service_with_actor(fake_rotation: FakeRotation) -> None:
         "dev-1",
         "disallow",
         body={"reason": "stolen"},
-        principal=principal_header("bob@example.com"),
+        token=token("bob@example.com"),
     )
     assert resp.status_code == 200
     assert json.loads(resp.get_body()) == {
@@ -306,7 +304,7 @@ def test_disallow_calls_service_with_actor(fake_rotation: FakeRotation) -> None:
         "revokedSerials": ["1f"],
         "noop": False,
     }
-    assert fake_rotation.calls == [("disallow", ("dev-1", "stolen", "bob@example.com"))]
+    assert fake_rotation.calls == [("disallow", ("dev-1", "stolen", actor_of("bob@example.com")))]
 
 
 @pytest.mark.parametrize(
@@ -327,7 +325,7 @@ def test_renew_starts_renewal(body: Any, reason: Trigger, fake_rotation: FakeRot
     assert doc["state"] == "csr_requested"
     assert doc["updated_at"] == "2026-03-01T12:00:00Z"
     assert "etag" not in doc
-    assert fake_rotation.calls == [("start_renewal", ("dev-1", reason, "alice@example.com"))]
+    assert fake_rotation.calls == [("start_renewal", ("dev-1", reason, ALICE))]
     assert fake_rotation.calls[0][1][1] is reason
 
 
@@ -361,7 +359,7 @@ def test_rejection_is_answered_even_if_audit_fails(
         raise ServiceError("table down")
 
     monkeypatch.setattr(audit, "append", broken)
-    resp = call("GET", "dev-1", principal=None)
+    resp = call("GET", "dev-1", token=None)
     assert resp.status_code == 401
     assert fake_rotation.calls == []
 
@@ -388,14 +386,14 @@ def test_allow_passes_the_csr_to_the_service(
     resp = call("POST", "dev-1", "allow", body={"csr": csr})
     assert resp.status_code == 202, resp.get_body()
     assert json.loads(resp.get_body())["device_id"] == "dev-1"
-    assert fake_rotation.calls == [("allow", ("dev-1", "alice@example.com", csr))]
+    assert fake_rotation.calls == [("allow", ("dev-1", ALICE, csr))]
     assert audit.list() == []
 
 
 def test_allow_without_a_csr_passes_none(fake_rotation: FakeRotation) -> None:
     for body in (None, b"{}", b"  "):
         assert call("POST", "dev-1", "allow", body=body).status_code == 202
-    assert fake_rotation.calls == [("allow", ("dev-1", "alice@example.com"))] * 3
+    assert fake_rotation.calls == [("allow", ("dev-1", ALICE))] * 3
 
 
 def _malformed_csrs() -> list[Any]:
@@ -438,7 +436,7 @@ def test_malformed_csr_is_400_and_changes_nothing(
     assert resp.status_code == 400, resp.get_body()
     assert error_of(resp)["code"] == code
     assert fake_rotation.calls == []
-    assert_only_rejection(audit, 400, code, "alice@example.com")
+    assert_only_rejection(audit, 400, code, ALICE)
     assert audit.list()[0].device_id == "dev-1"
     assert audit.list()[0].action == "api_allow"
 
@@ -448,14 +446,16 @@ def test_csr_with_another_field_is_400(fake_rotation: FakeRotation, audit: Memor
     assert resp.status_code == 400
     assert error_of(resp)["code"] == "unknown_field"
     assert fake_rotation.calls == []
-    assert_only_rejection(audit, 400, "unknown_field", "alice@example.com")
+    assert_only_rejection(audit, 400, "unknown_field", ALICE)
 
 
 def test_csr_size_bound_is_the_configured_one(
     fake_rotation: FakeRotation, audit: MemoryAuditLog
 ) -> None:
     csr = pem_csr(key="rsa-2048")  # about 1 KB
-    settings = Settings.from_env({"CERTROLL_STORAGE": "memory", "CERTROLL_CSR_MAX_BYTES": "512"})
+    settings = Settings.from_env(
+        {"CERTROLL_STORAGE": "memory", "CERTROLL_CSR_MAX_BYTES": "512", **auth_settings()}
+    )
     with override_services(Services(settings, rotation=fake_rotation, audit=audit)):
         resp = call("POST", "dev-1", "allow", body={"csr": csr})
     assert resp.status_code == 400

@@ -28,8 +28,9 @@ from shared.domain.model import (
     Trigger,
 )
 from shared.settings import Settings
-from tests.functions.fakes import http_request, principal_header, user_function
+from tests.functions.fakes import http_request, user_function
 from tests.support.pki import make_csr, make_device_key, make_test_authority
+from tests.support.tokens import actor_of, auth_settings, token
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -42,7 +43,7 @@ def real() -> Iterator[Services]:
         DeviceIdentity("dev-1", auth_type=AuthType.SELF_SIGNED, primary_thumbprint="ab" * 32)
     )
     services = Services(
-        Settings.from_env({"CERTROLL_STORAGE": "memory"}),
+        Settings.from_env({"CERTROLL_STORAGE": "memory", **auth_settings()}),
         clock=clock,
         enrollments=emulator.dps,
         registry=emulator.hub,
@@ -54,7 +55,7 @@ def real() -> Iterator[Services]:
 
 
 def call(method: str, device_id: str, action: str | None = None, **kw: Any) -> Any:
-    kw.setdefault("principal", principal_header("erin@example.com"))
+    kw.setdefault("token", token("erin@example.com"))
     return user_function("devices_api")(http_request(method, device_id, action, **kw))
 
 
@@ -62,11 +63,11 @@ def test_refused_calls_change_nothing(real: Services) -> None:
     audit: MemoryAuditLog = real.audit  # type: ignore[assignment]
     state: MemoryRotationStore = real.state  # type: ignore[assignment]
     assert (
-        call("POST", "dev-1", "disallow", body={"reason": "x"}, principal=None).status_code == 401
+        call("POST", "dev-1", "disallow", body={"reason": "x"}, token=None).status_code == 401
     )
     assert (
         call(
-            "POST", "dev-1", "disallow", body={"reason": "x"}, principal=principal_header(roles=())
+            "POST", "dev-1", "disallow", body={"reason": "x"}, token=token(roles=())
         ).status_code
         == 403
     )
@@ -93,7 +94,7 @@ def test_disallow_through_the_api(real: Services) -> None:
     record = real.state.get("dev-1")
     assert record is not None
     assert record.state is RotationState.DISALLOWED
-    assert record.disallowed_by == "erin@example.com"
+    assert record.disallowed_by == actor_of("erin@example.com")
     assert record.disallowed_reason == "reported stolen"
     assert real.registry.get_device("dev-1").status is DeviceStatus.DISABLED
     status = call("GET", "dev-1")
@@ -228,7 +229,7 @@ def test_allow_with_a_csr_the_policy_refuses_leaves_the_device_disallowed(
     assert after == before
     assert after is not None
     assert after.state is RotationState.DISALLOWED
-    assert after.disallowed_by == "erin@example.com"
+    assert after.disallowed_by == actor_of("erin@example.com")
     assert set(certificates(real, device_id)) == {old.serial}
     assert real.ledger.get(old.serial).status is CertificateStatus.REVOKED
     assert real.registry.get_device(device_id).status is DeviceStatus.DISABLED

@@ -14,9 +14,9 @@ from tests.functions.fakes import (
     FakeRotation,
     http_request,
     indexed_functions,
-    principal_header,
     user_function,
 )
+from tests.support.tokens import actor_of, token
 
 pytestmark = pytest.mark.usefixtures("services")
 
@@ -195,7 +195,7 @@ def test_each_documented_device_route_is_served(fake_rotation: FakeRotation) -> 
         body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
         resp = api(
             http_request(
-                method, device_id, action, body=body.get("example"), principal=principal_header()
+                method, device_id, action, body=body.get("example"), token=token()
             )
         )
         status = str(resp.status_code)
@@ -209,15 +209,16 @@ def test_each_documented_device_route_is_served(fake_rotation: FakeRotation) -> 
     example_csr = doc["paths"]["/devices/{id}/allow"]["post"]["requestBody"]["content"][
         "application/json"
     ]["example"]["csr"]
-    assert ("allow", (device_id, "alice@example.com", example_csr)) in fake_rotation.calls
+    assert ("allow", (device_id, actor_of("alice@example.com"), example_csr)) in fake_rotation.calls
 
 
-@pytest.mark.parametrize(
-    ("principal", "status"), [(None, "401"), (principal_header(roles=()), "403")]
-)
-def test_error_responses_match_the_documented_schema(principal: str | None, status: str) -> None:
+@pytest.mark.parametrize(("roles", "status"), [(None, "401"), ((), "403")])
+def test_error_responses_match_the_documented_schema(
+    roles: tuple[str, ...] | None, status: str
+) -> None:
     doc = document()
-    resp = user_function("devices_api")(http_request("GET", "dev-1", principal=principal))
+    bearer = None if roles is None else token(roles=roles)
+    resp = user_function("devices_api")(http_request("GET", "dev-1", token=bearer))
     assert str(resp.status_code) == status
     op = doc["paths"]["/devices/{id}"]["get"]
     response = resolve(doc, op["responses"][status]["$ref"])
@@ -225,3 +226,24 @@ def test_error_responses_match_the_documented_schema(principal: str | None, stat
     jsonschema.validate(json.loads(resp.get_body()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"error": {"code": "x"}}, schema)
+
+
+def test_bearer_scheme_is_described_and_required_by_the_device_routes() -> None:
+    doc = document()
+    scheme = doc["components"]["securitySchemes"]["entraId"]
+    assert scheme["type"] == "http"
+    assert scheme["scheme"] == "bearer"
+    assert scheme["bearerFormat"] == "JWT"
+    for fragment in ("RS256", "roles", "api://<client id>", "/v2.0", "sts.windows.net"):
+        assert fragment in scheme["description"], fragment
+    assert {"functionKey": [], "entraId": []} in doc["security"]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            if path.startswith("/devices/"):
+                assert "security" not in op, (method, path)  # the document's: key and token
+                assert {"401", "403", "503"} <= set(op["responses"]), (method, path)
+            else:
+                assert op["security"] == [{"functionKey": []}], (method, path)
+    assert "X-MS-CLIENT-PRINCIPAL header never" in doc["info"]["description"]

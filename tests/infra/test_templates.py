@@ -106,6 +106,29 @@ def test_app_service_authentication_returns_401(infra: Infra) -> None:
     assert get_path(aad, "registration", "clientSecretSettingName") is None
 
 
+def test_event_grid_webhook_is_excluded_from_platform_auth_in_both_casings(infra: Infra) -> None:
+    f = infra.files["modules/functionapp.bicep"]
+    auth = next(r for r in f.resources if r.type == "Microsoft.Web/sites/config")
+    excluded = get_path(auth.body, "properties", "globalValidation", "excludedPaths")
+    paths = {string_value(n) for n in bicep.array_items(excluded)}
+    assert paths == {"/runtime/webhooks/eventgrid", "/runtime/webhooks/EventGrid"}
+
+
+def test_operator_token_settings_come_from_the_auth_parameters(infra: Infra) -> None:
+    settings = infra.app_settings()
+    for name in (
+        "CERTROLL_AUTH_TENANT_ID",
+        "CERTROLL_AUTH_AUDIENCES",
+        "CERTROLL_AUTH_METADATA_URL",
+        "CERTROLL_PLATFORM_AUTH_ENFORCED",
+    ):
+        assert name in settings, name
+    text = infra.files["modules/functionapp.bicep"].text
+    assert "join(audiences, ',')" in text
+    assert "/v2.0/.well-known/openid-configuration" in text
+    assert "platformAuthEnforced ? 'true' : 'false'" in text
+
+
 def test_issuing_key_is_ec_p384_sign_verify_only(infra: Infra) -> None:
     keys = [
         r
