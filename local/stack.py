@@ -45,7 +45,13 @@ from werkzeug.test import Client
 
 from local.devhost import DevHost
 from local.emulator import CONNECTIONS, LIFECYCLE, TWIN_CHANGES, FleetEmulator
-from shared.bootstrap import CRL_NAME, Services, override_services
+from shared.bootstrap import (
+    CRL_NAME,
+    Services,
+    StorageBundle,
+    azure_storage,
+    override_services,
+)
 from shared.clock import SystemClock
 from shared.domain.errors import InvalidRequestError
 from shared.ports import Clock
@@ -160,14 +166,12 @@ def cpu_seconds() -> dict[str, float]:
     return out
 
 
-def local_storage(settings: Settings) -> tuple[Any, Any]:
-    """``(StorageAdapters, QueueServiceClient)`` on the connection string of ``settings``
+def local_storage(settings: Settings) -> tuple[StorageBundle, Any]:
+    """``(StorageBundle, QueueServiceClient)`` on the connection string of ``settings``
     (Azurite), through the loopback transport."""
     from azure.data.tables import TableServiceClient
     from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueServiceClient
-
-    from shared.adapters.storage_clients import storage_adapters
 
     conn = settings.get("CERTROLL_STORAGE")
     if not conn or conn == "memory" or "=" not in conn:
@@ -177,7 +181,7 @@ def local_storage(settings: Settings) -> tuple[Any, Any]:
     tables = TableServiceClient.from_connection_string(conn, transport=loopback_transport())
     queues = QueueServiceClient.from_connection_string(conn, transport=loopback_transport())
     blobs = BlobServiceClient.from_connection_string(conn, transport=loopback_transport())
-    return storage_adapters(settings, tables, blobs, queues), queues
+    return azure_storage(settings, tables, blobs, queues), queues
 
 
 def drop_run_storage(settings: Settings) -> None:
@@ -403,11 +407,7 @@ class LocalStack:
             enrollments=enrollments,
             registry=registry,
             events=MemoryEventSink(),
-            ledger=storage.ledger,
-            state=storage.state,
-            audit=storage.audit,
-            crl_publisher=storage.crl_publisher,
-            queue=storage.queue,
+            storage=storage,
         )
         # wire and check storage and the issuing key now, not on the first event
         self.services.issuer.publish_crl()
