@@ -244,8 +244,7 @@ class EnrollmentStore(abc.ABC):
     def get_registration_state(self, registration_id: str) -> RegistrationState: ...
 
     @abc.abstractmethod
-    def delete_registration_state(self, registration_id: str, etag: str | None = None) -> None:
-        ...
+    def delete_registration_state(self, registration_id: str, etag: str | None = None) -> None: ...
 
 
 class DeviceRegistry(abc.ABC):
