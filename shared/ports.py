@@ -244,7 +244,8 @@ class EnrollmentStore(abc.ABC):
     def get_registration_state(self, registration_id: str) -> RegistrationState: ...
 
     @abc.abstractmethod
-    def delete_registration_state(self, registration_id: str, etag: str | None = None) -> None: ...
+    def delete_registration_state(self, registration_id: str, etag: str | None = None) -> None:
+        ...
 
 
 class DeviceRegistry(abc.ABC):

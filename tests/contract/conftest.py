@@ -7,8 +7,6 @@ names per test and are deleted afterwards, so parallel runs do not collide.
 
 from __future__ import annotations
 
-import socket
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -28,35 +26,12 @@ from shared.adapters.memory import (
 from shared.adapters.queues import StorageWorkQueue, poison_queue_name
 from shared.adapters.tables import TableAuditLog, TableLedger, TableRotationStore
 from shared.ports import AuditLog, CertificateLedger, CrlPublisher, RotationStateStore, WorkQueue
-from shared.settings import AZURITE_CONNECTION_STRING
+from tests.support.azurite import unique_name
 
 IMPLEMENTATIONS = [
     pytest.param("memory", id="memory"),
     pytest.param("azurite", id="azurite", marks=pytest.mark.azurite),
 ]
-
-
-def azurite_reachable() -> bool:
-    for port in (10000, 10001, 10002):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                pass
-        except OSError:
-            return False
-    return True
-
-
-@pytest.fixture(scope="session")
-def azurite() -> str:
-    """Azurite's connection string; fails clearly when Azurite is not running."""
-    if not azurite_reachable():
-        pytest.fail("Azurite is not reachable on 127.0.0.1:10000-10002: run `make azurite`")
-    return AZURITE_CONNECTION_STRING
-
-
-def unique_name(kind: str) -> str:
-    """A fresh resource name valid for tables (alphanumeric) and queues/containers."""
-    return f"ct{kind}{uuid.uuid4().hex[:16]}"
 
 
 @pytest.fixture

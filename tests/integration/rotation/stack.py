@@ -11,7 +11,6 @@ service the way the functions route them, through ``functions._parsing``.
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from shared.domain.errors import ThrottledError
 from shared.domain.model import ConnectionFailure, RotationRecord, RotationState
 from shared.domain.rotation import RotationService
 from shared.pki.local_ca import init_pki
-from shared.settings import AZURITE_CONNECTION_STRING, Settings
+from shared.settings import Settings
 from tests.support.softhsm import SOFTHSM, softhsm_conf
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -60,17 +59,6 @@ class StaticToken:
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         return AccessToken("local", int(datetime.now(UTC).timestamp()) + 3600)
-
-
-@pytest.fixture(scope="session")
-def azurite() -> str:
-    for port in (10000, 10001, 10002):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                pass
-        except OSError:
-            pytest.fail(f"Azurite is not reachable on 127.0.0.1:{port}: run `make azurite`")
-    return AZURITE_CONNECTION_STRING
 
 
 @dataclass

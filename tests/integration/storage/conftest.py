@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -12,22 +10,11 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
-from shared.settings import AZURITE_CONNECTION_STRING
-
-
-@pytest.fixture(scope="session")
-def azurite() -> str:
-    for port in (10000, 10001, 10002):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                pass
-        except OSError:
-            pytest.fail(f"Azurite is not reachable on 127.0.0.1:{port}: run `make azurite`")
-    return AZURITE_CONNECTION_STRING
+from tests.support.azurite import unique_name
 
 
 def unique(kind: str) -> str:
-    return f"it{kind}{uuid.uuid4().hex[:16]}"
+    return unique_name(kind, prefix="it")
 
 
 @pytest.fixture
