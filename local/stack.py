@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.core.credentials import AccessToken
 from werkzeug.test import Client
@@ -54,8 +54,11 @@ from shared.bootstrap import (
 )
 from shared.clock import SystemClock
 from shared.domain.errors import InvalidRequestError
-from shared.ports import Clock
+from shared.ports import Clock, DeviceRegistry, EnrollmentStore
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from local.emulator.http import RunningServer
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +235,51 @@ class StaticToken:
         return AccessToken("local-emulator", int(datetime.now(UTC).timestamp()) + 3600)
 
 
+@dataclass
+class FleetPorts:
+    """The enrollment store and device registry over one fleet emulator."""
+
+    enrollments: EnrollmentStore
+    registry: DeviceRegistry
+    server: RunningServer | None = None  # the REST front end (``http`` transport only)
+
+    def close(self) -> None:
+        """Close the REST adapters' clients and stop the front end (``http``); the
+        emulator's own objects hold nothing to close."""
+        if self.server is None:
+            return
+        for part in (self.enrollments, self.registry):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
+        self.server.close()
+
+
+def fleet_ports(
+    emulator: FleetEmulator, transport: str, clock: Clock, *, retry_total: int = 3
+) -> FleetPorts:
+    """The fleet ports the rotation service uses, over ``emulator``: its own objects
+    (``inproc``), or the production DPS and IoT Hub adapters against its REST front end
+    on a loopback port (``http``; ``retry_total`` goes to their azure-core retry policy)."""
+    if transport == "inproc":
+        return FleetPorts(emulator.dps, emulator.hub)
+    if transport != "http":
+        raise InvalidRequestError(
+            "transport_invalid", f"transport {transport!r} is not one of inproc, http"
+        )
+    from local.emulator.http import serve
+    from shared.adapters.dps import DpsEnrollmentStore
+    from shared.adapters.iothub import IotHubRegistry
+
+    server = serve(emulator)
+    token = StaticToken()
+    return FleetPorts(
+        DpsEnrollmentStore(server.url, token, retry_total=retry_total),
+        IotHubRegistry(server.host, token, scheme="http", clock=clock, retry_total=retry_total),
+        server,
+    )
+
+
 def load_or_create_function_key(home: Path) -> tuple[str, Path]:
     """The dev host's function key, kept in ``$CERTROLL_HOME/function-key`` (mode 600)."""
     path = home / FUNCTION_KEY_FILE
@@ -381,31 +429,22 @@ class LocalStack:
         self.emulator = FleetEmulator(
             self.clock, enforce_limits=self.enforce_limits, units=self.hub_units
         )
-        enrollments: Any = self.emulator.dps
-        registry: Any = self.emulator.hub
-        if self.transport == "http":
-            from local.emulator.http import serve as serve_fleet
-            from shared.adapters.dps import DpsEnrollmentStore
-            from shared.adapters.iothub import IotHubRegistry
-
-            self.fleet_server = serve_fleet(self.emulator)
-            self._exit.callback(self.fleet_server.close)
+        fleet = fleet_ports(self.emulator, self.transport, self.clock)
+        self._exit.callback(fleet.close)
+        if fleet.server is not None:
+            self.fleet_server = fleet.server
             values = dict(self.settings.values)
-            values["CERTROLL_DPS_ENDPOINT"] = self.fleet_server.url
-            values["CERTROLL_IOTHUB_HOST"] = self.fleet_server.host
+            values["CERTROLL_DPS_ENDPOINT"] = fleet.server.url
+            values["CERTROLL_IOTHUB_HOST"] = fleet.server.host
             self.settings = Settings(values)
-            enrollments = DpsEnrollmentStore(self.fleet_server.url, StaticToken())
-            registry = IotHubRegistry(
-                self.fleet_server.host, StaticToken(), scheme="http", clock=self.clock
-            )
         from shared.adapters.memory import MemoryEventSink
 
         storage, queues = local_storage(self.settings)
         self.services = Services(
             self.settings,
             clock=self.clock,
-            enrollments=enrollments,
-            registry=registry,
+            enrollments=fleet.enrollments,
+            registry=fleet.registry,
             events=MemoryEventSink(),
             storage=storage,
         )

@@ -21,16 +21,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import pytest
-from azure.core.credentials import AccessToken
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from local.emulator import FleetEmulator, RegistrationError
-from local.emulator.http import serve
-from shared.adapters.dps import DpsEnrollmentStore
-from shared.adapters.iothub import IotHubRegistry
+from local.stack import fleet_ports
 from shared.clock import ManualClock
 from shared.domain.errors import (
     ConcurrencyError,
@@ -95,17 +92,6 @@ def thumb(cert: x509.Certificate) -> str:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-class StaticToken:
-    """A TokenCredential that hands out one fixed bearer token."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        self.calls += 1
-        return AccessToken("emulator-token", int(datetime.now(UTC).timestamp()) + 3600)
 
 
 @dataclass
@@ -245,15 +231,10 @@ def make_fleet(request: pytest.FixtureRequest) -> Iterator[FleetFactory]:
             dps, hub = FakeEnrollments(), FakeRegistry()
             return Fleet(FakeDevices(dps, hub, clock), clock, dps, hub, "fake")
         emulator = FleetEmulator(clock, **kwargs)
-        if request.param == "inprocess":
-            return Fleet(emulator, clock, emulator.dps, emulator.hub, "inprocess")
-        server = serve(emulator)
-        closers.append(server.close)
-        token = StaticToken()
-        dps = DpsEnrollmentStore(server.url, token, retry_total=0)
-        hub = IotHubRegistry(server.host, token, scheme="http", clock=clock, retry_total=0)
-        closers.extend([dps.close, hub.close])
-        return Fleet(emulator, clock, dps, hub, "http")
+        transport = "inproc" if request.param == "inprocess" else "http"
+        ports = fleet_ports(emulator, transport, clock, retry_total=0)
+        closers.append(ports.close)
+        return Fleet(emulator, clock, ports.enrollments, ports.registry, request.param)
 
     yield factory
     for close in reversed(closers):
