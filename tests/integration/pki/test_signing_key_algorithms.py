@@ -28,7 +28,7 @@ from shared.pki.profile import IssuancePolicy, build_device_certificate
 from shared.ports import IssuingAuthority
 from tests.support.keyvault_standin import StaticCredential, Vault, serve_vault
 from tests.support.pki import make_csr
-from tests.support.softhsm import SOFTHSM, softhsm_conf
+from tests.support.softhsm import KEY_BACKENDS, SOFTHSM, softhsm_conf
 
 CURVES = [
     pytest.param(ec.SECP256R1(), hashes.SHA256, "ES256", id="P-256"),
@@ -46,19 +46,7 @@ def vault(tmp_path: Path) -> Iterator[tuple[Vault, dict[str, Any]]]:
         yield served
 
 
-@pytest.fixture(
-    params=[
-        "file",
-        pytest.param(
-            "pkcs11",
-            marks=[
-                pytest.mark.softhsm,
-                pytest.mark.skipif(not SOFTHSM.exists(), reason="SoftHSM2 is not installed"),
-            ],
-        ),
-        "keyvault",
-    ]
-)
+@pytest.fixture(params=[*KEY_BACKENDS, "keyvault"])
 def make_key(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[KeyFactory]:
