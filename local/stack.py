@@ -40,18 +40,27 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.core.credentials import AccessToken
 from werkzeug.test import Client
 
 from local.devhost import DevHost
 from local.emulator import CONNECTIONS, LIFECYCLE, TWIN_CHANGES, FleetEmulator
-from shared.bootstrap import CRL_NAME, Services, override_services
+from shared.bootstrap import (
+    CRL_NAME,
+    Services,
+    StorageBundle,
+    azure_storage,
+    override_services,
+)
 from shared.clock import SystemClock
 from shared.domain.errors import InvalidRequestError
-from shared.ports import Clock
+from shared.ports import Clock, DeviceRegistry, EnrollmentStore
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from local.emulator.http import RunningServer
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +171,12 @@ def cpu_seconds() -> dict[str, float]:
     return out
 
 
-def local_storage(settings: Settings) -> tuple[Any, Any]:
-    """``(StorageAdapters, QueueServiceClient)`` on the connection string of ``settings``
+def local_storage(settings: Settings) -> tuple[StorageBundle, Any]:
+    """``(StorageBundle, QueueServiceClient)`` on the connection string of ``settings``
     (Azurite), through the loopback transport."""
     from azure.data.tables import TableServiceClient
     from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueServiceClient
-
-    from shared.adapters.storage_clients import storage_adapters
 
     conn = settings.get("CERTROLL_STORAGE")
     if not conn or conn == "memory" or "=" not in conn:
@@ -179,7 +186,7 @@ def local_storage(settings: Settings) -> tuple[Any, Any]:
     tables = TableServiceClient.from_connection_string(conn, transport=loopback_transport())
     queues = QueueServiceClient.from_connection_string(conn, transport=loopback_transport())
     blobs = BlobServiceClient.from_connection_string(conn, transport=loopback_transport())
-    return storage_adapters(settings, tables, blobs, queues), queues
+    return azure_storage(settings, tables, blobs, queues), queues
 
 
 def drop_run_storage(settings: Settings) -> None:
@@ -228,6 +235,51 @@ class StaticToken:
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         return AccessToken("local-emulator", int(datetime.now(UTC).timestamp()) + 3600)
+
+
+@dataclass
+class FleetPorts:
+    """The enrollment store and device registry over one fleet emulator."""
+
+    enrollments: EnrollmentStore
+    registry: DeviceRegistry
+    server: RunningServer | None = None  # the REST front end (``http`` transport only)
+
+    def close(self) -> None:
+        """Close the REST adapters' clients and stop the front end (``http``); the
+        emulator's own objects hold nothing to close."""
+        if self.server is None:
+            return
+        for part in (self.enrollments, self.registry):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
+        self.server.close()
+
+
+def fleet_ports(
+    emulator: FleetEmulator, transport: str, clock: Clock, *, retry_total: int = 3
+) -> FleetPorts:
+    """The fleet ports the rotation service uses, over ``emulator``: its own objects
+    (``inproc``), or the production DPS and IoT Hub adapters against its REST front end
+    on a loopback port (``http``; ``retry_total`` goes to their azure-core retry policy)."""
+    if transport == "inproc":
+        return FleetPorts(emulator.dps, emulator.hub)
+    if transport != "http":
+        raise InvalidRequestError(
+            "transport_invalid", f"transport {transport!r} is not one of inproc, http"
+        )
+    from local.emulator.http import serve
+    from shared.adapters.dps import DpsEnrollmentStore
+    from shared.adapters.iothub import IotHubRegistry
+
+    server = serve(emulator)
+    token = StaticToken()
+    return FleetPorts(
+        DpsEnrollmentStore(server.url, token, retry_total=retry_total),
+        IotHubRegistry(server.host, token, scheme="http", clock=clock, retry_total=retry_total),
+        server,
+    )
 
 
 def load_or_create_function_key(home: Path) -> tuple[str, Path]:
@@ -380,37 +432,24 @@ class LocalStack:
         self.emulator = FleetEmulator(
             self.clock, enforce_limits=self.enforce_limits, units=self.hub_units
         )
-        enrollments: Any = self.emulator.dps
-        registry: Any = self.emulator.hub
-        if self.transport == "http":
-            from local.emulator.http import serve as serve_fleet
-            from shared.adapters.dps import DpsEnrollmentStore
-            from shared.adapters.iothub import IotHubRegistry
-
-            self.fleet_server = serve_fleet(self.emulator)
-            self._exit.callback(self.fleet_server.close)
+        fleet = fleet_ports(self.emulator, self.transport, self.clock)
+        self._exit.callback(fleet.close)
+        if fleet.server is not None:
+            self.fleet_server = fleet.server
             values = dict(self.settings.values)
-            values["CERTROLL_DPS_ENDPOINT"] = self.fleet_server.url
-            values["CERTROLL_IOTHUB_HOST"] = self.fleet_server.host
+            values["CERTROLL_DPS_ENDPOINT"] = fleet.server.url
+            values["CERTROLL_IOTHUB_HOST"] = fleet.server.host
             self.settings = Settings(values)
-            enrollments = DpsEnrollmentStore(self.fleet_server.url, StaticToken())
-            registry = IotHubRegistry(
-                self.fleet_server.host, StaticToken(), scheme="http", clock=self.clock
-            )
         from shared.adapters.memory import MemoryEventSink
 
         storage, queues = local_storage(self.settings)
         self.services = Services(
             self.settings,
             clock=self.clock,
-            enrollments=enrollments,
-            registry=registry,
+            enrollments=fleet.enrollments,
+            registry=fleet.registry,
             events=MemoryEventSink(),
-            ledger=storage.ledger,
-            state=storage.state,
-            audit=storage.audit,
-            crl_publisher=storage.crl_publisher,
-            queue=storage.queue,
+            storage=storage,
         )
         # wire and check storage and the issuing key now, not on the first event
         self.services.issuer.publish_crl()

@@ -2,7 +2,12 @@
 
 Triggers and the CLI call :func:`get_services`; everything is built lazily on first
 use and cached per worker process. Tests and the local dev host replace parts with
-:func:`override_services` or by passing ready objects to :class:`Services`.
+:func:`override_services` or by passing ready objects to :class:`Services` (a whole
+:class:`StorageBundle` as ``storage=``, or single ports).
+
+Storage comes as one :class:`StorageBundle`: :func:`memory_storage`, or
+:func:`azure_storage` on service clients (:func:`storage_from_settings` builds those from
+the settings with :mod:`shared.adapters.storage_clients`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +40,10 @@ from shared.ports import (
 from shared.settings import Settings
 
 if TYPE_CHECKING:
+    from azure.data.tables import TableServiceClient
+    from azure.storage.blob import BlobServiceClient
+    from azure.storage.queue import QueueServiceClient
+
     from shared.domain.auth import OperatorAuthenticator
     from shared.domain.rotation import RotationService
     from shared.pki.issuer import Issuer
@@ -51,6 +61,64 @@ class LoggingEventSink(EventSink):
             logger.info("event %s %s %s", event.event_type, event.subject, event.data)
 
 
+@dataclass(frozen=True)
+class StorageBundle:
+    """The storage-backed ports, built together: in memory, or on one storage account."""
+
+    ledger: CertificateLedger
+    state: RotationStateStore
+    audit: AuditLog
+    crl_publisher: CrlPublisher
+    queue: WorkQueue
+
+
+def memory_storage() -> StorageBundle:
+    """In-memory storage adapters (``CERTROLL_STORAGE=memory``: tests, demos)."""
+    from shared.adapters import memory
+
+    return StorageBundle(
+        ledger=memory.MemoryLedger(),
+        state=memory.MemoryRotationStore(),
+        audit=memory.MemoryAuditLog(),
+        crl_publisher=memory.MemoryCrlPublisher(),
+        queue=memory.MemoryWorkQueue(),
+    )
+
+
+def azure_storage(
+    settings: Settings,
+    tables: TableServiceClient,
+    blobs: BlobServiceClient,
+    queues: QueueServiceClient,
+) -> StorageBundle:
+    """The Azure Storage adapters on these service clients, named by ``settings`` (table
+    prefix, PKI container, CRL base URL, work queue)."""
+    from shared.adapters.blob import BlobCrlPublisher
+    from shared.adapters.queues import StorageWorkQueue
+    from shared.adapters.storage_clients import table_names
+    from shared.adapters.tables import TableAuditLog, TableLedger, TableRotationStore
+
+    ledger_name, index_name, state_name, audit_name = table_names(settings)
+    return StorageBundle(
+        ledger=TableLedger(tables, ledger_name, index_name),
+        state=TableRotationStore(tables, state_name),
+        audit=TableAuditLog(tables, audit_name),
+        crl_publisher=BlobCrlPublisher(
+            blobs,
+            settings.get("CERTROLL_PKI_CONTAINER"),
+            settings.get("CERTROLL_CRL_BASE_URL") or None,
+        ),
+        queue=StorageWorkQueue(queues, settings.get("CERTROLL_WORK_QUEUE")),
+    )
+
+
+def storage_from_settings(settings: Settings) -> StorageBundle:
+    """The Azure Storage adapters on the account ``CERTROLL_STORAGE`` names."""
+    from shared.adapters.storage_clients import service_clients
+
+    return azure_storage(settings, *service_clients(settings))
+
+
 class Services:
     """Lazily built adapters and services. Pass objects to replace the defaults."""
 
@@ -64,19 +132,10 @@ class Services:
 
     # ----------------------------------------------------------------- storage
     @cached_property
-    def _storage(self) -> Any:
+    def storage(self) -> StorageBundle:
+        """``CERTROLL_STORAGE=memory``: in-memory adapters; otherwise Azure Storage."""
         if self.settings.get("CERTROLL_STORAGE") == "memory":
-            from shared.adapters import memory
-
-            return _MemoryStorage(
-                ledger=memory.MemoryLedger(),
-                state=memory.MemoryRotationStore(),
-                audit=memory.MemoryAuditLog(),
-                crl_publisher=memory.MemoryCrlPublisher(),
-                queue=memory.MemoryWorkQueue(),
-            )
-        from shared.adapters.tables import storage_from_settings
-
+            return memory_storage()
         return storage_from_settings(self.settings)
 
     @cached_property
@@ -85,27 +144,27 @@ class Services:
 
     @cached_property
     def ledger(self) -> CertificateLedger:
-        ledger: CertificateLedger = self._storage.ledger
+        ledger: CertificateLedger = self.storage.ledger
         return ledger
 
     @cached_property
     def state(self) -> RotationStateStore:
-        state: RotationStateStore = self._storage.state
+        state: RotationStateStore = self.storage.state
         return state
 
     @cached_property
     def audit(self) -> AuditLog:
-        audit: AuditLog = self._storage.audit
+        audit: AuditLog = self.storage.audit
         return audit
 
     @cached_property
     def crl_publisher(self) -> CrlPublisher:
-        publisher: CrlPublisher = self._storage.crl_publisher
+        publisher: CrlPublisher = self.storage.crl_publisher
         return publisher
 
     @cached_property
     def queue(self) -> WorkQueue:
-        queue: WorkQueue = self._storage.queue
+        queue: WorkQueue = self.storage.queue
         return queue
 
     # ----------------------------------------------------------------- PKI
@@ -210,21 +269,15 @@ class Services:
             )
         )
 
-
     def _ca_certificates(self) -> tuple[x509.Certificate, ...]:
         root = self.authority.root
         chain = self.authority.chain or (self.authority.certificate,)
         return (*chain, root) if root is not None else chain
 
 
-class _MemoryStorage:
-    def __init__(self, **parts: Any) -> None:
-        self.__dict__.update(parts)
-
-
 _OVERRIDABLE = {
     name for name, value in vars(Services).items() if isinstance(value, cached_property)
-} - {"_storage"}
+}
 
 _lock = threading.Lock()
 _services: Services | None = None
@@ -250,4 +303,3 @@ def override_services(services: Services) -> Iterator[Services]:
     finally:
         with _lock:
             _services = previous
-

@@ -14,7 +14,7 @@ from typing import Any, TypeGuard
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -24,6 +24,7 @@ from shared.domain.certs import serial_hex
 from shared.domain.certs import sha256_thumbprint as thumbprint
 from shared.domain.errors import InvalidRequestError
 from shared.domain.messages import format_time
+from shared.pki.algorithms import signature_hash
 
 #: The twin section (reported and desired) that carries the certificate exchange.
 SECTION = "x509"
@@ -131,9 +132,7 @@ def generate_key(algorithm: str) -> DeviceKey:
 
 def build_csr(device_id: str, key: DeviceKey) -> x509.CertificateSigningRequest:
     """A CSR whose subject is ``CN=<device id>`` and nothing else, signed by ``key``."""
-    digest: hashes.SHA256 | hashes.SHA384 = hashes.SHA256()
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
-        digest = hashes.SHA384()
+    digest = signature_hash(key)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
     signer: CertificateIssuerPrivateKeyTypes = key
     return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(signer, digest)

@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 
 from local.emulator import events as topics
 from local.emulator.events import Event, EventBus, Merger
+from local.emulator.jobs import JobRecord, run_jobs
 from local.emulator.limits import Limiter
 from local.emulator.store import (
     DeviceRecord,
@@ -34,9 +35,6 @@ from local.emulator.store import (
 from shared.domain.errors import InvalidRequestError, ServiceError
 from shared.domain.model import Twin
 from shared.ports import Clock
-
-if TYPE_CHECKING:
-    from local.emulator.hub import JobRecord
 
 logger = logging.getLogger(__name__)
 
@@ -435,8 +433,6 @@ class Core:
         """Run the due work of scheduled method jobs; returns the device calls made."""
         if not self.jobs or getattr(self._local, "in_jobs", False):
             return 0
-        from local.emulator.hub import run_jobs
-
         self._local.in_jobs = True
         try:
             return run_jobs(self)

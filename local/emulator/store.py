@@ -17,7 +17,7 @@ from shared.domain.errors import InvalidRequestError
 from shared.domain.model import CertificateSlot, DeviceStatus
 
 if TYPE_CHECKING:
-    from local.emulator.fleet import DeviceSession
+    from local.emulator.core import DeviceSession
 
 _etag_counter = itertools.count(1)
 

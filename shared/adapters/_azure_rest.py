@@ -44,6 +44,7 @@ from azure.core.pipeline.policies import (
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpRequest, HttpResponse
 
+from shared.adapters.retry_after import retry_after_seconds
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
@@ -196,20 +197,9 @@ class ServiceClient:
 
 
 def retry_after(response: HttpResponse, default: float = DEFAULT_RETRY_AFTER_SECONDS) -> float:
-    """Seconds from the ``Retry-After`` (or ``x-ms-retry-after-ms``) header, else ``default``."""
-    ms = response.headers.get("x-ms-retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = response.headers.get("Retry-After")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass  # an HTTP date: rare for these services, use the default
-    return default
+    """Seconds from the response's ``Retry-After`` (delta-seconds or HTTP-date) or
+    ``x-ms-retry-after-ms`` header, else ``default``."""
+    return retry_after_seconds(response.headers, default)
 
 
 def raise_status_error(

@@ -19,7 +19,7 @@ from azure.core.credentials import AzureKeyCredential, AzureSasCredential, Token
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
 from azure.eventgrid import EventGridEvent, EventGridPublisherClient
 
-from shared.adapters.storage_clients import retry_after_seconds
+from shared.adapters.retry_after import retry_after_seconds
 from shared.domain.errors import ServiceError, ThrottledError
 from shared.domain.model import DomainEvent
 from shared.ports import EventSink
@@ -99,7 +99,7 @@ class EventGridSink(EventSink):
                     headers = getattr(exc.response, "headers", None)
                     raise ThrottledError(
                         f"Event Grid is throttling (HTTP {status})",
-                        retry_after=retry_after_seconds(headers),
+                        retry_after=retry_after_seconds(headers, 1.0),
                     ) from exc
                 if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
                     raise ServiceError(

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from shared.adapters.retry_after import retry_after_seconds
 from shared.domain.errors import InvalidRequestError, SigningError, ThrottledError
 from shared.pki.keys import DigestSigningEcKey, DigestSigningRsaKey
 
@@ -41,7 +42,6 @@ _EC_CURVES: dict[str, ec.EllipticCurve] = {
     "P-384": ec.SECP384R1(),
     "P-521": ec.SECP521R1(),
 }
-_EC_ALGORITHMS = {"sha256": "ES256", "sha384": "ES384", "sha512": "ES512"}
 _RSA_PKCS1 = {"sha256": "RS256", "sha384": "RS384", "sha512": "RS512"}
 _RSA_PSS = {"sha256": "PS256", "sha384": "PS384", "sha512": "PS512"}
 
@@ -70,14 +70,8 @@ def _b64url(value: bytes | str | None) -> bytes:
 
 def _translate(exc: AzureError, key_id: str, what: str) -> Exception:
     if isinstance(exc, HttpResponseError) and exc.status_code == 429:
-        retry_after = 1.0
-        response = exc.response
-        if response is not None:
-            try:
-                headers = getattr(response, "headers", None) or {}
-                retry_after = float(headers.get("Retry-After", "1"))
-            except ValueError:
-                retry_after = 1.0
+        headers = getattr(exc.response, "headers", None)
+        retry_after = retry_after_seconds(headers, 1.0)
         return ThrottledError(f"Key Vault throttled {what} with {key_id}", retry_after)
     status = exc.status_code if isinstance(exc, HttpResponseError) else None
     suffix = f" (HTTP {status})" if status else ""
@@ -151,7 +145,14 @@ class KeyVaultSigningKey(DigestSigningEcKey):
         return self._public
 
     def _sign_digest(self, digest: bytes, algorithm: hashes.HashAlgorithm) -> bytes:
-        raw = self._client.sign(_EC_ALGORITHMS[algorithm.name], digest)
+        # Key Vault signs each curve with its own hash only (ES256/ES384/ES512, RFC 7518)
+        pairing = self.signature_algorithm
+        if algorithm.name != pairing.hash.name:
+            raise ValueError(
+                f"Key Vault signs {pairing.jwk_curve} keys with {pairing.jose} "
+                f"({pairing.hash.name}), not {algorithm.name}"
+            )
+        raw = self._client.sign(pairing.jose, digest)
         if len(raw) != 2 * self._size:
             raise SigningError(f"Key Vault returned a {len(raw)}-byte ECDSA signature")
         r = int.from_bytes(raw[: self._size], "big")

@@ -291,6 +291,10 @@ def init_softhsm_token(token_label: str, pin: str, so_pin: str | None = None) ->
         raise SigningError(f"softhsm2-util could not create token {token_label!r}: {done.stderr}")
 
 
+#: the EC key types ``create_issuing_key`` makes, by curve name
+_EC_KEY_TYPES = {"ec-p256": "secp256r1", "ec-p384": "secp384r1", "ec-p521": "secp521r1"}
+
+
 def create_issuing_key(
     *,
     module: str,
@@ -305,9 +309,9 @@ def create_issuing_key(
 
     For SoftHSM2 the token is created when missing. An existing key pair with the same
     label raises :class:`ConflictError` unless ``replace`` (then it is destroyed first).
-    ``key_type``: ``ec-p256``, ``ec-p384`` (default) or ``rsa-3072``.
+    ``key_type``: ``ec-p256``, ``ec-p384`` (default), ``ec-p521`` or ``rsa-3072``.
     """
-    if key_type not in ("ec-p256", "ec-p384", "rsa-3072"):
+    if key_type not in (*_EC_KEY_TYPES, "rsa-3072"):
         raise ValueError(f"unknown key type {key_type!r}")
     if not pin:
         raise SigningError("no PIN for the PKCS#11 token: set CERTROLL_PKCS11_PIN")
@@ -339,7 +343,7 @@ def create_issuing_key(
                 Attribute.SIGN: True,
             }
             if key_type.startswith("ec-"):
-                curve = "secp256r1" if key_type == "ec-p256" else "secp384r1"
+                curve = _EC_KEY_TYPES[key_type]
                 params = session.create_domain_parameters(
                     KeyType.EC,
                     {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)},

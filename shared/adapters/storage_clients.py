@@ -1,5 +1,8 @@
 """Azure Storage client construction and error mapping for the storage adapters.
 
+A leaf: it builds service clients and names tables, it never builds an adapter (that is
+:mod:`shared.bootstrap`'s job), so the adapters can import its error mapping freely.
+
 The ``CERTROLL_STORAGE`` setting follows the Azure Functions connection conventions:
 
 - locally it is a connection string (default: Azurite's published development account);
@@ -17,10 +20,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
@@ -37,6 +38,7 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
+from shared.adapters.retry_after import retry_after_seconds
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
@@ -46,15 +48,6 @@ from shared.domain.errors import (
     ThrottledError,
 )
 from shared.settings import Settings
-
-if TYPE_CHECKING:
-    from shared.ports import (
-        AuditLog,
-        CertificateLedger,
-        CrlPublisher,
-        RotationStateStore,
-        WorkQueue,
-    )
 
 logger = logging.getLogger(__name__)
 
@@ -177,18 +170,7 @@ def queue_service(
     )
 
 
-# --------------------------------------------------------------------------- wiring
-
-
-@dataclass(frozen=True)
-class StorageAdapters:
-    """The storage-backed ports, built once per worker by the bootstrap."""
-
-    ledger: CertificateLedger
-    state: RotationStateStore
-    audit: AuditLog
-    crl_publisher: CrlPublisher
-    queue: WorkQueue
+# --------------------------------------------------------------------------- names
 
 
 #: Azure Table storage: letters and digits, a letter first, 3 to 63 characters
@@ -209,72 +191,26 @@ def table_names(settings: Settings) -> tuple[str, str, str, str]:
     return names
 
 
-def storage_from_settings(settings: Settings) -> StorageAdapters:
-    """Build every storage adapter from ``settings`` (one credential shared by all clients)."""
+def service_clients(
+    settings: Settings,
+) -> tuple[TableServiceClient, BlobServiceClient, QueueServiceClient]:
+    """The table, blob and queue service clients of ``settings`` (one credential shared by
+    the identity-based ones)."""
     credential: TokenCredential | None = None
     if any(service_uri(settings, s) for s in _SERVICE_URI_SUFFIX):
         credential = storage_credential(settings)
-    return storage_adapters(
-        settings,
+    return (
         table_service(settings, credential),
         blob_service(settings, credential),
         queue_service(settings, credential),
     )
 
 
-def storage_adapters(
-    settings: Settings,
-    tables: TableServiceClient,
-    blobs: BlobServiceClient,
-    queues: QueueServiceClient,
-) -> StorageAdapters:
-    """The storage adapters on these service clients, named by ``settings``."""
-    from shared.adapters.blob import BlobCrlPublisher
-    from shared.adapters.queues import StorageWorkQueue
-    from shared.adapters.tables import TableAuditLog, TableLedger, TableRotationStore
-
-    ledger_name, index_name, state_name, audit_name = table_names(settings)
-    return StorageAdapters(
-        ledger=TableLedger(tables, ledger_name, index_name),
-        state=TableRotationStore(tables, state_name),
-        audit=TableAuditLog(tables, audit_name),
-        crl_publisher=BlobCrlPublisher(
-            blobs,
-            settings.get("CERTROLL_PKI_CONTAINER"),
-            settings.get("CERTROLL_CRL_BASE_URL") or None,
-        ),
-        queue=StorageWorkQueue(queues, settings.get("CERTROLL_WORK_QUEUE")),
-    )
-
-
 # --------------------------------------------------------------------------- errors
 
 
-def retry_after_seconds(headers: Mapping[str, str] | None, default: float = 1.0) -> float:
-    """Seconds to wait from ``Retry-After`` (seconds or HTTP date) or ``*retry-after-ms``."""
-    if not headers:
-        return default
-    lowered = {k.lower(): v for k, v in headers.items()}
-    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
-        if name in lowered:
-            try:
-                return max(0.0, float(lowered[name]) / 1000.0)
-            except ValueError:
-                pass
-    value = lowered.get("retry-after")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
-        try:
-            from datetime import UTC, datetime
-
-            when = parsedate_to_datetime(value)
-            return max(0.0, (when - datetime.now(UTC)).total_seconds())
-        except (TypeError, ValueError):
-            pass
-    return default
+#: seconds a throttled storage call waits when the response names no Retry-After
+STORAGE_RETRY_AFTER_SECONDS = 1.0
 
 
 def raise_storage_error(exc: AzureError, what: str) -> NoReturn:
@@ -298,7 +234,7 @@ def raise_storage_error(exc: AzureError, what: str) -> NoReturn:
     if status in (429, 503):
         raise ThrottledError(
             f"{what}: storage is throttling (HTTP {status}){code_text}",
-            retry_after=retry_after_seconds(headers),
+            retry_after=retry_after_seconds(headers, STORAGE_RETRY_AFTER_SECONDS),
         ) from exc
     if isinstance(exc, ClientAuthenticationError):
         raise ServiceError(f"{what}: storage refused the credentials{code_text}", status) from exc

@@ -50,11 +50,7 @@ from azure.data.tables import (
     UpdateMode,
 )
 
-from shared.adapters.storage_clients import (
-    StorageAdapters,
-    raise_storage_error,
-    storage_from_settings,
-)
+from shared.adapters.storage_clients import raise_storage_error
 from shared.domain.errors import ConcurrencyError, ConflictError, NotFoundError
 from shared.domain.model import (
     AuditEvent,
@@ -66,13 +62,7 @@ from shared.domain.model import (
 )
 from shared.ports import AuditLog, CertificateLedger, RotationStateStore
 
-__all__ = [
-    "StorageAdapters",
-    "TableAuditLog",
-    "TableLedger",
-    "TableRotationStore",
-    "storage_from_settings",
-]
+__all__ = ["TableAuditLog", "TableLedger", "TableRotationStore"]
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 
 def sha256_thumbprint(cert: x509.Certificate) -> str:
@@ -28,3 +29,11 @@ def serial_hex(serial: int) -> str:
 def certificate_pem(cert: x509.Certificate) -> str:
     """The certificate as PEM text."""
     return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def spki_der(public_key: CertificatePublicKeyTypes) -> bytes:
+    """The DER SubjectPublicKeyInfo of ``public_key``: two keys are the same key exactly
+    when these bytes are equal."""
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
+from shared.domain.certs import spki_der
 from shared.domain.errors import InvalidRequestError, NotFoundError, SigningError
 from shared.pki.local_ca import (
     ISSUING_CERT_FILE,
@@ -32,14 +32,6 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 KEY_BACKENDS = ("file", "pkcs11", "keyvault")
-
-
-def _spki(key: object) -> bytes:
-    public = key.public_key()  # type: ignore[attr-defined]
-    data: bytes = public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return data
 
 
 def _read_certificates(
@@ -131,7 +123,7 @@ def authority_from_parts(
     if not certificates:
         raise InvalidRequestError("issuing_cert_invalid", "no issuing CA certificate given")
     issuing = certificates[0]
-    if _spki(issuing) != _spki(key):
+    if spki_der(issuing.public_key()) != spki_der(key.public_key()):
         raise SigningError(
             f"the issuing CA certificate {issuing.subject.rfc4514_string()} does not match "
             f"the signing key {key_id}"

@@ -32,11 +32,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
-    CertificatePublicKeyTypes,
 )
 from cryptography.x509.oid import NameOID
 
+from shared.domain.certs import spki_der
 from shared.domain.errors import InvalidRequestError
+from shared.pki.algorithms import signature_hash
 from shared.pki.local_ca import CA_BACKDATE, CA_KEY_USAGE, crl_distribution_points
 from shared.pki.profile import DEVICE_BASIC_CONSTRAINTS, DEVICE_KEY_USAGE, random_serial
 
@@ -53,19 +54,6 @@ _RSA_BITS = (2048, 4096)
 _CSR_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 
 IssuerKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-def signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | hashes.SHA384:
-    """SHA-384 for an EC key of 384 bits or more (ECDSA-SHA384 on P-384), else SHA-256."""
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
-        return hashes.SHA384()
-    return hashes.SHA256()
-
-
-def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _check_issuer_key(key: CertificateIssuerPrivateKeyTypes, what: str) -> None:
@@ -269,7 +257,7 @@ def check_root(
 ) -> None:
     """The root is a CA that may sign a CA, its key matches, and it is valid now."""
     _check_issuer_key(root_key, "the root key")
-    if _spki(root_key.public_key()) != _spki(root_certificate.public_key()):
+    if spki_der(root_key.public_key()) != spki_der(root_certificate.public_key()):
         raise InvalidRequestError(
             "root_key_mismatch",
             f"the root key does not belong to the root certificate "
@@ -361,7 +349,7 @@ def build_verification_certificate(
     _check_aware(now)
     check_verification_code(code)
     _check_issuer_key(key, "the CA key")
-    if _spki(key.public_key()) != _spki(ca_certificate.public_key()):
+    if spki_der(key.public_key()) != spki_der(ca_certificate.public_key()):
         raise InvalidRequestError(
             "ca_key_mismatch",
             f"the configured signing key does not belong to "

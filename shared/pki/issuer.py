@@ -20,9 +20,8 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
-from shared.domain.certs import serial_hex
+from shared.domain.certs import serial_hex, spki_der
 from shared.domain.errors import (
     CsrRejectedError,
     DeviceDisallowedError,
@@ -71,12 +70,6 @@ class IssuedCertificate:
     certificate: x509.Certificate
     chain_pem: str  # the leaf, then the issuing CA (and any intermediates), PEM
     reused: bool  # True when an earlier issuance for the same device + CSR was returned
-
-
-def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def der_to_pem(der: bytes, label: str = "CERTIFICATE") -> str:
@@ -148,12 +141,12 @@ class Issuer:
         """
         with self._audit_rejection(device_id, request_id, trigger, actor):
             accepted = check_csr(device_id, csr_pem, max_bytes=self.policy.csr_max_bytes)
-            spki = _spki(accepted.csr.public_key())
+            spki = spki_der(accepted.csr.public_key())
             for record in self.ledger.list_for_device(device_id):
                 if record.status is not CertificateStatus.REVOKED:
                     continue
                 held = x509.load_pem_x509_certificate(record.pem.encode("ascii"))
-                if _spki(held.public_key()) == spki:
+                if spki_der(held.public_key()) == spki:
                     raise CsrRejectedError(
                         "key_reused",
                         f"the CSR's key is the key of revoked certificate {record.serial}; "

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 
+from shared.pki.algorithms import EcAlgorithm, ec_algorithm
+
 #: Hash algorithms a backend may be asked to sign with (SHA-1 and MD5 never).
 SIGNING_HASHES: tuple[type[hashes.HashAlgorithm], ...] = (
     hashes.SHA256,
@@ -74,6 +76,11 @@ class DigestSigningEcKey(ec.EllipticCurvePrivateKey, metaclass=abc.ABCMeta):
     @property
     def key_size(self) -> int:
         return self.public_key().curve.key_size
+
+    @property
+    def signature_algorithm(self) -> EcAlgorithm:
+        """The curve's hash and JOSE algorithm (P-256 ES256, P-384 ES384, P-521 ES512)."""
+        return ec_algorithm(self.curve)
 
     def sign(self, data: Any, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import NameOID
 
 from shared.domain.errors import ConflictError, InvalidRequestError
+from shared.pki.algorithms import signature_hash
 from shared.pki.profile import random_serial
 from shared.settings import Settings
 
@@ -74,12 +75,6 @@ def _ski(public_key: CertificateIssuerPublicKeyTypes) -> x509.SubjectKeyIdentifi
     return x509.SubjectKeyIdentifier.from_public_key(public_key)
 
 
-def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | hashes.SHA384:
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
-        return hashes.SHA384()
-    return hashes.SHA256()
-
-
 CA_KEY_USAGE = x509.KeyUsage(
     digital_signature=False,
     content_commitment=False,
@@ -117,7 +112,7 @@ def build_root_certificate(
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
         )
-        .sign(key, _hash_for(key))
+        .sign(key, signature_hash(key))
     )
 
 
@@ -152,7 +147,7 @@ def build_issuing_certificate(
     )
     if root_crl_url:
         builder = builder.add_extension(crl_distribution_points(root_crl_url), critical=False)
-    return builder.sign(root_key, _hash_for(root_key))
+    return builder.sign(root_key, signature_hash(root_key))
 
 
 def crl_distribution_points(url: str) -> x509.CRLDistributionPoints:
@@ -186,7 +181,7 @@ def build_empty_crl(
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
         )
-        .sign(key, _hash_for(key))
+        .sign(key, signature_hash(key))
     )
 
 

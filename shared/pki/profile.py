@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from shared.pki.algorithms import signature_hash
 from shared.ports import IssuingAuthority
 
 if TYPE_CHECKING:
@@ -96,11 +97,11 @@ def random_serial() -> int:
     return secrets.randbits(158) | (1 << 158)
 
 
-def signature_hash_for(authority: IssuingAuthority) -> hashes.SHA256 | hashes.SHA384:
-    key = authority.key
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
-        return hashes.SHA384()
-    return hashes.SHA256()
+def signature_hash_for(
+    authority: IssuingAuthority,
+) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512:
+    """The hash the issuing key signs with (:func:`shared.pki.algorithms.signature_hash`)."""
+    return signature_hash(authority.key)
 
 
 DEVICE_KEY_USAGE = x509.KeyUsage(
@@ -160,7 +161,7 @@ class _IssuerParts:
 
     name: x509.Name
     tail: tuple[x509.Extension[x509.ExtensionType], ...]  # AKI, then the CRL DP if any
-    hash: hashes.SHA256 | hashes.SHA384
+    hash: hashes.SHA256 | hashes.SHA384 | hashes.SHA512
     not_after: datetime
 
 

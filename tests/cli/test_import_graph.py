@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.import_graph import (
+from tests.support.reference_graph import (
     DEPLOYED_ROOTS,
     PROJECT_ROOTS,
     import_graph,

@@ -3,28 +3,31 @@
 ``inprocess``: the emulator's own ``EmulatedDps`` / ``EmulatedHub``.
 ``http``: the production adapters ``DpsEnrollmentStore`` / ``IotHubRegistry`` talking to
 the emulator's REST front end over loopback (port picked by the OS), with a static
-token credential. Device-side steps (register, connect) go through the emulator.
+token credential.
+``fake``: ``FakeEnrollments`` / ``FakeRegistry``, the small fakes the rotation unit tests
+run on (tests/unit/rotation/fakes.py), so they cannot drift from the real ports.
+
+Device-side steps (register, connect, load twins, run due jobs) go through
+``fleet.devices``: the emulator itself, or :class:`FakeDevices` over the two fakes.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
-from azure.core.credentials import AccessToken
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from local.emulator import FleetEmulator, RegistrationError
-from local.emulator.http import serve
-from shared.adapters.dps import DpsEnrollmentStore
-from shared.adapters.iothub import IotHubRegistry
+from local.stack import fleet_ports
 from shared.clock import ManualClock
 from shared.domain.errors import (
     ConcurrencyError,
@@ -36,12 +39,16 @@ from shared.domain.errors import (
 from shared.domain.model import (
     AuthType,
     CertificateSlot,
+    DeviceIdentity,
     DeviceStatus,
     EnrollmentGroup,
     IndividualEnrollment,
+    MethodResult,
     ProvisioningStatus,
+    RegistrationState,
 )
 from shared.ports import DeviceRegistry, EnrollmentStore
+from tests.unit.rotation.fakes import FakeEnrollments, FakeRegistry
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 _KEY = ec.generate_private_key(ec.SECP256R1())
@@ -87,17 +94,6 @@ def thumb(cert: x509.Certificate) -> str:
 # --------------------------------------------------------------------------- fixtures
 
 
-class StaticToken:
-    """A TokenCredential that hands out one fixed bearer token."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        self.calls += 1
-        return AccessToken("emulator-token", int(datetime.now(UTC).timestamp()) + 3600)
-
-
 @dataclass
 class Recorder:
     answers: dict[str, tuple[int, Any]] = field(default_factory=dict)
@@ -111,9 +107,109 @@ class Recorder:
         return self.answers.get(name, (200, {"echo": payload}))
 
 
+class DeviceSide(Protocol):
+    """What devices and the portal do to a fleet, beside the two service ports."""
+
+    hub_host: str
+
+    def register(self, registration_id: str, chain: list[x509.Certificate]) -> Any: ...
+
+    def connect(self, device_id: str, chain: list[x509.Certificate], handler: Any) -> Any: ...
+
+    def bulk_load(self, devices: Iterable[tuple[str, str | None, dict[str, Any]]]) -> int: ...
+
+    def add_verified_ca(self, name: str, certificate: x509.Certificate) -> None: ...
+
+    def run_due_jobs(self) -> int: ...
+
+
+class FakeSession:
+    def __init__(self, registry: FakeRegistry, device_id: str) -> None:
+        self._registry = registry
+        self.device_id = device_id
+
+    def disconnect(self) -> None:
+        self._registry.online.discard(self.device_id)
+
+
+class FakeDevices:
+    """The device side of the fakes: registration against ``FakeEnrollments`` (an enabled
+    individual enrollment holding the certificate, or an enabled group naming the verified
+    CA that issued it), which creates or updates the ``FakeRegistry`` identity."""
+
+    hub_host = "fake-hub.azure-devices.net"
+
+    def __init__(self, dps: FakeEnrollments, hub: FakeRegistry, clock: ManualClock) -> None:
+        self.dps = dps
+        self.hub = hub
+        self.clock = clock
+        self.cas: dict[str, x509.Certificate] = {}
+        self.handlers: dict[str, Any] = {}
+        hub.on_method = self._on_method
+
+    def _on_method(self, device_id: str, name: str, payload: Any) -> MethodResult:
+        status, answer = self.handlers[device_id].on_method(name, payload)
+        return MethodResult(status, answer)
+
+    def _refused(self, registration_id: str) -> RegistrationError:
+        return RegistrationError(401, 401002, f"{registration_id}: no enrollment admits it")
+
+    def register(self, registration_id: str, chain: list[x509.Certificate]) -> Any:
+        leaf = chain[0]
+        tp = thumb(leaf)
+        enrollment = self.dps.individual.get(registration_id)
+        if enrollment is not None:
+            slots = (enrollment.primary, enrollment.secondary)
+            if enrollment.provisioning_status is not ProvisioningStatus.ENABLED or tp not in {
+                s.thumbprint_sha256 for s in slots if s is not None
+            }:
+                raise self._refused(registration_id)
+        elif not any(
+            group.provisioning_status is ProvisioningStatus.ENABLED
+            and len(chain) > 1
+            and self.cas.get(group.ca_primary or "") == chain[1]
+            for group in self.dps.groups.values()
+        ):
+            raise self._refused(registration_id)
+        self.dps.registrations[registration_id] = RegistrationState(
+            registration_id,
+            "assigned",
+            assigned_hub=self.hub_host,
+            device_id=registration_id,
+            last_updated=self.clock.now(),
+            etag=uuid.uuid4().hex,
+        )
+        if registration_id in self.hub.devices:
+            identity = self.hub.get_device(registration_id)
+            identity.primary_thumbprint, identity.secondary_thumbprint = tp, None
+            self.hub.update_device(identity)
+        else:
+            self.hub.create_device(DeviceIdentity(registration_id, primary_thumbprint=tp))
+        return self.dps.registrations[registration_id]
+
+    def connect(self, device_id: str, chain: list[x509.Certificate], handler: Any) -> FakeSession:
+        self.handlers[device_id] = handler
+        self.hub.online.add(device_id)
+        return FakeSession(self.hub, device_id)
+
+    def bulk_load(self, devices: Iterable[tuple[str, str | None, dict[str, Any]]]) -> int:
+        count = 0
+        for device_id, thumbprint, reported in devices:
+            self.hub.create_device(DeviceIdentity(device_id, primary_thumbprint=thumbprint))
+            self.hub.report(device_id, reported)
+            count += 1
+        return count
+
+    def add_verified_ca(self, name: str, certificate: x509.Certificate) -> None:
+        self.cas[name] = certificate
+
+    def run_due_jobs(self) -> int:
+        return self.hub.run_due_jobs(self.clock.now())
+
+
 @dataclass
 class Fleet:
-    emulator: FleetEmulator
+    devices: DeviceSide
     clock: ManualClock
     dps: EnrollmentStore
     hub: DeviceRegistry
@@ -123,22 +219,22 @@ class Fleet:
 FleetFactory = Callable[..., Fleet]
 
 
-@pytest.fixture(params=["inprocess", "http"])
+@pytest.fixture(params=["inprocess", "http", "fake"])
 def make_fleet(request: pytest.FixtureRequest) -> Iterator[FleetFactory]:
     closers: list[Callable[[], None]] = []
 
     def factory(**kwargs: Any) -> Fleet:
         clock = ManualClock(START)
+        if request.param == "fake":
+            if kwargs:
+                pytest.skip(f"the fakes take no emulator options ({sorted(kwargs)})")
+            dps, hub = FakeEnrollments(), FakeRegistry()
+            return Fleet(FakeDevices(dps, hub, clock), clock, dps, hub, "fake")
         emulator = FleetEmulator(clock, **kwargs)
-        if request.param == "inprocess":
-            return Fleet(emulator, clock, emulator.dps, emulator.hub, "inprocess")
-        server = serve(emulator)
-        closers.append(server.close)
-        token = StaticToken()
-        dps = DpsEnrollmentStore(server.url, token, retry_total=0)
-        hub = IotHubRegistry(server.host, token, scheme="http", clock=clock, retry_total=0)
-        closers.extend([dps.close, hub.close])
-        return Fleet(emulator, clock, dps, hub, "http")
+        transport = "inproc" if request.param == "inprocess" else "http"
+        ports = fleet_ports(emulator, transport, clock, retry_total=0)
+        closers.append(ports.close)
+        return Fleet(emulator, clock, ports.enrollments, ports.registry, request.param)
 
     yield factory
     for close in reversed(closers):
@@ -153,8 +249,9 @@ def fleet(make_fleet: FleetFactory) -> Fleet:
 def register(fleet: Fleet, cert: x509.Certificate, *chain: x509.Certificate) -> str:
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     assert isinstance(cn, str)
-    result = fleet.emulator.register(cn, [cert, *chain])
-    return result.device_id
+    result = fleet.devices.register(cn, [cert, *chain])
+    device_id: str = result.device_id
+    return device_id
 
 
 # --------------------------------------------------------------------------- DPS
@@ -239,7 +336,7 @@ def test_group_with_ca_reference_and_registration_state(fleet: Fleet) -> None:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    fleet.emulator.add_verified_ca("fleet-ca", ca_cert)
+    fleet.devices.add_verified_ca("fleet-ca", ca_cert)
     group = fleet.dps.put_group(EnrollmentGroup("fleet", ca_primary="fleet-ca"))
     assert group.etag
     read = fleet.dps.get_group("fleet")
@@ -253,7 +350,7 @@ def test_group_with_ca_reference_and_registration_state(fleet: Fleet) -> None:
     state = fleet.dps.get_registration_state("dev-g1")
     assert state.status == "assigned"
     assert state.device_id == "dev-g1"
-    assert state.assigned_hub == fleet.emulator.hub_host
+    assert state.assigned_hub == fleet.devices.hub_host
     assert state.last_updated == START
     assert state.etag
     with pytest.raises(ConcurrencyError):
@@ -344,8 +441,6 @@ def test_identity_get_update_and_etag_mismatch(fleet: Fleet) -> None:
 
 
 def test_create_device_and_update_without_etag(fleet: Fleet) -> None:
-    from shared.domain.model import DeviceIdentity
-
     made = fleet.hub.create_device(DeviceIdentity("dev-4", primary_thumbprint="ab" * 32))
     assert made.primary_thumbprint == "ab" * 32
     made.etag = None  # '*': unconditional
@@ -354,7 +449,7 @@ def test_create_device_and_update_without_etag(fleet: Fleet) -> None:
 
 
 def test_twin_get_and_patch_desired(fleet: Fleet) -> None:
-    fleet.emulator.bulk_load([("dev-t", "ab" * 32, {"x509": {"notAfter": "2026-04-01T00:00:00Z"}})])
+    fleet.devices.bulk_load([("dev-t", "ab" * 32, {"x509": {"notAfter": "2026-04-01T00:00:00Z"}})])
     twin = fleet.hub.get_twin("dev-t")
     assert twin.reported == {"x509": {"notAfter": "2026-04-01T00:00:00Z"}}
     assert twin.desired == {}
@@ -381,7 +476,7 @@ def test_twin_get_and_patch_desired(fleet: Fleet) -> None:
 
 def test_twin_query_pages_with_continuation(fleet: Fleet) -> None:
     n = 300
-    fleet.emulator.bulk_load(
+    fleet.devices.bulk_load(
         (f"d{i:04d}", None, {"x509": {"notAfter": f"2026-{1 + i % 12:02d}-15T00:00:00Z"}})
         for i in range(n)
     )
@@ -417,7 +512,7 @@ def test_direct_method_to_connected_and_offline_device(fleet: Fleet) -> None:
     fleet.dps.put_individual(IndividualEnrollment("dev-m", primary=CertificateSlot(pem=pem(cert))))
     register(fleet, cert)
     handler = Recorder(answers={"reprovision": (202, {"accepted": True})})
-    session = fleet.emulator.connect("dev-m", [cert], handler)
+    session = fleet.devices.connect("dev-m", [cert], handler)
 
     result = fleet.hub.invoke_method("dev-m", "reprovision", {"requestId": "r1"})
     assert (result.status, result.payload) == (202, {"accepted": True})
@@ -438,7 +533,7 @@ def test_scheduled_method_job(fleet: Fleet) -> None:
         register(fleet, cert)
         if name != "j3":
             handlers[name] = Recorder()
-            fleet.emulator.connect(name, [cert], handlers[name])
+            fleet.devices.connect(name, [cert], handlers[name])
     job = fleet.hub.schedule_method_job(
         "job-1",
         "deviceId IN ['j1', 'j2', 'j3']",
@@ -451,7 +546,7 @@ def test_scheduled_method_job(fleet: Fleet) -> None:
     assert job.succeeded == 0
 
     fleet.clock.advance(600)
-    fleet.emulator.run_due_jobs()
+    fleet.devices.run_due_jobs()
     done = fleet.hub.get_job("job-1")
     assert done.status == "completed"
     assert (done.succeeded, done.failed, done.pending) == (2, 1, 0)

@@ -1,114 +1,182 @@
-"""The import graph of certroll's own modules, read from the source with :mod:`ast`.
+"""The import graph of the project's own modules, read with :mod:`ast` (nothing is imported).
 
-Every ``import`` and ``from ... import`` counts, wherever it is written (module level,
-inside a function, under ``if TYPE_CHECKING``), and so does a module named for
-``importlib``: ``import_module("x")`` / ``__import__("x")``, or any string literal that is
-exactly the dotted name of a project module (``("local.commands", ...)`` handed to
-``import_module`` later). A deployed module must not even name a module that is not
-deployed. Edges go only to project modules; ``from pkg import name``
-points at ``pkg.name`` when that is a module, else at ``pkg``.
+Rules (the same for every caller):
+
+- a node is a module of the project: every ``.py`` file under the named top-level packages,
+  and the named top-level modules (``function_app``);
+- an edge ``a -> b`` is an import in ``a`` of project module ``b`` that runs when ``a`` or one
+  of its functions runs: module-level imports and imports inside functions and methods alike
+  (a function-level import that closes a loop is still a loop, only deferred);
+- imports under ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``) never run: no edge;
+- ``from pkg import name`` is an edge to ``pkg.name`` when that is a module of the project,
+  else to ``pkg``; relative imports are resolved against the importing module;
+- importing ``a.b.c`` also runs ``a/__init__`` and ``a/b/__init__``: those implicit parent
+  edges are left out, so a package ``__init__`` that re-exports its own submodules is not a
+  cycle by itself; an explicit import of the package (``from a.b import X``) is an edge.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
-#: The project's top-level packages and modules (``tests``, ``bench`` not included).
-PROJECT_ROOTS = ("function_app", "functions", "shared", "cli", "local")
-
-#: What is deployed to Azure (``scripts/post-deploy.sh`` zips these).
-DEPLOYED_ROOTS = ("function_app", "functions", "shared")
+#: the project's top-level packages and modules (those absent in a checkout are skipped)
+PROJECT_ROOTS = ("shared", "functions", "local", "cli", "function_app")
 
 
-def module_files(repo: Path = REPO, roots: Iterable[str] = PROJECT_ROOTS) -> dict[str, Path]:
-    """Module name -> source file, for every ``.py`` file under ``roots``."""
-    found: dict[str, Path] = {}
-    for root in roots:
-        single = repo / f"{root}.py"
+@dataclass(frozen=True)
+class Module:
+    name: str
+    path: Path
+    is_package: bool
+
+
+def project_modules(root: Path, roots: Iterable[str] = PROJECT_ROOTS) -> dict[str, Module]:
+    """Every module of the project under ``root``, by dotted name."""
+    modules: dict[str, Module] = {}
+    for top in roots:
+        single = root / f"{top}.py"
         if single.is_file():
-            found[root] = single
-        package = repo / root
-        if not package.is_dir():
+            modules[top] = Module(top, single, is_package=False)
+        package = root / top
+        if not (package / "__init__.py").is_file():
             continue
         for path in sorted(package.rglob("*.py")):
-            parts = list(path.relative_to(repo).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts.pop()
-            found[".".join(parts)] = path
+            parts = path.relative_to(root).with_suffix("").parts
+            if any(not part.isidentifier() for part in parts):
+                continue
+            is_package = parts[-1] == "__init__"
+            name = ".".join(parts[:-1] if is_package else parts)
+            modules[name] = Module(name, path, is_package)
+    return modules
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    if isinstance(test, ast.Name):
+        return test.id == "TYPE_CHECKING"
+    return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+
+
+def _runtime_imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Import statements that run, skipping the bodies of ``if TYPE_CHECKING:``."""
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+            continue
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack.extend(node.orelse)  # the else branch does run
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def _resolve_relative(module: Module, level: int, target: str | None) -> str:
+    package = module.name.split(".") if module.is_package else module.name.split(".")[:-1]
+    if level > 1:
+        package = package[: len(package) - (level - 1)]
+    return ".".join([*package, *([target] if target else [])])
+
+
+def imports_of(module: Module, modules: Mapping[str, Module]) -> set[str]:
+    """The project modules ``module`` imports at run time."""
+    tree = ast.parse(module.path.read_text(encoding="utf-8"), filename=str(module.path))
+    found: set[str] = set()
+    for node in _runtime_imports(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in modules:
+                    found.add(alias.name)
+            continue
+        base = _resolve_relative(module, node.level, node.module) if node.level else node.module
+        if not base:
+            continue
+        for alias in node.names:
+            candidate = f"{base}.{alias.name}"
+            if candidate in modules:
+                found.add(candidate)
+            elif base in modules:
+                found.add(base)
+    found.discard(module.name)
     return found
 
 
-def _is_package(name: str, files: dict[str, Path]) -> bool:
-    return files[name].name == "__init__.py"
+def import_graph(root: Path, roots: Iterable[str] = PROJECT_ROOTS) -> dict[str, set[str]]:
+    """``{module: modules it imports at run time}`` over the project under ``root``."""
+    modules = project_modules(root, roots)
+    return {name: imports_of(module, modules) for name, module in modules.items()}
 
 
-def _resolve_relative(module: str, level: int, target: str | None, files: dict[str, Path]) -> str:
-    base = module.split(".")
-    if not _is_package(module, files):
-        base = base[:-1]
-    base = base[: len(base) - (level - 1)] if level > 1 else base
-    return ".".join([*base, target] if target else base)
+def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (each one or more import
+    cycles), each sorted, largest first (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+    counter = 0
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work: list[tuple[str, Iterator[str]]] = [(start, iter(sorted(graph.get(start, ()))))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            advanced = False
+            for child in children:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                    advanced = True
+                    break
+                if child in on_stack:
+                    low[node] = min(low[node], index[child])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component: list[str] = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return sorted(found, key=lambda c: (-len(c), c))
 
 
-def _named_modules(node: ast.AST, files: dict[str, Path]) -> Iterator[str]:
-    """``importlib.import_module("x")`` / ``import_module("x")`` / ``__import__("x")``, and
-    string literals that are exactly a dotted project module name."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        if "." in node.value and node.value in files:
-            yield node.value
-        return
-    if not isinstance(node, ast.Call) or not node.args:
-        return
-    func = node.func
-    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-    first = node.args[0]
-    if name in ("import_module", "__import__") and isinstance(first, ast.Constant):
-        if isinstance(first.value, str) and not first.value.startswith("."):
-            yield first.value
-
-
-def _owning_module(name: str, files: dict[str, Path]) -> str | None:
-    """``name`` or its longest prefix that is a project module."""
-    parts = name.split(".")
-    while parts:
-        candidate = ".".join(parts)
-        if candidate in files:
-            return candidate
-        parts.pop()
-    return None
-
-
-def imports_of(module: str, files: dict[str, Path]) -> set[str]:
-    """The project modules ``module`` imports (itself excluded)."""
-    tree = ast.parse(files[module].read_text(encoding="utf-8"), str(files[module]))
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = (
-                _resolve_relative(module, node.level, node.module, files)
-                if node.level
-                else node.module or ""
-            )
-            for alias in node.names:
-                full = f"{base}.{alias.name}"
-                names.add(full if full in files else base)
-        else:
-            names.update(_named_modules(node, files))
-    targets = {_owning_module(name, files) for name in names}
-    return {t for t in targets if t is not None and t != module}
-
-
-def import_graph(repo: Path = REPO, roots: Iterable[str] = PROJECT_ROOTS) -> dict[str, set[str]]:
-    """Module -> the project modules it imports, for every module under ``roots``."""
-    files = module_files(repo, roots)
-    return {module: imports_of(module, files) for module in files}
-
-
-def root_of(module: str) -> str:
-    return module.split(".", 1)[0]
+def one_cycle(graph: Mapping[str, Iterable[str]], component: Iterable[str]) -> list[str]:
+    """A shortest loop ``a -> b -> ... -> a`` inside a strongly connected ``component``,
+    starting at its first module (for a readable failure message)."""
+    members = set(component)
+    start = min(members)
+    previous: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following: list[str] = []
+        for node in frontier:
+            for nxt in sorted(graph.get(node, ())):
+                if nxt == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(previous[path[-1]])
+                    return [*reversed(path), start]
+                if nxt in members and nxt not in previous:
+                    previous[nxt] = node
+                    following.append(nxt)
+        frontier = following
+    return [start]

@@ -63,7 +63,7 @@ class Vault:
         if isinstance(key, ec.EllipticCurvePrivateKey):
             nums = key.public_key().public_numbers()
             size = (key.curve.key_size + 7) // 8
-            crv = {"secp256r1": "P-256", "secp384r1": "P-384"}[key.curve.name]
+            crv = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[key.curve.name]
             return {
                 "kid": kid,
                 "kty": "EC-HSM",
@@ -161,6 +161,21 @@ def _handler(vault: Vault) -> type[BaseHTTPRequestHandler]:
                     {"Retry-After": "1"},
                 )
                 return
+            key = vault.keys[name]
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                # like Key Vault: each curve signs with its own algorithm only (RFC 7518)
+                paired = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+                if body["alg"] != paired[key.curve.name]:
+                    self._send(
+                        400,
+                        {
+                            "error": {
+                                "code": "BadParameter",
+                                "message": f"{body['alg']} does not match the key's curve",
+                            }
+                        },
+                    )
+                    return
             signature = vault.sign(name, body["alg"], _unb64(body["value"]))
             self._send(200, {"kid": vault.jwk(name)["kid"], "value": _b64(signature)})
 

@@ -1,5 +1,5 @@
 """Fixtures of the rotation integration tests (defined in ``stack.py``)."""
 
-from tests.integration.rotation.stack import azurite, stack, stack_options
+from tests.integration.rotation.stack import stack, stack_options
 
-__all__ = ["azurite", "stack", "stack_options"]
+__all__ = ["stack", "stack_options"]

@@ -11,7 +11,6 @@ service the way the functions route them, through ``functions.parsing``.
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,11 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.core.credentials import AccessToken
-from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableServiceClient
-from azure.storage.blob import BlobServiceClient
-from azure.storage.queue import QueueServiceClient
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -36,9 +30,8 @@ from local.device.agent import DeviceAgent
 from local.device.contract import DeviceKey
 from local.device.simulator import FleetSimulator
 from local.emulator import CONNECTIONS, LIFECYCLE, TWIN_CHANGES, FleetEmulator
-from local.emulator.http import RunningServer, serve
-from shared.adapters.dps import DpsEnrollmentStore
-from shared.adapters.iothub import IotHubRegistry
+from local.emulator.http import RunningServer
+from local.stack import drop_run_storage, fleet_ports
 from shared.adapters.memory import MemoryEventSink
 from shared.bootstrap import Services
 from shared.clock import ManualClock
@@ -47,28 +40,10 @@ from shared.domain.errors import ThrottledError
 from shared.domain.model import ConnectionFailure, RotationRecord, RotationState
 from shared.domain.rotation import RotationService
 from shared.pki.local_ca import init_pki
-from shared.settings import AZURITE_CONNECTION_STRING, Settings
+from shared.settings import Settings
 from tests.support.softhsm import SOFTHSM, softhsm_conf
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
-
-
-class StaticToken:
-    """A bearer token for the emulator (which checks the scheme, not the token)."""
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("local", int(datetime.now(UTC).timestamp()) + 3600)
-
-
-@pytest.fixture(scope="session")
-def azurite() -> str:
-    for port in (10000, 10001, 10002):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                pass
-        except OSError:
-            pytest.fail(f"Azurite is not reachable on 127.0.0.1:{port}: run `make azurite`")
-    return AZURITE_CONNECTION_STRING
 
 
 @dataclass
@@ -287,18 +262,15 @@ def stack(
 
     clock = ManualClock(START)
     emulator = FleetEmulator(clock, enforce_limits=opts.enforce_limits)
-    server: RunningServer | None = None
-    overrides: dict[str, Any] = {"clock": clock}
-    if opts.fleet == "rest":
-        server = serve(emulator)
-        token = StaticToken()
-        overrides["enrollments"] = DpsEnrollmentStore(server.url, token, retry_total=0)
-        overrides["registry"] = IotHubRegistry(
-            server.host, token, scheme="http", clock=clock, retry_total=0
-        )
-    else:
-        overrides["enrollments"] = emulator.dps
-        overrides["registry"] = emulator.hub
+    fleet = fleet_ports(
+        emulator, "http" if opts.fleet == "rest" else "inproc", clock, retry_total=0
+    )
+    server = fleet.server
+    overrides: dict[str, Any] = {
+        "clock": clock,
+        "enrollments": fleet.enrollments,
+        "registry": fleet.registry,
+    }
     sink = MemoryEventSink()
     overrides["events"] = sink
     services = Services(settings, **overrides)
@@ -307,31 +279,11 @@ def stack(
     try:
         yield built
     finally:
-        if server is not None:
-            server.close()
+        fleet.close()
         for svc in built.built_services:
             authority = svc.__dict__.get("authority")  # built only when it was used
             close = getattr(getattr(authority, "key", None), "close", None)
             if close is not None:
                 close()  # PKCS#11 session
         if opts.storage == "azurite":
-            _drop_storage(storage, settings)
-
-
-def _drop_storage(connection: str, settings: Settings) -> None:
-    tables = TableServiceClient.from_connection_string(connection)
-    prefix = settings.get("CERTROLL_TABLE_PREFIX")
-    for name in ("Ledger", "LedgerIndex", "State", "Audit"):
-        tables.delete_table(prefix + name)
-    queues = QueueServiceClient.from_connection_string(connection)
-    queue = settings.get("CERTROLL_WORK_QUEUE")
-    for each in (queue, queue + "-poison"):
-        try:
-            queues.delete_queue(each)
-        except ResourceNotFoundError:
-            pass
-    blobs = BlobServiceClient.from_connection_string(connection)
-    try:
-        blobs.delete_container(settings.get("CERTROLL_PKI_CONTAINER"))
-    except ResourceNotFoundError:
-        pass
+            drop_run_storage(settings)

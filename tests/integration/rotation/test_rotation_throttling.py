@@ -11,13 +11,14 @@ import pytest
 from local.device import contract
 from local.emulator import FleetEmulator
 from local.emulator.http import serve
+from local.stack import StaticToken
 from shared.adapters.iothub import IotHubRegistry
 from shared.clock import ManualClock
 from shared.domain.errors import ThrottledError
 from shared.domain.messages import parse_rotate_message
 from shared.domain.model import CertificateStatus, DeviceIdentity, RotationState, Trigger
 from shared.domain.rotation import RotationService
-from tests.integration.rotation.stack import START, Stack, StackOptions, StaticToken
+from tests.integration.rotation.stack import START, Stack, StackOptions
 
 
 @pytest.fixture(

@@ -23,7 +23,7 @@ from azure.storage.queue import QueueServiceClient
 from local.curl_transport import CurlTransport
 from local.stack import STORAGE_CALLS, loopback_transport
 from shared.settings import AZURITE_CONNECTION_STRING
-from tests.integration.storage.conftest import unique
+from tests.support.azurite import unique_name as unique
 
 pytestmark = pytest.mark.azurite
 

@@ -19,17 +19,15 @@ from shared.adapters import storage_clients
 from shared.adapters.blob import BlobCrlPublisher
 from shared.adapters.queues import StorageWorkQueue
 from shared.adapters.storage_clients import (
-    StorageAdapters,
     blob_service,
     queue_service,
     raise_storage_error,
-    retry_after_seconds,
     service_uri,
     storage_credential,
-    storage_from_settings,
     table_service,
 )
 from shared.adapters.tables import TableAuditLog, TableLedger, TableRotationStore
+from shared.bootstrap import StorageBundle, storage_from_settings
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
@@ -104,7 +102,7 @@ def test_storage_from_settings_builds_every_adapter() -> None:
         }
     )
     adapters = storage_from_settings(settings)
-    assert isinstance(adapters, StorageAdapters)
+    assert isinstance(adapters, StorageBundle)
     assert isinstance(adapters.ledger, TableLedger)
     assert adapters.ledger.table_name == "fleetALedger"
     assert adapters.ledger.index_table_name == "fleetALedgerIndex"
@@ -212,7 +210,3 @@ def test_throttling_maps_retry_after(
     with pytest.raises(ThrottledError) as info:
         raise_storage_error(http_error(status, headers), "thing")
     assert info.value.retry_after == retry_after
-
-
-def test_retry_after_http_date_in_the_past_is_zero() -> None:
-    assert retry_after_seconds({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -58,13 +58,58 @@ from shared.ports import DeviceRegistry, EnrollmentStore
 from tests.support.pki import make_test_authority
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
 
 
 def _etag() -> str:
     return uuid.uuid4().hex
 
 
+def _slot_info(slot: CertificateSlot | None, stored: CertificateSlot | None, name: str) -> Any:
+    """A written slot as reads show it: a ``pem`` becomes its certificate's info, a
+    thumbprint-only slot must be the stored one (kept), ``None`` clears."""
+    if slot is None:
+        return None
+    if slot.pem is None:
+        if stored is None or stored.thumbprint_sha256 != slot.thumbprint_sha256:
+            raise ValueError(f"slot {name} given without pem and not the stored one")
+        return copy.deepcopy(stored)
+    cert = x509.load_pem_x509_certificate(slot.pem.encode())
+    return CertificateSlot(
+        thumbprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
+        not_after=cert.not_valid_after_utc,
+        subject=cert.subject.rfc4514_string(),
+        pem=None,  # reads carry info only
+    )
+
+
+def _check_write(kind: str, key: str, etag: str | None, stored: Any) -> None:
+    """No etag: create (ConflictError when it exists); an etag: replace that version."""
+    if etag is None and stored is not None:
+        raise ConflictError(f"{kind} {key} exists")
+    if etag is not None and (stored is None or stored.etag != etag):
+        raise ConcurrencyError(f"{kind} {key} changed")
+
+
+def _pop(items: dict[str, Any], kind: str, key: str, etag: str | None) -> None:
+    stored = items.get(key)
+    if stored is None:
+        raise NotFoundError(f"no {kind} {key}")
+    if etag not in (None, "*") and stored.etag != etag:
+        raise ConcurrencyError(f"{kind} {key} changed")
+    del items[key]
+
+
+def _page(items: list[T], page_size: int, continuation: str | None) -> Page[T]:
+    start = int(continuation or 0)
+    end = start + page_size
+    return Page(items[start:end], str(end) if end < len(items) else None)
+
+
 class FakeEnrollments(EnrollmentStore):
+    """DPS enrollments and registration states in dicts (held to
+    tests/contract/test_fleet_ports.py like the emulator and the REST adapter)."""
+
     def __init__(self) -> None:
         self.individual: dict[str, IndividualEnrollment] = {}
         self.groups: dict[str, EnrollmentGroup] = {}
@@ -79,73 +124,55 @@ class FakeEnrollments(EnrollmentStore):
 
     def put_individual(self, enrollment: IndividualEnrollment) -> IndividualEnrollment:
         stored = self.individual.get(enrollment.registration_id)
-        if enrollment.etag is None and stored is not None:
-            raise ConflictError(f"enrollment {enrollment.registration_id} exists")
-        if enrollment.etag is not None and (stored is None or stored.etag != enrollment.etag):
-            raise ConcurrencyError(f"enrollment {enrollment.registration_id} changed")
+        _check_write("enrollment", enrollment.registration_id, enrollment.etag, stored)
         new = copy.deepcopy(enrollment)
         for name in ("primary", "secondary"):
-            slot: CertificateSlot | None = getattr(new, name)
-            if slot is None:
-                continue
-            if slot.pem is None:
-                old = getattr(stored, name) if stored else None
-                if old is None or old.thumbprint_sha256 != slot.thumbprint_sha256:
-                    raise ValueError(f"slot {name} given without pem and not the stored one")
-                setattr(new, name, copy.deepcopy(old))
-            else:
-                cert = x509.load_pem_x509_certificate(slot.pem.encode())
-                setattr(
-                    new,
-                    name,
-                    CertificateSlot(
-                        thumbprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
-                        not_after=cert.not_valid_after_utc,
-                        subject=cert.subject.rfc4514_string(),
-                        pem=None,  # reads carry info only
-                    ),
-                )
+            setattr(new, name, _slot_info(getattr(new, name), getattr(stored, name, None), name))
         new.etag = _etag()
         self.individual[new.registration_id] = new
         self.writes += 1
         return copy.deepcopy(new)
 
     def delete_individual(self, registration_id: str, etag: str | None = None) -> None:
-        self.individual.pop(registration_id, None)
+        _pop(self.individual, "enrollment", registration_id, etag)
 
     def query_individual(
         self, page_size: int = 100, continuation: str | None = None
     ) -> Page[IndividualEnrollment]:
-        return Page([copy.deepcopy(e) for e in self.individual.values()])
+        return _page([copy.deepcopy(e) for e in self.individual.values()], page_size, continuation)
 
     def get_group(self, group_id: str) -> EnrollmentGroup:
         try:
             return copy.deepcopy(self.groups[group_id])
         except KeyError:
-            raise NotFoundError(group_id) from None
+            raise NotFoundError(f"no enrollment group {group_id}") from None
 
     def put_group(self, group: EnrollmentGroup) -> EnrollmentGroup:
+        stored = self.groups.get(group.group_id)
+        _check_write("enrollment group", group.group_id, group.etag, stored)
         new = copy.deepcopy(group)
+        for name in ("primary", "secondary"):
+            setattr(new, name, _slot_info(getattr(new, name), getattr(stored, name, None), name))
         new.etag = _etag()
         self.groups[group.group_id] = new
         return copy.deepcopy(new)
 
     def delete_group(self, group_id: str, etag: str | None = None) -> None:
-        self.groups.pop(group_id, None)
+        _pop(self.groups, "enrollment group", group_id, etag)
 
     def query_groups(
         self, page_size: int = 100, continuation: str | None = None
     ) -> Page[EnrollmentGroup]:
-        return Page([copy.deepcopy(g) for g in self.groups.values()])
+        return _page([copy.deepcopy(g) for g in self.groups.values()], page_size, continuation)
 
     def get_registration_state(self, registration_id: str) -> RegistrationState:
         try:
             return copy.deepcopy(self.registrations[registration_id])
         except KeyError:
-            raise NotFoundError(registration_id) from None
+            raise NotFoundError(f"no registration {registration_id}") from None
 
     def delete_registration_state(self, registration_id: str, etag: str | None = None) -> None:
-        self.registrations.pop(registration_id, None)
+        _pop(self.registrations, "registration", registration_id, etag)
 
 
 def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
@@ -158,19 +185,36 @@ def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
             target[key] = copy.deepcopy(value)
 
 
+_ALL_QUERY = "SELECT * FROM devices"
 _NOT_AFTER_QUERY = re.compile(
     r"^SELECT \* FROM devices WHERE properties\.reported\.x509\.notAfter < '([^']+)'$"
 )
+_IDS_CONDITION = re.compile(r"^deviceId IN \[(.*)\]$")
+
+
+@dataclass
+class _Job:
+    status: JobStatus
+    targets: list[str]
+    method_name: str
+    payload: Any
+    start_time: datetime | None
 
 
 class FakeRegistry(DeviceRegistry):
+    """IoT Hub identities, twins, methods and jobs in dicts (held to
+    tests/contract/test_fleet_ports.py like the emulator and the REST adapter). Queries:
+    all twins, or the sweep's ``notAfter <``; job conditions: ``deviceId IN [...]``."""
+
     def __init__(self) -> None:
         self.devices: dict[str, DeviceIdentity] = {}
         self.twins: dict[str, Twin] = {}
         self.online: set[str] = set()
         self.methods: list[tuple[str, str, Any]] = []
+        #: job id -> (condition, method, payload) as scheduled
         self.jobs: dict[str, tuple[str, str, Any]] = {}
         self.on_method: Callable[[str, str, Any], MethodResult] | None = None
+        self._jobs: dict[str, _Job] = {}
 
     def get_device(self, device_id: str) -> DeviceIdentity:
         try:
@@ -195,7 +239,7 @@ class FakeRegistry(DeviceRegistry):
         new = copy.deepcopy(identity)
         new.etag = _etag()
         self.devices[new.device_id] = new
-        self.twins.setdefault(new.device_id, Twin(device_id=new.device_id))
+        self.twins.setdefault(new.device_id, Twin(device_id=new.device_id, etag=_etag()))
         return copy.deepcopy(new)
 
     def get_twin(self, device_id: str) -> Twin:
@@ -208,8 +252,11 @@ class FakeRegistry(DeviceRegistry):
         twin = self.twins.get(device_id)
         if twin is None:
             raise NotFoundError(f"no twin {device_id}")
+        if etag not in (None, "*") and etag != twin.etag:
+            raise ConcurrencyError(f"twin {device_id} changed")
         _merge(twin.desired, patch)
         twin.desired_version += 1
+        twin.etag = _etag()
         return copy.deepcopy(twin)
 
     def report(self, device_id: str, patch: dict[str, Any]) -> None:
@@ -217,24 +264,26 @@ class FakeRegistry(DeviceRegistry):
         twin = self.twins[device_id]
         _merge(twin.reported, patch)
         twin.reported_version += 1
+        twin.etag = _etag()
 
     def query_twins(
         self, query: str, page_size: int = 1000, continuation: str | None = None
     ) -> Page[Twin]:
-        match = _NOT_AFTER_QUERY.match(query)
-        if match is None:
-            raise ValueError(f"query not supported by the fake: {query}")
-        bound = match.group(1)
-        hits = [
-            copy.deepcopy(t)
-            for t in self.twins.values()
-            if isinstance(t.reported.get("x509"), dict)
-            and isinstance(t.reported["x509"].get("notAfter"), str)
-            and t.reported["x509"]["notAfter"] < bound
-        ]
-        start = int(continuation or 0)
-        end = start + page_size
-        return Page(hits[start:end], str(end) if end < len(hits) else None)
+        if query == _ALL_QUERY:
+            hits = list(self.twins.values())
+        else:
+            match = _NOT_AFTER_QUERY.match(query)
+            if match is None:
+                raise ValueError(f"query not supported by the fake: {query}")
+            bound = match.group(1)
+            hits = [
+                t
+                for t in self.twins.values()
+                if isinstance(t.reported.get("x509"), dict)
+                and isinstance(t.reported["x509"].get("notAfter"), str)
+                and t.reported["x509"]["notAfter"] < bound
+            ]
+        return _page([copy.deepcopy(t) for t in hits], page_size, continuation)
 
     def invoke_method(
         self,
@@ -244,6 +293,8 @@ class FakeRegistry(DeviceRegistry):
         connect_timeout: int = 10,
         response_timeout: int = 30,
     ) -> MethodResult:
+        if device_id not in self.devices:
+            raise NotFoundError(f"no device {device_id}")
         if device_id not in self.online:
             raise DeviceOfflineError(f"device {device_id} is not online")
         self.methods.append((device_id, method_name, copy.deepcopy(payload)))
@@ -260,13 +311,41 @@ class FakeRegistry(DeviceRegistry):
         start_time: datetime | None = None,
         max_execution_seconds: int = 3600,
     ) -> JobStatus:
+        match = _IDS_CONDITION.match(query_condition)
+        if match is None:
+            raise ValueError(f"job condition not supported by the fake: {query_condition}")
+        targets = [t.strip().strip("'") for t in match.group(1).split(",") if t.strip()]
         self.jobs[job_id] = (query_condition, method_name, copy.deepcopy(payload))
-        return JobStatus(job_id=job_id, status="scheduled")
+        status = JobStatus(job_id=job_id, status="scheduled", pending=len(targets))
+        self._jobs[job_id] = _Job(status, targets, method_name, copy.deepcopy(payload), start_time)
+        return copy.deepcopy(status)
+
+    def run_due_jobs(self, now: datetime | None = None) -> int:
+        """Run every scheduled job whose start time has come (``now`` None: all of them);
+        returns the device calls made (offline or unknown devices count as failed)."""
+        calls = 0
+        for job in self._jobs.values():
+            if job.status.status != "scheduled":
+                continue
+            if now is not None and job.start_time is not None and job.start_time > now:
+                continue
+            for device_id in job.targets:
+                try:
+                    result = self.invoke_method(device_id, job.method_name, job.payload)
+                    ok = 200 <= result.status < 300
+                except (NotFoundError, DeviceOfflineError):
+                    ok = False
+                calls += 1
+                job.status.succeeded += ok
+                job.status.failed += not ok
+            job.status.pending = 0
+            job.status.status = "completed"
+        return calls
 
     def get_job(self, job_id: str) -> JobStatus:
-        if job_id not in self.jobs:
-            raise NotFoundError(job_id)
-        return JobStatus(job_id=job_id, status="completed")
+        if job_id not in self._jobs:
+            raise NotFoundError(f"no job {job_id}")
+        return copy.deepcopy(self._jobs[job_id].status)
 
 
 # --------------------------------------------------------------------------- fault injection

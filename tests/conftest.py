@@ -1,9 +1,9 @@
-"""Azurite fixtures for the storage adapter integration tests (unique names per test)."""
+"""Fixtures every test folder shares: Azurite, its service clients, and fresh resource
+names that are deleted after the test (so parallel runs never meet)."""
 
 from __future__ import annotations
 
-import socket
-import uuid
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -12,22 +12,13 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
-from shared.settings import AZURITE_CONNECTION_STRING
+from tests.support.azurite import require_azurite, unique_name
 
 
 @pytest.fixture(scope="session")
 def azurite() -> str:
-    for port in (10000, 10001, 10002):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                pass
-        except OSError:
-            pytest.fail(f"Azurite is not reachable on 127.0.0.1:{port}: run `make azurite`")
-    return AZURITE_CONNECTION_STRING
-
-
-def unique(kind: str) -> str:
-    return f"it{kind}{uuid.uuid4().hex[:16]}"
+    """Azurite's connection string; fails clearly when Azurite is not running."""
+    return require_azurite()
 
 
 @pytest.fixture
@@ -37,7 +28,7 @@ def tables(azurite: str) -> TableServiceClient:
 
 @pytest.fixture
 def table_name(tables: TableServiceClient) -> Iterator[str]:
-    name = unique("t")
+    name = unique_name("t")
     yield name
     tables.delete_table(name)
     tables.delete_table(f"{name}Index")  # a ledger's look-ups (no error when absent)
@@ -50,12 +41,10 @@ def blobs(azurite: str) -> BlobServiceClient:
 
 @pytest.fixture
 def container_name(blobs: BlobServiceClient) -> Iterator[str]:
-    name = unique("c")
+    name = unique_name("c")
     yield name
-    try:
+    with contextlib.suppress(ResourceNotFoundError):
         blobs.delete_container(name)
-    except ResourceNotFoundError:
-        pass
 
 
 @pytest.fixture
@@ -65,10 +54,8 @@ def queues(azurite: str) -> QueueServiceClient:
 
 @pytest.fixture
 def queue_name(queues: QueueServiceClient) -> Iterator[str]:
-    name = unique("q")
+    name = unique_name("q")
     yield name
     for each in (name, name + "-poison"):
-        try:
+        with contextlib.suppress(ResourceNotFoundError):
             queues.delete_queue(each)
-        except ResourceNotFoundError:
-            pass
