@@ -53,6 +53,34 @@ def check_device_id(device_id: Any) -> str:
     return device_id
 
 
+#: Device fields the emulator models itself; every other field of a PUT body is the
+#: operator's (``capabilities``, ``deviceScope``, ``parentScopes``...): stored as sent and
+#: returned, and replaced by the next PUT, as the hub's replace semantics have it.
+MODELLED_DEVICE_FIELDS = frozenset(
+    {
+        "deviceId",
+        "etag",
+        "status",
+        "statusReason",
+        "authentication",
+        "generationId",
+        "connectionState",
+        "connectionStateUpdatedTime",
+        "statusUpdatedTime",
+        "lastActivityTime",
+        "cloudToDeviceMessageCount",
+    }
+)
+
+
+def operator_fields(document: Any) -> dict[str, Any] | None:
+    """The fields of an identity document the emulator keeps as sent (None: none)."""
+    if not isinstance(document, dict):
+        return None
+    kept = {k: json_copy(v) for k, v in document.items() if k not in MODELLED_DEVICE_FIELDS}
+    return kept or None
+
+
 def _identity_fields(identity: DeviceIdentity) -> dict[str, Any]:
     """The device record fields an identity write sets (validated; changes nothing)."""
     check_device_id(identity.device_id)
@@ -71,6 +99,7 @@ def _identity_fields(identity: DeviceIdentity) -> dict[str, Any]:
         "auth_type": auth,
         "primary_tp": primary,
         "secondary_tp": secondary,
+        "document": operator_fields(identity.document),
     }
 
 
@@ -94,6 +123,7 @@ def identity_of(d: DeviceRecord) -> DeviceIdentity:
         status_reason=d.status_reason,
         connection_state=d.connection_state,
         etag=d.etag,
+        document=json_copy(d.document) if d.document else None,
     )
 
 

@@ -8,6 +8,7 @@ of :mod:`shared.domain.errors`.
 
 from __future__ import annotations
 
+import copy
 import json as jsonlib
 import logging
 import re
@@ -44,7 +45,20 @@ from shared.ports import Clock, DeviceRegistry
 logger = logging.getLogger(__name__)
 
 IOTHUB_SCOPE = "https://iothubs.azure.net/.default"
-IOTHUB_API_VERSION = "2020-03-13"
+#: The service api-version azure-iot-hub 2.7 sends (its generated client pins it); the
+#: Device of 2021-04-12 carries ``parentScopes``, which 2020-03-13 does not define.
+IOTHUB_API_VERSION = "2021-04-12"
+#: Device fields the hub maintains itself; a replace does not send them back.
+SERVICE_MANAGED_FIELDS = frozenset(
+    {
+        "generationId",
+        "connectionState",
+        "connectionStateUpdatedTime",
+        "statusUpdatedTime",
+        "lastActivityTime",
+        "cloudToDeviceMessageCount",
+    }
+)
 DEVICE_NOT_ONLINE = 404103
 GATEWAY_TIMEOUT = 504101
 _ERROR_NAME = re.compile(r"ErrorCode:\s*([A-Za-z0-9]+)")
@@ -154,6 +168,7 @@ def device_from(body: Any) -> DeviceIdentity:
         status_reason=body.get("statusReason") or None,
         connection_state=body.get("connectionState", "Disconnected"),
         etag=body.get("etag"),
+        document=body,
     )
 
 
@@ -241,8 +256,20 @@ class IotHubRegistry(DeviceRegistry):
         return device_from(json_body(response))
 
     @staticmethod
-    def _device_body(identity: DeviceIdentity) -> dict[str, Any]:
-        auth: dict[str, Any] = {"type": identity.auth_type.value}
+    def _device_body(identity: DeviceIdentity, *, create: bool = False) -> dict[str, Any]:
+        """The PUT body: the device as read, with only certroll's fields changed.
+
+        ``PUT /devices/{id}`` replaces the identity, so ``capabilities``, ``deviceScope``
+        and ``parentScopes`` an operator set are sent back as they were read.
+        """
+        body: dict[str, Any] = (
+            copy.deepcopy(identity.document) if isinstance(identity.document, dict) else {}
+        )
+        for name in SERVICE_MANAGED_FIELDS:
+            body.pop(name, None)
+        read_auth = body.get("authentication")
+        auth: dict[str, Any] = dict(read_auth) if isinstance(read_auth, dict) else {}
+        auth["type"] = identity.auth_type.value
         if identity.auth_type is AuthType.SELF_SIGNED:
             if not identity.primary_thumbprint:
                 raise InvalidRequestError(
@@ -253,16 +280,21 @@ class IotHubRegistry(DeviceRegistry):
             if identity.secondary_thumbprint:
                 thumbs["secondaryThumbprint"] = identity.secondary_thumbprint
             auth["x509Thumbprint"] = thumbs
-        body: dict[str, Any] = {
-            "deviceId": identity.device_id,
-            "status": identity.status.value,
-            "authentication": auth,
-            "capabilities": {"iotEdge": False},
-        }
+        else:
+            auth.pop("x509Thumbprint", None)
+        body["deviceId"] = identity.device_id
+        body["status"] = identity.status.value
+        body["authentication"] = auth
+        if create and "capabilities" not in body:
+            body["capabilities"] = {"iotEdge": False}
         if identity.status_reason:
             body["statusReason"] = identity.status_reason
-        if identity.etag:
+        else:
+            body.pop("statusReason", None)
+        if identity.etag and not create:
             body["etag"] = identity.etag
+        else:
+            body.pop("etag", None)
         return body
 
     def update_device(self, identity: DeviceIdentity) -> DeviceIdentity:
@@ -284,8 +316,7 @@ class IotHubRegistry(DeviceRegistry):
         return stored
 
     def create_device(self, identity: DeviceIdentity) -> DeviceIdentity:
-        body = self._device_body(identity)
-        body.pop("etag", None)
+        body = self._device_body(identity, create=True)
         response = self._call(
             "PUT",
             f"/devices/{path_id(identity.device_id)}",

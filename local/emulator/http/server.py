@@ -111,6 +111,16 @@ def cert_info(cert: x509.Certificate) -> dict[str, Any]:
     }
 
 
+def _hub_if_match(request: Request) -> str | None:
+    """The hub's If-Match: ETags are quoted, the wildcard too (``"*"``); the hub ignores
+    an unquoted ``*`` (azure-iot-sdk-python PR #754, azure-iot-sdk-node PR #606), so it
+    counts as no If-Match at all."""
+    header = request.headers.get("If-Match")
+    if header is None or not header.strip() or header.strip() == "*":
+        return None
+    return header
+
+
 def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     response = Response(json.dumps(body), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
@@ -291,7 +301,7 @@ class FleetHttpApp:
         header = request.headers.get("If-Match")
         if header is None or not header.strip():
             return None
-        if header.strip() == "*":
+        if _unquote(header) == "*":  # '"*"' (RFC 7232); DPS also takes a bare *
             return "*"
         stored = current()
         if stored is not None and _unquote(header) == _unquote(stored):
@@ -400,6 +410,8 @@ class FleetHttpApp:
             if value is not None
         }
         body: dict[str, Any] = {
+            "capabilities": {"iotEdge": False},
+            **(e.document or {}),  # the operator's fields, as stored
             "registrationId": e.registration_id,
             "attestation": {"type": "x509", "x509": {"clientCertificates": certs}},
             "provisioningStatus": e.provisioning_status.value,
@@ -408,7 +420,6 @@ class FleetHttpApp:
                 "migrateDeviceData": e.reprovision_migrate_data,
             },
             "etag": e.etag,
-            "capabilities": {"iotEdge": False},
         }
         if e.device_id:
             body["deviceId"] = e.device_id
@@ -437,6 +448,7 @@ class FleetHttpApp:
             reprovision_update_hub_assignment=policy.get("updateHubAssignment", True),
             iot_hub_host_name=body.get("iotHubHostName"),
             etag=self._etag_from(request, lambda: self._stored_etag("individuals", rid)),
+            document=body,
         )
         stored = self.dps.put_individual(enrollment)
         return _json_response(self._individual_json(stored), 200, _etag_headers(stored.etag))
@@ -469,6 +481,8 @@ class FleetHttpApp:
         if refs:
             x509_att["caReferences"] = refs
         return {
+            "capabilities": {"iotEdge": False},
+            **(g.document or {}),  # the operator's fields, as stored
             "enrollmentGroupId": g.group_id,
             "attestation": {"type": "x509", "x509": x509_att},
             "provisioningStatus": g.provisioning_status.value,
@@ -477,7 +491,6 @@ class FleetHttpApp:
                 "migrateDeviceData": g.reprovision_migrate_data,
             },
             "etag": g.etag,
-            "capabilities": {"iotEdge": False},
         }
 
     def get_group(self, request: Request, args: dict[str, str], body: Any) -> Response:
@@ -501,6 +514,7 @@ class FleetHttpApp:
             reprovision_migrate_data=policy.get("migrateDeviceData", True),
             reprovision_update_hub_assignment=policy.get("updateHubAssignment", True),
             etag=self._etag_from(request, lambda: self._stored_etag("groups", gid)),
+            document=body,
         )
         stored = self.dps.put_group(group)
         return _json_response(self._group_json(stored), 200, _etag_headers(stored.etag))
@@ -562,12 +576,13 @@ class FleetHttpApp:
         }
         auth["x509Thumbprint"] = thumbs
         body: dict[str, Any] = {
+            "capabilities": {"iotEdge": False},
+            **(d.document or {}),  # the operator's fields, as stored
             "deviceId": d.device_id,
             "etag": d.etag,
             "connectionState": d.connection_state,
             "status": d.status.value,
             "authentication": auth,
-            "capabilities": {"iotEdge": False},
             "cloudToDeviceMessageCount": 0,
         }
         if d.status_reason:
@@ -599,8 +614,9 @@ class FleetHttpApp:
             primary_thumbprint=thumbs.get("primaryThumbprint") or None,
             secondary_thumbprint=thumbs.get("secondaryThumbprint") or None,
             status_reason=body.get("statusReason") or None,
+            document=body,
         )
-        if request.headers.get("If-Match") is None:
+        if _hub_if_match(request) is None:
             stored = self.hub.create_device(identity)  # the hub: 409 when it exists
         else:
 
@@ -644,8 +660,8 @@ class FleetHttpApp:
                 f"the emulator patches tags and desired only: {sorted(extra)}",
             )
         self._same_id(body, "deviceId", did)
-        header = request.headers.get("If-Match")
-        etag = None if header is None or header.strip() == "*" else _unquote(header)
+        header = _hub_if_match(request)
+        etag = None if header is None or _unquote(header) == "*" else _unquote(header)
         twin: Twin | None = None
         if isinstance(body.get("tags"), dict) and body["tags"]:
             update_tags = getattr(self.hub, "update_tags", None)

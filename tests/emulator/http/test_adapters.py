@@ -172,3 +172,11 @@ def test_dps_errors_keep_status_and_message() -> None:
     assert "400004" in str(caught.value)
     assert "bad enrollment" in str(caught.value)
     raise_for_dps(StubResponse(204), "delete")  # type: ignore[arg-type]
+
+
+def test_if_match_wildcard_is_sent_quoted() -> None:
+    from shared.adapters._azure_rest import quote_etag
+
+    assert quote_etag("*") == '"*"'
+    assert quote_etag("abc") == '"abc"'
+    assert quote_etag('"abc"') == '"abc"'
