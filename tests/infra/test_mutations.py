@@ -332,10 +332,18 @@ MUTATIONS: list[tuple[str, str, str, str, Checker, str]] = [
     (
         "param-allows-an-undefined-value",
         "modules/eventgrid.bicep",
-        "'EventGridSchema'",
-        "'EventGridSchemaV2'",
+        "  'Disabled'\n])",
+        "  'Off'\n])",
         _resource_types,
-        "'EventGridSchemaV2' is not one of",
+        "properties.publicNetworkAccess (param publicNetworkAccess allows it) = 'Off'",
+    ),
+    (
+        "topic-schema-value-not-allowed",
+        "modules/eventgrid.bicep",
+        "inputSchema: 'EventGridSchema'",
+        "inputSchema: 'EventGridSchemaV2'",
+        _resource_types,
+        "properties.inputSchema = 'EventGridSchemaV2' is not one of",
     ),
     (
         "read-only-property-set",
