@@ -24,11 +24,13 @@ from shared.adapters._azure_rest import (
     path_id,
     quote_etag,
     raise_status_error,
+    retry_after,
 )
 from shared.clock import SystemClock
 from shared.domain.errors import (
     DeviceOfflineError,
     InvalidRequestError,
+    JobQuotaExceededError,
     ServiceError,
 )
 from shared.domain.model import (
@@ -61,6 +63,10 @@ SERVICE_MANAGED_FIELDS = frozenset(
 )
 DEVICE_NOT_ONLINE = 404103
 GATEWAY_TIMEOUT = 504101
+#: "429004 ThrottlingMaxActiveJobCountExceeded: The maximum active job count has been
+#: exceeded" (IoT Hub troubleshoot-error-codes).
+MAX_ACTIVE_JOBS_EXCEEDED = 429004
+ACTIVE_JOB_STATES = frozenset({"queued", "scheduled", "running"})
 _ERROR_NAME = re.compile(r"ErrorCode:\s*([A-Za-z0-9]+)")
 _JOB_STATUS = {"enqueued": "queued"}
 
@@ -111,6 +117,8 @@ def raise_for_hub(response: HttpResponse, what: str, *, method_call: bool = Fals
         or status == 504
     ):
         raise DeviceOfflineError(message)
+    if code == MAX_ACTIVE_JOBS_EXCEEDED or name == "ThrottlingMaxActiveJobCountExceeded":
+        raise JobQuotaExceededError(message, retry_after=retry_after(response))
     raise_status_error(response, message, throttled=code == 429001 or name == "ThrottlingException")
 
 
@@ -425,3 +433,24 @@ class IotHubRegistry(DeviceRegistry):
     def get_job(self, job_id: str) -> JobStatus:
         response = self._call("GET", f"/jobs/v2/{path_id(job_id)}", f"get job {job_id}")
         return job_from(json_body(response))
+
+    def active_jobs(self) -> list[JobStatus]:
+        """Queued, scheduled and running jobs (``GET /jobs/v2/query``, every page)."""
+        jobs: list[JobStatus] = []
+        continuation: str | None = None
+        for _ in range(1000):
+            headers = {"x-ms-continuation": continuation} if continuation else None
+            response = self._call("GET", "/jobs/v2/query", "query jobs", headers=headers)
+            body = json_body(response)
+            items = body.get("items") if isinstance(body, dict) else body
+            if not isinstance(items, list):
+                raise ServiceError("IoT Hub job query returned no items")
+            jobs.extend(job for job in map(job_from, items) if job.status in ACTIVE_JOB_STATES)
+            continuation = (
+                (body.get("continuationToken") if isinstance(body, dict) else None)
+                or response.headers.get("x-ms-continuation")
+                or None
+            )
+            if not continuation:
+                break
+        return jobs

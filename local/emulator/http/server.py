@@ -38,6 +38,7 @@ from shared.domain.errors import (
     ConflictError,
     DeviceOfflineError,
     InvalidRequestError,
+    JobQuotaExceededError,
     NotFoundError,
     ServiceError,
     ThrottledError,
@@ -72,6 +73,7 @@ HUB_CODES = {
     "PreconditionFailed": 412002,
     "UnsupportedMediaType": 415001,
     "ThrottlingException": 429001,
+    "ThrottlingMaxActiveJobCountExceeded": 429004,
     "ServerError": 500001,
     "NotImplemented": 501001,
 }
@@ -170,6 +172,7 @@ class FleetHttpApp:
             "Devices_InvokeMethod": self.invoke_method,
             "Jobs_CreateScheduledJob": self.create_job,
             "Jobs_GetScheduledJob": self.get_job,
+            "Jobs_QueryScheduledJobs": self.query_jobs,
         }
 
     # ------------------------------------------------------------------ WSGI
@@ -205,6 +208,8 @@ class FleetHttpApp:
             return handler(request, dict(args), body)
         except RequestError as exc:
             return self.error(service, exc.status, exc.name, exc.message)
+        except JobQuotaExceededError as exc:
+            return self.error(service, 429, "ThrottlingMaxActiveJobCountExceeded", str(exc))
         except ThrottledError as exc:
             return self.error(service, 429, "ThrottlingException", str(exc), exc.retry_after)
         except DeviceOfflineError as exc:
@@ -747,6 +752,19 @@ class FleetHttpApp:
 
     def get_job(self, request: Request, args: dict[str, str], body: Any) -> Response:
         return _json_response(self._job_json(self.hub.get_job(args["id"])))
+
+    def query_jobs(self, request: Request, args: dict[str, str], body: Any) -> Response:
+        """``Jobs_QueryScheduledJobs``: a QueryResult of type ``jobResponse``, filtered by
+        the optional ``jobType`` and ``jobStatus`` (one page: the emulator keeps few jobs)."""
+        job_type = request.args.get("jobType") or None
+        job_status = request.args.get("jobStatus") or None
+        items = [
+            self._job_json(job)
+            for job in self.hub.list_jobs()
+            if (job_type is None or job.type == job_type)
+            and (job_status is None or job.status == job_status)
+        ]
+        return _json_response({"type": "jobResponse", "items": items})
 
 
 def _dps_code(status: int, name: str) -> int:

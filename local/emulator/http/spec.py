@@ -234,9 +234,7 @@ def _resolve_param(spec: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def _with_added(
-    definitions: dict[str, Any], added: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
+def _with_added(definitions: dict[str, Any], added: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out = dict(definitions)
     for name, properties in added.items():
         base = dict(out[name])
