@@ -271,6 +271,30 @@ class EmulatedDps(EnrollmentStore):
             if etag not in (None, "*") and etag != state.etag:
                 raise ConcurrencyError(f"registration state of {registration_id} changed (412)")
             del self._core.registrations[registration_id]
+            self._core.registration_sources.pop(registration_id, None)
+
+    def query_registrations(
+        self, group_id: str, page_size: int = 100, continuation: str | None = None
+    ) -> Page[RegistrationState]:
+        """Registration states of the devices an enrollment group admitted
+        (``DeviceRegistrationState_Query``), in registration id order, paged."""
+        size = _page_size(page_size)
+        after = None if continuation is None else _decode(continuation)
+        with self._core.txn():
+            self._service_op()
+            if group_id not in self._core.groups:
+                raise NotFoundError(f"no enrollment group {group_id} (404)")
+            source = f"group:{group_id}"
+            keys = sorted(
+                rid
+                for rid, src in self._core.registration_sources.items()
+                if src == source and rid in self._core.registrations
+            )
+            start = 0 if after is None else bisect.bisect_right(keys, after)
+            chosen = keys[start : start + size]
+            items = [copy.copy(self._core.registrations[k]) for k in chosen]
+            more = start + size < len(keys)
+            return Page(items=items, continuation=_encode(chosen[-1]) if more else None)
 
     # -- helpers --------------------------------------------------------------------------
 

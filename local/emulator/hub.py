@@ -288,6 +288,21 @@ class EmulatedHub(DeviceRegistry):
                 self._core.drop_session(post, d)  # the hub closes a disabled device's link
             return identity_of(d)
 
+    def list_devices(self, top: int = 1000) -> list[DeviceIdentity]:
+        """Up to ``top`` identities (1-1000), in creation order: ``GET /devices``."""
+        if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= 1000:
+            raise InvalidRequestError("top_invalid", "top must be 1-1000")
+        self._core.run_due_jobs()
+        with self._core.txn():
+            self._core.limiter.take(limits.HUB_IDENTITY_OPS)
+            out: list[DeviceIdentity] = []
+            for d in self._core.order:
+                if d is not None:
+                    out.append(identity_of(d))
+                    if len(out) >= top:
+                        break
+            return out
+
     def delete_device(self, device_id: str, etag: str | None = None) -> None:
         """Delete an identity and its twin (If-Match on ``etag`` unless None or '*')."""
         self._core.run_due_jobs()
