@@ -276,7 +276,11 @@ class IotHubRegistry(DeviceRegistry):
         for name in SERVICE_MANAGED_FIELDS:
             body.pop(name, None)
         read_auth = body.get("authentication")
-        auth: dict[str, Any] = dict(read_auth) if isinstance(read_auth, dict) else {}
+        auth: dict[str, Any] = {  # the mechanism is certroll's; anything else is kept
+            k: v
+            for k, v in (read_auth.items() if isinstance(read_auth, dict) else ())
+            if k not in ("type", "x509Thumbprint", "symmetricKey")
+        }
         auth["type"] = identity.auth_type.value
         if identity.auth_type is AuthType.SELF_SIGNED:
             if not identity.primary_thumbprint:
@@ -288,8 +292,6 @@ class IotHubRegistry(DeviceRegistry):
             if identity.secondary_thumbprint:
                 thumbs["secondaryThumbprint"] = identity.secondary_thumbprint
             auth["x509Thumbprint"] = thumbs
-        else:
-            auth.pop("x509Thumbprint", None)
         body["deviceId"] = identity.device_id
         body["status"] = identity.status.value
         body["authentication"] = auth
