@@ -165,13 +165,6 @@ param rotationDeadlineHours int = 24
 @description('Days before a CA certificate expires that the sweep starts warning.')
 param caWarningDays int = 90
 
-@allowed([
-  'CloudEventSchemaV1_0'
-  'EventGridSchema'
-])
-@description('Input schema of the outbound Event Grid custom topic.')
-param eventGridInputSchema string = 'EventGridSchema'
-
 // ----------------------------------------------------------------------------- names
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -296,7 +289,6 @@ module eventGrid 'modules/eventgrid.bicep' = {
     tags: allTags
     resourceToken: resourceToken
     iotHubName: iotHub.outputs.NAME
-    inputSchema: eventGridInputSchema
     publicNetworkAccess: publicNetworkAccess
   }
 }

@@ -246,8 +246,7 @@ class EnrollmentStore(abc.ABC):
     def get_registration_state(self, registration_id: str) -> RegistrationState: ...
 
     @abc.abstractmethod
-    def delete_registration_state(self, registration_id: str, etag: str | None = None) -> None:
-        ...
+    def delete_registration_state(self, registration_id: str, etag: str | None = None) -> None: ...
 
 
 class DeviceRegistry(abc.ABC):
@@ -304,6 +303,12 @@ class DeviceRegistry(abc.ABC):
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobStatus: ...
+
+    def active_jobs(self) -> list[JobStatus]:
+        """Jobs that count against the hub's concurrent-job limit (queued, scheduled or
+        running): at most 1 on Free and S1, 5 on S2, 10 on S3. A job scheduled beyond
+        the limit fails with ``JobQuotaExceededError``."""
+        raise NotImplementedError(f"{type(self).__name__} does not list jobs")
 
 
 # --------------------------------------------------------------------------- issuing and metrics

@@ -15,13 +15,6 @@ param resourceToken string
 param iotHubName string
 
 @allowed([
-  'CloudEventSchemaV1_0'
-  'EventGridSchema'
-])
-@description('Input schema of the custom topic.')
-param inputSchema string
-
-@allowed([
   'Enabled'
   'Disabled'
 ])
@@ -47,7 +40,9 @@ resource topic 'Microsoft.EventGrid/topics@2022-06-15' = {
   location: location
   tags: tags
   properties: {
-    inputSchema: inputSchema
+    // The schema shared/adapters/eventgrid.py publishes (INPUT_SCHEMA); a topic with
+    // another input schema refuses its events.
+    inputSchema: 'EventGridSchema'
     disableLocalAuth: true
     publicNetworkAccess: publicNetworkAccess
   }

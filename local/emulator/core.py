@@ -237,6 +237,8 @@ class Core:
     individuals: dict[str, EnrollmentRecord] = field(default_factory=dict)
     groups: dict[str, EnrollmentRecord] = field(default_factory=dict)
     registrations: dict[str, Any] = field(default_factory=dict)  # id -> RegistrationState
+    # registration id -> the enrollment that admitted it ("individual:<id>" | "group:<id>")
+    registration_sources: dict[str, str] = field(default_factory=dict)
     verified_cas: dict[str, StoredCert] = field(default_factory=dict)
     # hub
     devices: dict[str, DeviceRecord] = field(default_factory=dict)

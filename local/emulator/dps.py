@@ -12,7 +12,7 @@ from typing import Any
 
 from local.emulator import limits
 from local.emulator.core import Core, EnrollmentRecord
-from local.emulator.store import StoredCert, new_etag, parse_pem
+from local.emulator.store import StoredCert, json_copy, new_etag, parse_pem
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
@@ -63,6 +63,35 @@ def _resolve_slot(
     raise InvalidRequestError("slot_invalid", f"{name} has neither a PEM nor a thumbprint")
 
 
+#: Enrollment fields the emulator models itself; every other field of a PUT body is the
+#: operator's (``initialTwin``, ``capabilities``, ``allocationPolicy``, ``iotHubs``,
+#: ``customAllocationDefinition``, ``optionalDeviceInformation``...): stored as sent and
+#: returned, and replaced by the next PUT (CreateOrUpdate replaces the whole enrollment).
+MODELLED_ENROLLMENT_FIELDS = frozenset(
+    {
+        "registrationId",
+        "enrollmentGroupId",
+        "deviceId",
+        "attestation",
+        "provisioningStatus",
+        "reprovisionPolicy",
+        "iotHubHostName",
+        "etag",
+        "registrationState",
+        "createdDateTimeUtc",
+        "lastUpdatedDateTimeUtc",
+    }
+)
+
+
+def operator_fields(document: Any) -> dict[str, Any] | None:
+    """The fields of an enrollment document the emulator keeps as sent (None: none)."""
+    if not isinstance(document, dict):
+        return None
+    kept = {k: json_copy(v) for k, v in document.items() if k not in MODELLED_ENROLLMENT_FIELDS}
+    return kept or None
+
+
 def _page_size(page_size: int) -> int:
     if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
         raise InvalidRequestError("page_size_invalid", "page_size must be a positive integer")
@@ -85,6 +114,7 @@ def _view(rec: EnrollmentRecord) -> Any:
     view = copy.copy(rec.view)
     view.primary = rec.primary.info_slot() if rec.primary else None
     view.secondary = rec.secondary.info_slot() if rec.secondary else None
+    view.document = json_copy(view.document) if view.document else None
     return view
 
 
@@ -204,6 +234,7 @@ class EmulatedDps(EnrollmentStore):
         """Write an enrollment or group record under a new ETag (caller holds the lock)."""
         view.provisioning_status = status
         view.etag = new_etag()
+        view.document = operator_fields(view.document)
         rec = EnrollmentRecord(
             view=view,
             primary=primary,
@@ -240,6 +271,30 @@ class EmulatedDps(EnrollmentStore):
             if etag not in (None, "*") and etag != state.etag:
                 raise ConcurrencyError(f"registration state of {registration_id} changed (412)")
             del self._core.registrations[registration_id]
+            self._core.registration_sources.pop(registration_id, None)
+
+    def query_registrations(
+        self, group_id: str, page_size: int = 100, continuation: str | None = None
+    ) -> Page[RegistrationState]:
+        """Registration states of the devices an enrollment group admitted
+        (``DeviceRegistrationState_Query``), in registration id order, paged."""
+        size = _page_size(page_size)
+        after = None if continuation is None else _decode(continuation)
+        with self._core.txn():
+            self._service_op()
+            if group_id not in self._core.groups:
+                raise NotFoundError(f"no enrollment group {group_id} (404)")
+            source = f"group:{group_id}"
+            keys = sorted(
+                rid
+                for rid, src in self._core.registration_sources.items()
+                if src == source and rid in self._core.registrations
+            )
+            start = 0 if after is None else bisect.bisect_right(keys, after)
+            chosen = keys[start : start + size]
+            items = [copy.copy(self._core.registrations[k]) for k in chosen]
+            more = start + size < len(keys)
+            return Page(items=items, continuation=_encode(chosen[-1]) if more else None)
 
     # -- helpers --------------------------------------------------------------------------
 

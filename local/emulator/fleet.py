@@ -284,6 +284,7 @@ class FleetEmulator:
             etag=etag,
         )
         core.registrations[registration_id] = state
+        core.registration_sources[registration_id] = enrollment
         logger.info(
             "registered %s as device %s via %s (%s)",
             registration_id,

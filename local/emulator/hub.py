@@ -22,6 +22,7 @@ from shared.domain.errors import (
     ConflictError,
     DeviceOfflineError,
     InvalidRequestError,
+    JobQuotaExceededError,
     NotFoundError,
 )
 from shared.domain.model import (
@@ -41,6 +42,7 @@ _DEVICE_ID = re.compile(r"^[A-Za-z0-9\-:.+%_#*?!(),=@$']{1,128}$")
 _THUMBPRINT = re.compile(r"^(?:[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})$")
 _METHOD_NAME = re.compile(r"^[A-Za-z0-9_\-.$]{1,100}$")
 MAX_PAGE_SIZE = 1000  # hub queries return at most 1000 items per page
+ACTIVE_JOB_STATES = frozenset({"queued", "scheduled", "running"})
 
 
 def check_device_id(device_id: Any) -> str:
@@ -50,6 +52,34 @@ def check_device_id(device_id: Any) -> str:
             f"device id {device_id!r} must be 1-128 letters, digits or -:.+%_#*?!(),=@$'",
         )
     return device_id
+
+
+#: Device fields the emulator models itself; every other field of a PUT body is the
+#: operator's (``capabilities``, ``deviceScope``, ``parentScopes``...): stored as sent and
+#: returned, and replaced by the next PUT, as the hub's replace semantics have it.
+MODELLED_DEVICE_FIELDS = frozenset(
+    {
+        "deviceId",
+        "etag",
+        "status",
+        "statusReason",
+        "authentication",
+        "generationId",
+        "connectionState",
+        "connectionStateUpdatedTime",
+        "statusUpdatedTime",
+        "lastActivityTime",
+        "cloudToDeviceMessageCount",
+    }
+)
+
+
+def operator_fields(document: Any) -> dict[str, Any] | None:
+    """The fields of an identity document the emulator keeps as sent (None: none)."""
+    if not isinstance(document, dict):
+        return None
+    kept = {k: json_copy(v) for k, v in document.items() if k not in MODELLED_DEVICE_FIELDS}
+    return kept or None
 
 
 def _identity_fields(identity: DeviceIdentity) -> dict[str, Any]:
@@ -70,6 +100,7 @@ def _identity_fields(identity: DeviceIdentity) -> dict[str, Any]:
         "auth_type": auth,
         "primary_tp": primary,
         "secondary_tp": secondary,
+        "document": operator_fields(identity.document),
     }
 
 
@@ -93,6 +124,7 @@ def identity_of(d: DeviceRecord) -> DeviceIdentity:
         status_reason=d.status_reason,
         connection_state=d.connection_state,
         etag=d.etag,
+        document=json_copy(d.document) if d.document else None,
     )
 
 
@@ -172,6 +204,21 @@ class EmulatedHub(DeviceRegistry):
             if fields["status"] == DeviceStatus.DISABLED:
                 self._core.drop_session(post, d)  # the hub closes a disabled device's link
             return identity_of(d)
+
+    def list_devices(self, top: int = 1000) -> list[DeviceIdentity]:
+        """Up to ``top`` identities (1-1000), in creation order: ``GET /devices``."""
+        if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= 1000:
+            raise InvalidRequestError("top_invalid", "top must be 1-1000")
+        self._core.run_due_jobs()
+        with self._core.txn():
+            self._core.limiter.take(limits.HUB_IDENTITY_OPS)
+            out: list[DeviceIdentity] = []
+            for d in self._core.order:
+                if d is not None:
+                    out.append(identity_of(d))
+                    if len(out) >= top:
+                        break
+            return out
 
     def delete_device(self, device_id: str, etag: str | None = None) -> None:
         """Delete an identity and its twin (If-Match on ``etag`` unless None or '*')."""
@@ -321,10 +368,24 @@ class EmulatedHub(DeviceRegistry):
             json.dumps(payload)
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError("payload_invalid", "the payload is not JSON") from exc
+        self._core.run_due_jobs()  # a finished job no longer counts against the tier
         with self._core.txn():
             self._core.limiter.take(limits.HUB_JOB_OPS)
             if job_id in self._core.jobs:
                 raise ConflictError(f"job {job_id} already exists")
+            limiter = self._core.limiter
+            if limiter.enabled:
+                active = sum(1 for j in self._core.jobs.values() if j.status in ACTIVE_JOB_STATES)
+                if active >= limiter.max_concurrent_jobs:
+                    if limiter.max_concurrent_jobs == 0:
+                        raise InvalidRequestError(
+                            "jobs_unavailable", f"a {limiter.tier} hub has no jobs (basic tier)"
+                        )
+                    raise JobQuotaExceededError(
+                        f"the hub runs {active} job(s), the most a {limiter.tier} hub allows "
+                        "(429004 ThrottlingMaxActiveJobCountExceeded)",
+                        retry_after=self._job_wait(),
+                    )
             now = self._core.now()
             start = start_time or now
             job = JobRecord(
@@ -340,6 +401,32 @@ class EmulatedHub(DeviceRegistry):
             self._core.jobs[job_id] = job
             view = job.view()
         return view
+
+    def _job_wait(self) -> float:
+        """Seconds until the first active job must end (its deadline), at least 1."""
+        now = self._core.now()
+        deadlines = [
+            (j.deadline - now).total_seconds()
+            for j in self._core.jobs.values()
+            if j.status in ACTIVE_JOB_STATES
+        ]
+        return max(1.0, min(deadlines, default=1.0))
+
+    def list_jobs(self) -> list[JobStatus]:
+        """Every job the hub keeps, in creation order (one jobs operation)."""
+        self._core.run_due_jobs()
+        with self._core.txn():
+            self._core.limiter.take(limits.HUB_JOB_OPS)
+            return [j.view() for j in self._core.jobs.values()]
+
+    def active_jobs(self) -> list[JobStatus]:
+        """Jobs that count against the tier's concurrent-job limit (queued, scheduled,
+        running), in creation order."""
+        return [j for j in self.list_jobs() if j.status in ACTIVE_JOB_STATES]
+
+    def max_concurrent_jobs(self) -> int:
+        """The tier's concurrent-job limit (not part of the port)."""
+        return self._core.limiter.max_concurrent_jobs
 
     def get_job(self, job_id: str) -> JobStatus:
         self._core.run_due_jobs()

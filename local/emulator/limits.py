@@ -26,6 +26,19 @@ HUB_JOB_DEVICE_OPS = "hub.job_device_operations"
 
 TIERS = ("F1", "B1", "B2", "B3", "S1", "S2", "S3")
 
+#: Concurrent jobs per tier: "Maximum concurrent jobs is 1 (for Free and S1), 5 (for S2),
+#: and 10 (for S3)"; jobs are not available in the basic tier (IoT Hub quotas and
+#: throttling, "Other limits"). Per hub, not per unit.
+MAX_CONCURRENT_JOBS = {"F1": 1, "S1": 1, "S2": 5, "S3": 10, "B1": 0, "B2": 0, "B3": 0}
+
+
+def max_concurrent_jobs(tier: str) -> int:
+    """How many jobs (queued, scheduled or running) a hub of ``tier`` holds at once."""
+    tier = tier.upper()
+    if tier not in TIERS:
+        raise ValueError(f"unknown IoT Hub tier {tier!r}; expected one of {', '.join(TIERS)}")
+    return MAX_CONCURRENT_JOBS[tier]
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -117,6 +130,8 @@ class Limiter:
                 raise ValueError(f"limit {name} must be positive")
             table[name] = Limit(per_second, table[name].per_minute_burst)
         self.enabled = enabled
+        self.tier = tier.upper()
+        self.max_concurrent_jobs = max_concurrent_jobs(tier)
         self.limits = table
         self.buckets = {name: lim.bucket(clock, name) for name, lim in table.items()}
 

@@ -125,6 +125,7 @@ class DeviceRecord:
         "desired",
         "desired_version",
         "device_id",
+        "document",
         "etag",
         "generation",
         "index",
@@ -160,6 +161,8 @@ class DeviceRecord:
         self.reported_version = 1
         self.version = 1
         self.session: DeviceSession | None = None
+        # the operator's fields of the identity (capabilities, deviceScope, parentScopes...)
+        self.document: dict[str, Any] | None = None
 
     def set_reported(self, doc: dict[str, Any] | None) -> None:
         self.reported = doc

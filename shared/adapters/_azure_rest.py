@@ -231,8 +231,12 @@ def json_body(response: HttpResponse) -> Any:
 
 
 def quote_etag(etag: str) -> str:
-    """An ETag as an If-Match value (RFC 7232 quoted; ``*`` as is)."""
-    if etag == "*" or (etag.startswith('"') and etag.endswith('"')):
+    """An ETag as an If-Match value, always quoted, the wildcard too (``"*"``).
+
+    IoT Hub ignores an unquoted ``*`` (azure-iot-sdk-python PR #754, azure-iot-sdk-node
+    PR #606 quote it for that reason); DPS takes the quoted form as well.
+    """
+    if len(etag) >= 2 and etag.startswith('"') and etag.endswith('"'):
         return etag
     return f'"{etag}"'
 

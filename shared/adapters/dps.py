@@ -7,6 +7,7 @@ docs/fleet-adapters.md). Every failure is one of :mod:`shared.domain.errors`.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -43,6 +44,37 @@ logger = logging.getLogger(__name__)
 DPS_SCOPE = "https://azure-devices-provisioning.net/.default"
 DPS_API_VERSION = "2021-10-01"
 _INFO_CACHE_SIZE = 4096
+#: Fields the service sets and a write does not send back (``readOnly`` in the 2021-10-01
+#: spec's IndividualEnrollment / EnrollmentGroup definitions).
+READ_ONLY_FIELDS = frozenset({"registrationState", "createdDateTimeUtc", "lastUpdatedDateTimeUtc"})
+
+
+def kept_document(document: dict[str, Any] | None) -> dict[str, Any]:
+    """The document as read, minus the read-only fields: the base of a replace.
+
+    CreateOrUpdate replaces the whole enrollment (``initialTwin``, ``capabilities``,
+    ``allocationPolicy``, ``iotHubs``, ``customAllocationDefinition``,
+    ``optionalDeviceInformation``...), so a write starts from what was read and changes
+    only what certroll owns: the certificate slots and the provisioning status.
+    """
+    body = copy.deepcopy(document) if isinstance(document, dict) else {}
+    for name in READ_ONLY_FIELDS:
+        body.pop(name, None)
+    return body
+
+
+def _x509_of(body: dict[str, Any]) -> dict[str, Any]:
+    """``attestation.x509`` of a kept document, created when absent (other keys kept)."""
+    attestation = body.get("attestation")
+    if not isinstance(attestation, dict) or attestation.get("type") != "x509":
+        attestation = {}
+    x509 = attestation.get("x509")
+    if not isinstance(x509, dict):
+        x509 = {}
+    attestation["type"] = "x509"
+    attestation["x509"] = x509
+    body["attestation"] = attestation
+    return x509
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -208,6 +240,7 @@ class DpsEnrollmentStore(EnrollmentStore):
             reprovision_update_hub_assignment=bool(policy.get("updateHubAssignment", True)),
             iot_hub_host_name=body.get("iotHubHostName"),
             etag=body.get("etag"),
+            document=body,
         )
 
     def get_individual(self, registration_id: str) -> IndividualEnrollment:
@@ -215,28 +248,37 @@ class DpsEnrollmentStore(EnrollmentStore):
         response = self._call("GET", path, f"get enrollment {registration_id}")
         return self._individual_from(json_body(response))
 
+    def _document_for(self, document: Any, etag: str | None, getter: Any, name: str) -> Any:
+        """The document to keep: the one carried by the model, else (for a conditional
+        write of a model built elsewhere) the current one when its ETag still matches."""
+        if document is not None or not etag or etag == "*":
+            return document
+        try:
+            current = getter(name)
+        except NotFoundError:
+            return None
+        return current.document if current.etag == etag else None
+
     def put_individual(self, enrollment: IndividualEnrollment) -> IndividualEnrollment:
         rid = enrollment.registration_id
         path = f"/enrollments/{path_id(rid)}"
-        body: dict[str, Any] = {
-            "registrationId": rid,
-            "attestation": {
-                "type": "x509",
-                "x509": {
-                    "clientCertificates": self._certificates(
-                        enrollment.primary,
-                        enrollment.secondary,
-                        "enrollment",
-                        rid,
-                        self._reload_quietly(self.get_individual, rid),
-                    )
-                },
-            },
-            "provisioningStatus": enrollment.provisioning_status.value,
-            "reprovisionPolicy": {
-                "updateHubAssignment": enrollment.reprovision_update_hub_assignment,
-                "migrateDeviceData": enrollment.reprovision_migrate_data,
-            },
+        body = kept_document(
+            self._document_for(enrollment.document, enrollment.etag, self.get_individual, rid)
+        )
+        body["registrationId"] = rid
+        _x509_of(body)["clientCertificates"] = self._certificates(
+            enrollment.primary,
+            enrollment.secondary,
+            "enrollment",
+            rid,
+            self._reload_quietly(self.get_individual, rid),
+        )
+        body["provisioningStatus"] = enrollment.provisioning_status.value
+        policy = body.get("reprovisionPolicy")
+        body["reprovisionPolicy"] = {
+            **(policy if isinstance(policy, dict) else {}),
+            "updateHubAssignment": enrollment.reprovision_update_hub_assignment,
+            "migrateDeviceData": enrollment.reprovision_migrate_data,
         }
         if enrollment.device_id:
             body["deviceId"] = enrollment.device_id
@@ -244,6 +286,8 @@ class DpsEnrollmentStore(EnrollmentStore):
             body["iotHubHostName"] = enrollment.iot_hub_host_name
         if enrollment.etag:
             body["etag"] = enrollment.etag
+        else:
+            body.pop("etag", None)
         response = self._call(
             "PUT", path, f"put enrollment {rid}", json=body, headers=self._if_match(enrollment.etag)
         )
@@ -297,6 +341,7 @@ class DpsEnrollmentStore(EnrollmentStore):
             reprovision_migrate_data=bool(policy.get("migrateDeviceData", True)),
             reprovision_update_hub_assignment=bool(policy.get("updateHubAssignment", True)),
             etag=body.get("etag"),
+            document=body,
         )
 
     def get_group(self, group_id: str) -> EnrollmentGroup:
@@ -306,7 +351,10 @@ class DpsEnrollmentStore(EnrollmentStore):
 
     def put_group(self, group: EnrollmentGroup) -> EnrollmentGroup:
         gid = group.group_id
-        x509: dict[str, Any] = {}
+        body = kept_document(self._document_for(group.document, group.etag, self.get_group, gid))
+        x509 = _x509_of(body)
+        x509.pop("signingCertificates", None)
+        x509.pop("caReferences", None)
         if group.primary is not None or group.secondary is not None:
             x509["signingCertificates"] = self._certificates(
                 group.primary,
@@ -320,17 +368,18 @@ class DpsEnrollmentStore(EnrollmentStore):
         }
         if refs:
             x509["caReferences"] = refs
-        body: dict[str, Any] = {
-            "enrollmentGroupId": gid,
-            "attestation": {"type": "x509", "x509": x509},
-            "provisioningStatus": group.provisioning_status.value,
-            "reprovisionPolicy": {
-                "updateHubAssignment": group.reprovision_update_hub_assignment,
-                "migrateDeviceData": group.reprovision_migrate_data,
-            },
+        body["enrollmentGroupId"] = gid
+        body["provisioningStatus"] = group.provisioning_status.value
+        policy = body.get("reprovisionPolicy")
+        body["reprovisionPolicy"] = {
+            **(policy if isinstance(policy, dict) else {}),
+            "updateHubAssignment": group.reprovision_update_hub_assignment,
+            "migrateDeviceData": group.reprovision_migrate_data,
         }
         if group.etag:
             body["etag"] = group.etag
+        else:
+            body.pop("etag", None)
         response = self._call(
             "PUT",
             f"/enrollmentGroups/{path_id(gid)}",

@@ -27,6 +27,9 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+#: The topic input schema these events need (infra/modules/eventgrid.bicep sets it): the
+#: publisher sends ``EventGridEvent``s, which a ``CloudEventSchemaV1_0`` topic refuses.
+INPUT_SCHEMA = "EventGridSchema"
 EVENT_TYPE_PREFIX = "Certroll."
 DATA_VERSION = "1.0"
 #: Events per request; Event Grid takes up to 1 MB per request and certroll's are small.

@@ -8,6 +8,7 @@ of :mod:`shared.domain.errors`.
 
 from __future__ import annotations
 
+import copy
 import json as jsonlib
 import logging
 import re
@@ -23,11 +24,13 @@ from shared.adapters._azure_rest import (
     path_id,
     quote_etag,
     raise_status_error,
+    retry_after,
 )
 from shared.clock import SystemClock
 from shared.domain.errors import (
     DeviceOfflineError,
     InvalidRequestError,
+    JobQuotaExceededError,
     ServiceError,
 )
 from shared.domain.model import (
@@ -44,9 +47,26 @@ from shared.ports import Clock, DeviceRegistry
 logger = logging.getLogger(__name__)
 
 IOTHUB_SCOPE = "https://iothubs.azure.net/.default"
-IOTHUB_API_VERSION = "2020-03-13"
+#: The service api-version azure-iot-hub 2.7 sends (its generated client pins it); the
+#: Device of 2021-04-12 carries ``parentScopes``, which 2020-03-13 does not define.
+IOTHUB_API_VERSION = "2021-04-12"
+#: Device fields the hub maintains itself; a replace does not send them back.
+SERVICE_MANAGED_FIELDS = frozenset(
+    {
+        "generationId",
+        "connectionState",
+        "connectionStateUpdatedTime",
+        "statusUpdatedTime",
+        "lastActivityTime",
+        "cloudToDeviceMessageCount",
+    }
+)
 DEVICE_NOT_ONLINE = 404103
 GATEWAY_TIMEOUT = 504101
+#: "429004 ThrottlingMaxActiveJobCountExceeded: The maximum active job count has been
+#: exceeded" (IoT Hub troubleshoot-error-codes).
+MAX_ACTIVE_JOBS_EXCEEDED = 429004
+ACTIVE_JOB_STATES = frozenset({"queued", "scheduled", "running"})
 _ERROR_NAME = re.compile(r"ErrorCode:\s*([A-Za-z0-9]+)")
 _JOB_STATUS = {"enqueued": "queued"}
 
@@ -97,6 +117,8 @@ def raise_for_hub(response: HttpResponse, what: str, *, method_call: bool = Fals
         or status == 504
     ):
         raise DeviceOfflineError(message)
+    if code == MAX_ACTIVE_JOBS_EXCEEDED or name == "ThrottlingMaxActiveJobCountExceeded":
+        raise JobQuotaExceededError(message, retry_after=retry_after(response))
     raise_status_error(response, message, throttled=code == 429001 or name == "ThrottlingException")
 
 
@@ -154,6 +176,7 @@ def device_from(body: Any) -> DeviceIdentity:
         status_reason=body.get("statusReason") or None,
         connection_state=body.get("connectionState", "Disconnected"),
         etag=body.get("etag"),
+        document=body,
     )
 
 
@@ -241,8 +264,24 @@ class IotHubRegistry(DeviceRegistry):
         return device_from(json_body(response))
 
     @staticmethod
-    def _device_body(identity: DeviceIdentity) -> dict[str, Any]:
-        auth: dict[str, Any] = {"type": identity.auth_type.value}
+    def _device_body(identity: DeviceIdentity, *, create: bool = False) -> dict[str, Any]:
+        """The PUT body: the device as read, with only certroll's fields changed.
+
+        ``PUT /devices/{id}`` replaces the identity, so ``capabilities``, ``deviceScope``
+        and ``parentScopes`` an operator set are sent back as they were read.
+        """
+        body: dict[str, Any] = (
+            copy.deepcopy(identity.document) if isinstance(identity.document, dict) else {}
+        )
+        for name in SERVICE_MANAGED_FIELDS:
+            body.pop(name, None)
+        read_auth = body.get("authentication")
+        auth: dict[str, Any] = {  # the mechanism is certroll's; anything else is kept
+            k: v
+            for k, v in (read_auth.items() if isinstance(read_auth, dict) else ())
+            if k not in ("type", "x509Thumbprint", "symmetricKey")
+        }
+        auth["type"] = identity.auth_type.value
         if identity.auth_type is AuthType.SELF_SIGNED:
             if not identity.primary_thumbprint:
                 raise InvalidRequestError(
@@ -253,16 +292,19 @@ class IotHubRegistry(DeviceRegistry):
             if identity.secondary_thumbprint:
                 thumbs["secondaryThumbprint"] = identity.secondary_thumbprint
             auth["x509Thumbprint"] = thumbs
-        body: dict[str, Any] = {
-            "deviceId": identity.device_id,
-            "status": identity.status.value,
-            "authentication": auth,
-            "capabilities": {"iotEdge": False},
-        }
+        body["deviceId"] = identity.device_id
+        body["status"] = identity.status.value
+        body["authentication"] = auth
+        if create and "capabilities" not in body:
+            body["capabilities"] = {"iotEdge": False}
         if identity.status_reason:
             body["statusReason"] = identity.status_reason
-        if identity.etag:
+        else:
+            body.pop("statusReason", None)
+        if identity.etag and not create:
             body["etag"] = identity.etag
+        else:
+            body.pop("etag", None)
         return body
 
     def update_device(self, identity: DeviceIdentity) -> DeviceIdentity:
@@ -284,8 +326,7 @@ class IotHubRegistry(DeviceRegistry):
         return stored
 
     def create_device(self, identity: DeviceIdentity) -> DeviceIdentity:
-        body = self._device_body(identity)
-        body.pop("etag", None)
+        body = self._device_body(identity, create=True)
         response = self._call(
             "PUT",
             f"/devices/{path_id(identity.device_id)}",
@@ -394,3 +435,24 @@ class IotHubRegistry(DeviceRegistry):
     def get_job(self, job_id: str) -> JobStatus:
         response = self._call("GET", f"/jobs/v2/{path_id(job_id)}", f"get job {job_id}")
         return job_from(json_body(response))
+
+    def active_jobs(self) -> list[JobStatus]:
+        """Queued, scheduled and running jobs (``GET /jobs/v2/query``, every page)."""
+        jobs: list[JobStatus] = []
+        continuation: str | None = None
+        for _ in range(1000):
+            headers = {"x-ms-continuation": continuation} if continuation else None
+            response = self._call("GET", "/jobs/v2/query", "query jobs", headers=headers)
+            body = json_body(response)
+            items = body.get("items") if isinstance(body, dict) else body
+            if not isinstance(items, list):
+                raise ServiceError("IoT Hub job query returned no items")
+            jobs.extend(job for job in map(job_from, items) if job.status in ACTIVE_JOB_STATES)
+            continuation = (
+                (body.get("continuationToken") if isinstance(body, dict) else None)
+                or response.headers.get("x-ms-continuation")
+                or None
+            )
+            if not continuation:
+                break
+        return jobs

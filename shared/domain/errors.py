@@ -32,6 +32,12 @@ class ThrottledError(CertrollError):
         self.retry_after = retry_after
 
 
+class JobQuotaExceededError(ThrottledError):
+    """The hub already runs as many jobs as its tier allows (429004
+    ThrottlingMaxActiveJobCountExceeded: at most 1 concurrent job on Free and S1, 5 on S2,
+    10 on S3). Wait for a job to finish, or reach the devices with direct methods."""
+
+
 class DeviceOfflineError(CertrollError):
     """A direct method could not reach the device (hub 404103 DeviceNotOnline / timeout)."""
 

@@ -169,6 +169,10 @@ class IndividualEnrollment:
     reprovision_update_hub_assignment: bool = True
     iot_hub_host_name: str | None = None
     etag: str | None = None
+    # The service's JSON document as last read (None when not read from the service).
+    # Writes send it back with only certroll's fields changed, so what an operator
+    # configured (initial twin, allocation, capabilities, scopes...) survives a replace.
+    document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -182,6 +186,10 @@ class EnrollmentGroup:
     reprovision_migrate_data: bool = True
     reprovision_update_hub_assignment: bool = True
     etag: str | None = None
+    # The service's JSON document as last read (None when not read from the service).
+    # Writes send it back with only certroll's fields changed, so what an operator
+    # configured (initial twin, allocation, capabilities, scopes...) survives a replace.
+    document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -219,6 +227,10 @@ class DeviceIdentity:
     status_reason: str | None = None
     connection_state: str = "Disconnected"
     etag: str | None = None
+    # The service's JSON document as last read (None when not read from the service).
+    # Writes send it back with only certroll's fields changed, so what an operator
+    # configured (initial twin, allocation, capabilities, scopes...) survives a replace.
+    document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -800,3 +800,242 @@ FLEX_FORBIDDEN_SETTINGS = frozenset(
         "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
     }
 )
+
+
+# --------------------------------------------------------------------------- resource types
+
+#: Microsoft's generated Bicep resource types (bicep-types-az ``types.json``), copied
+#: unchanged into the repository so the check runs on a clean clone.
+TYPES_DIR = Path(__file__).with_name("bicep-types")
+
+#: Keys Bicep itself adds to every resource declaration; they are not resource properties.
+BICEP_RESOURCE_KEYWORDS = frozenset({"parent", "scope", "dependsOn"})
+
+#: Property flags of bicep-types (``TypePropertyFlags``).
+FLAG_REQUIRED = 1
+FLAG_READ_ONLY = 2
+
+TypeNode = dict[str, object]
+
+
+@dataclass
+class TypeLibrary:
+    """Resource types by ``type@version`` (lower case), each with its file's node list."""
+
+    resources: dict[str, tuple[list[TypeNode], TypeNode]]
+
+    @classmethod
+    def load(cls, root: Path = TYPES_DIR) -> TypeLibrary:
+        import json
+
+        resources: dict[str, tuple[list[TypeNode], TypeNode]] = {}
+        for path in sorted(root.rglob("types.json")):
+            nodes = json.loads(path.read_text())
+            for node in nodes:
+                if node.get("$type") == "ResourceType":
+                    resources[str(node["name"]).lower()] = (nodes, node)
+        return cls(resources)
+
+
+def _deref(nodes: list[TypeNode], ref: object) -> TypeNode:
+    target = str(ref["$ref"]) if isinstance(ref, dict) else str(ref)  # "#/12"
+    return nodes[int(target.rsplit("/", 1)[1])]
+
+
+def _allowed_values(f: BicepFile, name: str) -> list[str] | None:
+    """String values of ``@allowed([...])`` on ``param name`` (None: no such list)."""
+    decorators: list[Node] = []
+    for child in f.root.children:
+        if child.type == "decorators":
+            decorators = list(child.named_children)
+            continue
+        if child.type == "comment":
+            continue
+        if child.type == "parameter_declaration" and _text(child.named_children[0]) == name:
+            for dec in decorators:
+                call = dec.named_children[0] if dec.named_child_count else None
+                fn = call.child_by_field_name("function") if call is not None else None
+                if fn is None or _text(fn) != "allowed":
+                    continue
+                args = call.child_by_field_name("arguments") if call is not None else None
+                array = next(
+                    (a for a in (args.named_children if args else []) if a.type == "array"), None
+                )
+                values = [string_value(item) for item in array_items(array)]
+                return [v for v in values if v is not None]
+            return None
+        decorators = []
+    return None
+
+
+class _TypeChecker:
+    def __init__(self, f: BicepFile, nodes: list[TypeNode], where: str) -> None:
+        self.f = f
+        self.nodes = nodes
+        self.where = where
+        self.problems: list[str] = []
+        self._variables = f.variables
+
+    def report(self, node: Node, message: str) -> None:
+        self.problems.append(f"{self.f.path}:{node.start_point[0] + 1}: {self.where}: {message}")
+
+    # Values --------------------------------------------------------------------------
+    def value(self, node: Node, typ: TypeNode, path: str) -> None:
+        kind = node.type
+        if kind == "parenthesized_expression" and node.named_child_count:
+            self.value(node.named_children[0], typ, path)
+        elif kind == "ternary_expression":
+            for branch in node.named_children[1:]:
+                self.value(branch, typ, path)
+        elif kind == "identifier" and _text(node) in self._variables:
+            self.value(self._variables[_text(node)], typ, path)
+        elif kind == "identifier":
+            allowed = _allowed_values(self.f, _text(node))
+            for literal in allowed or []:
+                self.literal(node, literal, typ, f"{path} (param {_text(node)} allows it)")
+        elif kind == "string":
+            literal = string_value(node)
+            if literal is not None:
+                self.literal(node, literal, typ, path)
+        elif kind == "object":
+            self.object(node, typ, path)
+        elif kind == "array":
+            self.array(node, typ, path)
+        elif kind == "for_statement":
+            body = next((c for c in node.named_children if c.type in ("object", "array")), None)
+            if body is not None:
+                self.value(body, typ, path)
+
+    def literal(self, node: Node, literal: str, typ: TypeNode, path: str) -> None:
+        options = self._string_options(typ)
+        if options is not None and literal not in options:
+            self.report(node, f"{path} = {literal!r} is not one of {sorted(options)}")
+
+    def _string_options(self, typ: TypeNode) -> set[str] | None:
+        """Allowed string literals of a type; None when any string (or a non-string) fits."""
+        kind = typ.get("$type")
+        if kind == "StringLiteralType":
+            return {str(typ["value"])}
+        if kind == "UnionType":
+            # Microsoft's extensible enums ("modelAsString") are a union of their known
+            # literals and StringType: a value outside the known literals is reported
+            # too, since certroll only ever means one of the documented values.
+            options: set[str] = set()
+            open_string = False
+            for element in typ["elements"]:  # type: ignore[attr-defined]
+                sub = self._string_options(_deref(self.nodes, element))
+                if sub is None:
+                    open_string = True
+                else:
+                    options |= sub
+            return options or (None if open_string else set())
+        return None
+
+    def object(
+        self, node: Node, typ: TypeNode, path: str, extra: frozenset[str] = frozenset()
+    ) -> None:
+        kind = typ.get("$type")
+        if kind == "UnionType":
+            candidates = [
+                _deref(self.nodes, e)
+                for e in typ["elements"]  # type: ignore[attr-defined]
+            ]
+            objects = [
+                c for c in candidates if c.get("$type") in ("ObjectType", "DiscriminatedObjectType")
+            ]
+            if not objects:
+                return
+            best: list[str] | None = None
+            for candidate in objects:
+                probe = _TypeChecker(self.f, self.nodes, self.where)
+                probe.object(node, candidate, path, extra)
+                if best is None or len(probe.problems) < len(best):
+                    best = probe.problems
+            self.problems.extend(best or [])
+            return
+        if kind == "AnyType":
+            return
+        properties, additional = self._object_shape(node, typ, path)
+        if properties is None:
+            return
+        for prop in node.named_children:
+            if prop.type != "object_property" or prop.named_child_count < 2:
+                continue
+            key_node, value = prop.named_children[0], prop.named_children[-1]
+            key = string_value(key_node) if key_node.type == "string" else _text(key_node)
+            if key is None or key in extra:
+                continue
+            child_path = f"{path}.{key}" if path else key
+            spec = properties.get(key)
+            if spec is not None and spec.get("type") is None:
+                continue  # a discriminator whose value is not a literal
+            if spec is None:
+                if additional is None:
+                    self.report(
+                        key_node,
+                        f"{child_path} is not a property of {typ.get('name', 'this object')}",
+                    )
+                else:
+                    self.value(value, _deref(self.nodes, additional), child_path)
+                continue
+            flags = int(spec.get("flags", 0))  # type: ignore[call-overload]
+            if flags & FLAG_READ_ONLY and not flags & FLAG_REQUIRED:
+                self.report(key_node, f"{child_path} is read-only")
+            self.value(value, _deref(self.nodes, spec["type"]), child_path)
+
+    def _object_shape(
+        self, node: Node, typ: TypeNode, path: str
+    ) -> tuple[dict[str, TypeNode] | None, object | None]:
+        kind = typ.get("$type")
+        if kind == "ObjectType":
+            return dict(typ.get("properties") or {}), typ.get("additionalProperties")  # type: ignore[call-overload]
+        if kind != "DiscriminatedObjectType":
+            return None, None
+        discriminator = str(typ["discriminator"])
+        base = dict(typ.get("baseProperties") or {})  # type: ignore[call-overload]
+        elements: dict[str, object] = dict(typ["elements"])  # type: ignore[call-overload]
+        chosen = string_value(object_properties(node).get(discriminator))
+        if chosen is None:
+            # Not a literal: every variant's properties are possible.
+            merged = dict(base)
+            for ref in elements.values():
+                merged.update(_deref(self.nodes, ref).get("properties") or {})  # type: ignore[call-overload]
+            merged[discriminator] = {"type": None, "flags": FLAG_REQUIRED}
+            return merged, None
+        if chosen not in elements:
+            self.report(
+                node, f"{path}.{discriminator} = {chosen!r} is not one of {sorted(elements)}"
+            )
+            return None, None
+        variant = _deref(self.nodes, elements[chosen])
+        merged = {**base, **dict(variant.get("properties") or {})}  # type: ignore[call-overload]
+        return merged, None
+
+    def array(self, node: Node, typ: TypeNode, path: str) -> None:
+        if typ.get("$type") != "ArrayType":
+            return
+        item_type = _deref(self.nodes, typ["itemType"])
+        for item in array_items(node):
+            self.value(item, item_type, f"{path}[]")
+
+
+def check_resource_types(infra: Infra, library: TypeLibrary) -> list[str]:
+    """Every resource's type@version exists in Microsoft's generated types, and every
+    property a template sets is defined there (name, nesting, allowed string values)."""
+    problems = []
+    for f, res in infra.resources():
+        key = f"{res.type}@{res.api_version}".lower()
+        found = library.resources.get(key)
+        where = f"{res.symbol} ({res.type}@{res.api_version})"
+        if found is None:
+            problems.append(
+                f"{f.path}:{res.line}: {where} is not in Microsoft's generated Bicep types"
+            )
+            continue
+        if res.existing or res.body is None:
+            continue
+        nodes, resource_type = found
+        checker = _TypeChecker(f, nodes, where)
+        checker.object(res.body, _deref(nodes, resource_type["body"]), "", BICEP_RESOURCE_KEYWORDS)
+        problems.extend(checker.problems)
+    return problems

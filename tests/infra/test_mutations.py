@@ -25,6 +25,13 @@ def mutate(texts: dict[str, str], path: str, old: str, new: str) -> Infra:
     return Infra.from_texts({**texts, path: texts[path].replace(old, new, 1)})
 
 
+_TYPES = bicep.TypeLibrary.load()
+
+
+def _resource_types(infra: Infra) -> list[str]:
+    return bicep.check_resource_types(infra, _TYPES)
+
+
 def _api_versions(infra: Infra) -> list[str]:
     return bicep.check_api_versions(infra, bicep.load_allowed_api_versions(ALLOW_LIST))
 
@@ -288,6 +295,63 @@ MUTATIONS: list[tuple[str, str, str, str, Checker, str]] = [
         "'modules/pki-public.bicep'",
         bicep.check_module_paths,
         "missing modules/pki-public.bicep",
+    ),
+    # Microsoft's generated resource types (tests/infra/bicep-types)
+    (
+        "type-version-not-published",
+        "modules/keyvault.bicep",
+        "'Microsoft.KeyVault/vaults@2023-07-01'",
+        "'Microsoft.KeyVault/vaults@2023-07-02'",
+        _resource_types,
+        "Microsoft.KeyVault/vaults@2023-07-02) is not in Microsoft's generated Bicep types",
+    ),
+    (
+        "unknown-property-name",
+        "modules/eventgrid.bicep",
+        "disableLocalAuth: true",
+        "disableLocalAuthentication: true",
+        _resource_types,
+        "properties.disableLocalAuthentication is not a property of TopicProperties",
+    ),
+    (
+        "property-at-the-wrong-nesting",
+        "modules/keyvault.bicep",
+        "    kty: 'EC-HSM'",
+        "    kty: 'EC-HSM'\n    sku: {\n      name: 'premium'\n    }",
+        _resource_types,
+        "properties.sku is not a property of KeyProperties",
+    ),
+    (
+        "string-value-not-allowed",
+        "modules/keyvault.bicep",
+        "curveName: 'P-384'",
+        "curveName: 'P-385'",
+        _resource_types,
+        "properties.curveName = 'P-385' is not one of",
+    ),
+    (
+        "param-allows-an-undefined-value",
+        "modules/eventgrid.bicep",
+        "  'Disabled'\n])",
+        "  'Off'\n])",
+        _resource_types,
+        "properties.publicNetworkAccess (param publicNetworkAccess allows it) = 'Off'",
+    ),
+    (
+        "topic-schema-value-not-allowed",
+        "modules/eventgrid.bicep",
+        "inputSchema: 'EventGridSchema'",
+        "inputSchema: 'EventGridSchemaV2'",
+        _resource_types,
+        "properties.inputSchema = 'EventGridSchemaV2' is not one of",
+    ),
+    (
+        "read-only-property-set",
+        "modules/eventgrid.bicep",
+        "disableLocalAuth: true",
+        "disableLocalAuth: true\n    endpoint: 'https://example.invalid'",
+        _resource_types,
+        "properties.endpoint is read-only",
     ),
 ]
 

@@ -115,16 +115,38 @@ def test_consumer_groups_exist(infra: Infra, needs: BindingNeeds) -> None:
     assert needs.consumer_groups <= declared
 
 
+def _topic_schemas(infra: Infra) -> list[str | None]:
+    """inputSchema of every Event Grid custom topic: a literal, or None when it is not one."""
+    out = []
+    for _, res in infra.resources():
+        if res.type == "Microsoft.EventGrid/topics" and not res.existing:
+            out.append(bicep.string_value(bicep.get_path(res.body, "properties", "inputSchema")))
+    return out
+
+
 def test_event_grid_input_schema_matches_the_publisher(infra: Infra) -> None:
-    adapter = (REPO / "shared" / "adapters" / "eventgrid.py").read_text()
-    node = next(
-        c
-        for c in infra.main.root.children
-        if c.type == "parameter_declaration" and c.named_children[0].text == b"eventGridInputSchema"
+    """The topic takes exactly the schema the publisher sends, fixed in the template
+    (no parameter can switch the topic to a schema the publisher does not speak)."""
+    from azure.eventgrid import EventGridEvent
+
+    from shared.adapters import eventgrid
+    from shared.domain.model import DomainEvent
+
+    sent = eventgrid.to_eventgrid_event(DomainEvent("CertificateIssued", "devices/d", {}))
+    assert isinstance(sent, EventGridEvent)
+    assert eventgrid.INPUT_SCHEMA == "EventGridSchema"
+    assert _topic_schemas(infra) == [eventgrid.INPUT_SCHEMA]
+
+
+def test_event_grid_schema_check_catches_a_parameterised_topic(
+    infra_texts: dict[str, str],
+) -> None:
+    path = "modules/eventgrid.bicep"
+    text = infra_texts[path].replace(
+        "inputSchema: 'EventGridSchema'", "inputSchema: 'CloudEventSchemaV1_0'"
     )
-    schema = bicep.string_value(node.named_children[-1])
-    expected = "CloudEventSchemaV1_0" if "CloudEvent(" in adapter else "EventGridSchema"
-    assert schema == expected
+    assert text != infra_texts[path]
+    assert _topic_schemas(Infra.from_texts({**infra_texts, path: text})) == ["CloudEventSchemaV1_0"]
 
 
 def test_local_settings_example_agrees_with_infra(infra: Infra, needs: BindingNeeds) -> None:

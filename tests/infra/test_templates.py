@@ -33,6 +33,18 @@ def test_api_versions_are_in_the_allow_list(infra: Infra) -> None:
     assert bicep.check_api_versions(infra, allowed) == []
 
 
+def test_properties_match_microsofts_resource_types(infra: Infra) -> None:
+    """Every type@version and every property set is in Microsoft's generated Bicep types
+    (tests/infra/bicep-types, copied from Azure/bicep-types-az)."""
+    assert bicep.check_resource_types(infra, bicep.TypeLibrary.load()) == []
+
+
+def test_every_used_type_version_has_its_types_json(infra: Infra) -> None:
+    library = bicep.TypeLibrary.load()
+    used = {f"{r.type}@{r.api_version}".lower() for _, r in infra.resources()}
+    assert used - set(library.resources) == set()
+
+
 def test_allow_list_has_no_unused_entries(infra: Infra) -> None:
     used = {f"{r.type}@{r.api_version}".lower() for _, r in infra.resources()}
     assert bicep.load_allowed_api_versions(ALLOW_LIST) - used == set()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -38,6 +39,7 @@ from shared.domain.errors import (
     ConflictError,
     DeviceOfflineError,
     InvalidRequestError,
+    JobQuotaExceededError,
     NotFoundError,
     ServiceError,
     ThrottledError,
@@ -72,6 +74,7 @@ HUB_CODES = {
     "PreconditionFailed": 412002,
     "UnsupportedMediaType": 415001,
     "ThrottlingException": 429001,
+    "ThrottlingMaxActiveJobCountExceeded": 429004,
     "ServerError": 500001,
     "NotImplemented": 501001,
 }
@@ -109,6 +112,30 @@ def cert_info(cert: x509.Certificate) -> dict[str, Any]:
         "serialNumber": format(cert.serial_number, "X"),
         "version": cert.version.value + 1,
     }
+
+
+#: "Bulk enrollment operation with maximum of 10 enrollments" (DPS service REST reference,
+#: Individual Enrollment - Run Bulk Operation).
+MAX_BULK_ENROLLMENTS = 10
+
+
+def _bulk_error(ident: Any, status: int, message: str) -> dict[str, Any]:
+    """One ``BulkEnrollmentOperationError``."""
+    return {
+        "registrationId": ident if isinstance(ident, str) else "",
+        "errorCode": _dps_code(status, ""),
+        "errorStatus": message,
+    }
+
+
+def _hub_if_match(request: Request) -> str | None:
+    """The hub's If-Match: ETags are quoted, the wildcard too (``"*"``); the hub ignores
+    an unquoted ``*`` (azure-iot-sdk-python PR #754, azure-iot-sdk-node PR #606), so it
+    counts as no If-Match at all."""
+    header = request.headers.get("If-Match")
+    if header is None or not header.strip() or header.strip() == "*":
+        return None
+    return header
 
 
 def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -152,6 +179,13 @@ class FleetHttpApp:
             "EnrollmentGroup_Query": self.query_groups,
             "DeviceRegistrationState_Get": self.get_registration,
             "DeviceRegistrationState_Delete": self.delete_registration,
+            "DeviceRegistrationState_Query": self.query_registrations,
+            "IndividualEnrollment_RunBulkOperation": self.bulk_individual,
+            "IndividualEnrollment_GetAttestationMechanism": self.individual_attestation,
+            "EnrollmentGroup_RunBulkOperation": self.bulk_groups,
+            "EnrollmentGroup_GetAttestationMechanism": self.group_attestation,
+            "Devices_GetDevices": self.list_devices,
+            "Devices_DeleteIdentity": self.delete_device,
             "Devices_GetIdentity": self.get_device,
             "Devices_CreateOrUpdateIdentity": self.put_device,
             "Devices_GetTwin": self.get_twin,
@@ -160,6 +194,7 @@ class FleetHttpApp:
             "Devices_InvokeMethod": self.invoke_method,
             "Jobs_CreateScheduledJob": self.create_job,
             "Jobs_GetScheduledJob": self.get_job,
+            "Jobs_QueryScheduledJobs": self.query_jobs,
         }
 
     # ------------------------------------------------------------------ WSGI
@@ -195,6 +230,8 @@ class FleetHttpApp:
             return handler(request, dict(args), body)
         except RequestError as exc:
             return self.error(service, exc.status, exc.name, exc.message)
+        except JobQuotaExceededError as exc:
+            return self.error(service, 429, "ThrottlingMaxActiveJobCountExceeded", str(exc))
         except ThrottledError as exc:
             return self.error(service, 429, "ThrottlingException", str(exc), exc.retry_after)
         except DeviceOfflineError as exc:
@@ -291,7 +328,7 @@ class FleetHttpApp:
         header = request.headers.get("If-Match")
         if header is None or not header.strip():
             return None
-        if header.strip() == "*":
+        if _unquote(header) == "*":  # '"*"' (RFC 7232); DPS also takes a bare *
             return "*"
         stored = current()
         if stored is not None and _unquote(header) == _unquote(stored):
@@ -400,6 +437,8 @@ class FleetHttpApp:
             if value is not None
         }
         body: dict[str, Any] = {
+            "capabilities": {"iotEdge": False},
+            **(e.document or {}),  # the operator's fields, as stored
             "registrationId": e.registration_id,
             "attestation": {"type": "x509", "x509": {"clientCertificates": certs}},
             "provisioningStatus": e.provisioning_status.value,
@@ -408,7 +447,6 @@ class FleetHttpApp:
                 "migrateDeviceData": e.reprovision_migrate_data,
             },
             "etag": e.etag,
-            "capabilities": {"iotEdge": False},
         }
         if e.device_id:
             body["deviceId"] = e.device_id
@@ -420,14 +458,15 @@ class FleetHttpApp:
         e = self.dps.get_individual(args["id"])
         return _json_response(self._individual_json(e), 200, _etag_headers(e.etag))
 
-    def put_individual(self, request: Request, args: dict[str, str], body: Any) -> Response:
-        rid = args["id"]
+    def _enrollment_from(
+        self, body: dict[str, Any], rid: str, etag: str | None
+    ) -> IndividualEnrollment:
         self._same_id(body, "registrationId", rid)
         certs = self._x509(body, "enrollment").get("clientCertificates")
         if not isinstance(certs, dict):
             raise RequestError(400, "ArgumentInvalid", "enrollment: x509.clientCertificates needed")
         policy = body.get("reprovisionPolicy") or {}
-        enrollment = IndividualEnrollment(
+        return IndividualEnrollment(
             registration_id=rid,
             device_id=body.get("deviceId"),
             primary=self._slot_from(certs.get("primary"), "clientCertificates.primary"),
@@ -436,9 +475,14 @@ class FleetHttpApp:
             reprovision_migrate_data=policy.get("migrateDeviceData", True),
             reprovision_update_hub_assignment=policy.get("updateHubAssignment", True),
             iot_hub_host_name=body.get("iotHubHostName"),
-            etag=self._etag_from(request, lambda: self._stored_etag("individuals", rid)),
+            etag=etag,
+            document=body,
         )
-        stored = self.dps.put_individual(enrollment)
+
+    def put_individual(self, request: Request, args: dict[str, str], body: Any) -> Response:
+        rid = args["id"]
+        etag = self._etag_from(request, lambda: self._stored_etag("individuals", rid))
+        stored = self.dps.put_individual(self._enrollment_from(body, rid, etag))
         return _json_response(self._individual_json(stored), 200, _etag_headers(stored.etag))
 
     def delete_individual(self, request: Request, args: dict[str, str], body: Any) -> Response:
@@ -469,6 +513,8 @@ class FleetHttpApp:
         if refs:
             x509_att["caReferences"] = refs
         return {
+            "capabilities": {"iotEdge": False},
+            **(g.document or {}),  # the operator's fields, as stored
             "enrollmentGroupId": g.group_id,
             "attestation": {"type": "x509", "x509": x509_att},
             "provisioningStatus": g.provisioning_status.value,
@@ -477,21 +523,19 @@ class FleetHttpApp:
                 "migrateDeviceData": g.reprovision_migrate_data,
             },
             "etag": g.etag,
-            "capabilities": {"iotEdge": False},
         }
 
     def get_group(self, request: Request, args: dict[str, str], body: Any) -> Response:
         g = self.dps.get_group(args["id"])
         return _json_response(self._group_json(g), 200, _etag_headers(g.etag))
 
-    def put_group(self, request: Request, args: dict[str, str], body: Any) -> Response:
-        gid = args["id"]
+    def _group_from(self, body: dict[str, Any], gid: str, etag: str | None) -> EnrollmentGroup:
         self._same_id(body, "enrollmentGroupId", gid)
         x509_att = self._x509(body, "enrollment group")
         certs = x509_att.get("signingCertificates") or {}
         refs = x509_att.get("caReferences") or {}
         policy = body.get("reprovisionPolicy") or {}
-        group = EnrollmentGroup(
+        return EnrollmentGroup(
             group_id=gid,
             primary=self._slot_from(certs.get("primary"), "signingCertificates.primary"),
             secondary=self._slot_from(certs.get("secondary"), "signingCertificates.secondary"),
@@ -500,10 +544,113 @@ class FleetHttpApp:
             provisioning_status=ProvisioningStatus(body.get("provisioningStatus", "enabled")),
             reprovision_migrate_data=policy.get("migrateDeviceData", True),
             reprovision_update_hub_assignment=policy.get("updateHubAssignment", True),
-            etag=self._etag_from(request, lambda: self._stored_etag("groups", gid)),
+            etag=etag,
+            document=body,
         )
-        stored = self.dps.put_group(group)
+
+    def put_group(self, request: Request, args: dict[str, str], body: Any) -> Response:
+        gid = args["id"]
+        etag = self._etag_from(request, lambda: self._stored_etag("groups", gid))
+        stored = self.dps.put_group(self._group_from(body, gid, etag))
         return _json_response(self._group_json(stored), 200, _etag_headers(stored.etag))
+
+    # -- bulk operations, attestation mechanisms, registration queries -------------------
+
+    def _bulk(
+        self,
+        body: dict[str, Any],
+        key: str,
+        table: str,
+        build: Callable[[dict[str, Any], str, str | None], Any],
+        put: Callable[[Any], Any],
+        delete: Callable[[str, str | None], None],
+    ) -> Response:
+        """``RunBulkOperation``: at most 10 enrollments, one mode for all; each item
+        succeeds or fails on its own and a failure is listed in ``errors``."""
+        items = body.get("enrollments") or body.get("enrollmentGroups") or []
+        if not items:
+            raise RequestError(400, "ArgumentInvalid", "a bulk operation needs enrollments")
+        if len(items) > MAX_BULK_ENROLLMENTS:
+            raise RequestError(
+                400,
+                "ArgumentInvalid",
+                f"a bulk operation takes at most {MAX_BULK_ENROLLMENTS} enrollments, "
+                f"not {len(items)}",
+            )
+        mode = body["mode"]
+        errors: list[dict[str, Any]] = []
+        for item in items:
+            ident = item.get(key)
+            try:
+                if not isinstance(ident, str) or not ident:
+                    raise RequestError(400, "ArgumentInvalid", f"{key} is required")
+                stored = self._stored_etag(table, ident)
+                given = item.get("etag")
+                given = _unquote(given) if isinstance(given, str) and given else None
+                if given is not None and stored is not None and given == _unquote(stored):
+                    given = stored  # the emulator's own ETag spelling
+                if mode == "delete":
+                    delete(ident, given)
+                    continue
+                if mode == "create":
+                    etag = None  # exists: 409
+                elif mode == "update":
+                    etag = "*" if stored is not None else None  # create or replace
+                else:  # updateIfMatchETag: only when the item's etag is the stored one
+                    if stored is None:
+                        raise NotFoundError(f"{ident} does not exist")
+                    etag = given if given is not None else ""  # no etag never matches
+                put(build(item, ident, etag))
+            except RequestError as exc:
+                errors.append(_bulk_error(ident, exc.status, exc.message))
+            except NotFoundError as exc:
+                errors.append(_bulk_error(ident, 404, str(exc)))
+            except ConflictError as exc:
+                errors.append(_bulk_error(ident, 409, str(exc)))
+            except ConcurrencyError as exc:
+                errors.append(_bulk_error(ident, 412, str(exc)))
+            except (InvalidRequestError, ValueError) as exc:
+                errors.append(_bulk_error(ident, 400, str(exc)))
+        result: dict[str, Any] = {"isSuccessful": not errors}
+        if errors:
+            result["errors"] = errors
+        return _json_response(result)
+
+    def bulk_individual(self, request: Request, args: dict[str, str], body: Any) -> Response:
+        return self._bulk(
+            body,
+            "registrationId",
+            "individuals",
+            self._enrollment_from,
+            self.dps.put_individual,
+            self.dps.delete_individual,
+        )
+
+    def bulk_groups(self, request: Request, args: dict[str, str], body: Any) -> Response:
+        return self._bulk(
+            body,
+            "enrollmentGroupId",
+            "groups",
+            self._group_from,
+            self.dps.put_group,
+            self.dps.delete_group,
+        )
+
+    def individual_attestation(self, request: Request, args: dict[str, str], body: Any) -> Response:
+        e = self.dps.get_individual(args["id"])
+        return _json_response(self._individual_json(e)["attestation"])
+
+    def group_attestation(self, request: Request, args: dict[str, str], body: Any) -> Response:
+        g = self.dps.get_group(args["id"])
+        return _json_response(self._group_json(g)["attestation"])
+
+    def query_registrations(self, request: Request, args: dict[str, str], body: Any) -> Response:
+        size = self._page_size(request, 100)
+        page = self.dps.query_registrations(
+            args["id"], size, request.headers.get("x-ms-continuation") or None
+        )
+        items = [self._registration_json(r) for r in page.items]
+        return self._page_response(items, page.continuation, "DeviceRegistration", size)
 
     def delete_group(self, request: Request, args: dict[str, str], body: Any) -> Response:
         gid = args["id"]
@@ -562,12 +709,13 @@ class FleetHttpApp:
         }
         auth["x509Thumbprint"] = thumbs
         body: dict[str, Any] = {
+            "capabilities": {"iotEdge": False},
+            **(d.document or {}),  # the operator's fields, as stored
             "deviceId": d.device_id,
             "etag": d.etag,
             "connectionState": d.connection_state,
             "status": d.status.value,
             "authentication": auth,
-            "capabilities": {"iotEdge": False},
             "cloudToDeviceMessageCount": 0,
         }
         if d.status_reason:
@@ -599,8 +747,9 @@ class FleetHttpApp:
             primary_thumbprint=thumbs.get("primaryThumbprint") or None,
             secondary_thumbprint=thumbs.get("secondaryThumbprint") or None,
             status_reason=body.get("statusReason") or None,
+            document=body,
         )
-        if request.headers.get("If-Match") is None:
+        if _hub_if_match(request) is None:
             stored = self.hub.create_device(identity)  # the hub: 409 when it exists
         else:
 
@@ -612,6 +761,24 @@ class FleetHttpApp:
             identity.etag = self._etag_from(request, current)
             stored = self.hub.update_device(identity)
         return _json_response(self._device_json(stored), 200, _etag_headers(stored.etag))
+
+    def list_devices(self, request: Request, args: dict[str, str], body: Any) -> Response:
+        raw = request.args.get("top")
+        top = int(raw) if raw else 1000
+        if not 1 <= top <= 1000:
+            raise RequestError(400, "ArgumentInvalid", "top must be 1-1000")
+        return _json_response([self._device_json(d) for d in self.hub.list_devices(top)])
+
+    def delete_device(self, request: Request, args: dict[str, str], body: Any) -> Response:
+        did = args["id"]
+        header = _hub_if_match(request)
+        etag = None
+        if header is not None and _unquote(header) != "*":
+            record = self._record("devices", did)
+            stored = getattr(record, "etag", None)
+            etag = stored if stored is not None and _unquote(header) == stored else _unquote(header)
+        self.hub.delete_device(did, etag)
+        return Response(status=204)
 
     @staticmethod
     def _twin_json(t: Twin) -> dict[str, Any]:
@@ -644,8 +811,8 @@ class FleetHttpApp:
                 f"the emulator patches tags and desired only: {sorted(extra)}",
             )
         self._same_id(body, "deviceId", did)
-        header = request.headers.get("If-Match")
-        etag = None if header is None or header.strip() == "*" else _unquote(header)
+        header = _hub_if_match(request)
+        etag = None if header is None or _unquote(header) == "*" else _unquote(header)
         twin: Twin | None = None
         if isinstance(body.get("tags"), dict) and body["tags"]:
             update_tags = getattr(self.hub, "update_tags", None)
@@ -732,6 +899,19 @@ class FleetHttpApp:
     def get_job(self, request: Request, args: dict[str, str], body: Any) -> Response:
         return _json_response(self._job_json(self.hub.get_job(args["id"])))
 
+    def query_jobs(self, request: Request, args: dict[str, str], body: Any) -> Response:
+        """``Jobs_QueryScheduledJobs``: a QueryResult of type ``jobResponse``, filtered by
+        the optional ``jobType`` and ``jobStatus`` (one page: the emulator keeps few jobs)."""
+        job_type = request.args.get("jobType") or None
+        job_status = request.args.get("jobStatus") or None
+        items = [
+            self._job_json(job)
+            for job in self.hub.list_jobs()
+            if (job_type is None or job.type == job_type)
+            and (job_status is None or job.status == job_status)
+        ]
+        return _json_response({"type": "jobResponse", "items": items})
+
 
 def _dps_code(status: int, name: str) -> int:
     codes = {
@@ -773,10 +953,18 @@ class RunningServer:
         self.close()
 
 
-def serve(emulator: Any, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
-    """Serve ``emulator``'s DPS and hub APIs over HTTP on ``host:port`` (0: OS picks)."""
+def serve(
+    emulator: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> RunningServer:
+    """Serve ``emulator``'s DPS and hub APIs on ``host:port`` (0: OS picks): HTTP, or
+    HTTPS with ``ssl_context`` (see :func:`local.emulator.http.tls.loopback_tls`), which
+    Microsoft's service SDKs need (azure-iot-hub builds every URL as ``https://``)."""
     app = FleetHttpApp(emulator)
-    server = make_server(host, port, app, threaded=True)
+    server = make_server(host, port, app, threaded=True, ssl_context=ssl_context)
     bound = f"{host}:{server.server_port}"
     thread = threading.Thread(
         target=server.serve_forever,
@@ -785,5 +973,6 @@ def serve(emulator: Any, host: str = "127.0.0.1", port: int = 0) -> RunningServe
         daemon=True,
     )
     thread.start()
-    logger.info("fleet emulator REST front end on http://%s", bound)
-    return RunningServer(f"http://{bound}", bound, app, server, thread)
+    scheme = "https" if ssl_context is not None else "http"
+    logger.info("fleet emulator REST front end on %s://%s", scheme, bound)
+    return RunningServer(f"{scheme}://{bound}", bound, app, server, thread)

@@ -3,7 +3,8 @@
 Each spec in ``specs/`` is loaded once; its operations become routes and every request is
 checked before it reaches the emulator:
 
-- ``api-version`` must be present and equal to the spec's version;
+- ``api-version`` must be present and one the service accepts: the spec's own, or a later
+  one listed in :data:`LATER_VERSIONS` with the definitions it adds;
 - required header and query parameters must be present, and integer ones integers;
 - a body parameter must be present when required, be JSON (``application/json``), and
   validate against the operation's schema, converted to JSON Schema as follows:
@@ -32,6 +33,30 @@ SPEC_DIR = Path(__file__).parent / "specs"
 SPEC_FILES = {
     "dps": "dps-service-2021-10-01.json",
     "hub": "iothub-service-2020-03-13.json",
+}
+#: Later api-versions each service accepts, with the definition properties they add to
+#: the spec's. IoT Hub: Microsoft's azure-iot-hub 2.7.0 sends 2021-04-12 (its generated
+#: ``IotHubGatewayServiceAPIs.api_version``); its generated models
+#: (``azure/iot/hub/protocol/models/*.py``, ``_attribute_map``) differ from the
+#: 2020-03-13 swagger only by ``parentScopes`` on Device, ExportImportDevice and Twin and
+#: ``identity`` (ManagedIdentity) on JobProperties. No JSON swagger of 2021-04-12 is
+#: published (see specs/SOURCES.md).
+LATER_VERSIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "hub": {
+        "2021-04-12": {
+            "Device": {"parentScopes": {"type": "array", "items": {"type": "string"}}},
+            "ExportImportDevice": {"parentScopes": {"type": "array", "items": {"type": "string"}}},
+            "Twin": {"parentScopes": {"type": "array", "items": {"type": "string"}}},
+            "JobProperties": {
+                "identity": {
+                    "type": "object",
+                    "properties": {"userAssignedIdentity": {"type": "string"}},
+                    "additionalProperties": False,
+                }
+            },
+        }
+    },
+    "dps": {},
 }
 _DROP = frozenset({"description", "example", "default", "title", "x-nullable"})
 _PARAM = re.compile(r"\{([^}]+)\}")
@@ -108,18 +133,26 @@ class Operation:
     params: list[Param] = field(default_factory=list)
     body: Param | None = None
     body_schema: dict[str, Any] | None = None
-    _validator: Any = None
+    # later api-versions accepted -> the body schema under that version
+    later_schemas: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    _validators: dict[str, Any] = field(default_factory=dict)
 
     @property
     def werkzeug_rule(self) -> str:
         return _PARAM.sub(lambda m: f"<{m.group(1)}>", self.path)
 
-    def validator(self) -> Any:
-        if self._validator is None and self.body_schema is not None:
-            self._validator = jsonschema.Draft7Validator(
-                self.body_schema, format_checker=_format_checker
+    @property
+    def api_versions(self) -> tuple[str, ...]:
+        return (self.api_version, *self.later_schemas)
+
+    def validator(self, version: str | None = None) -> Any:
+        version = version or self.api_version
+        schema = self.body_schema if version == self.api_version else self.later_schemas[version]
+        if version not in self._validators and schema is not None:
+            self._validators[version] = jsonschema.Draft7Validator(
+                schema, format_checker=_format_checker
             )
-        return self._validator
+        return self._validators.get(version)
 
     def validate(
         self,
@@ -134,11 +167,12 @@ class Operation:
             raise RequestError(
                 400, "ApiVersionMissing", "the api-version query parameter is required"
             )
-        if version != self.api_version:
+        if version not in self.api_versions:
             raise RequestError(
                 400,
                 "InvalidApiVersion",
-                f"api-version {version!r} is not supported; use {self.api_version}",
+                f"api-version {version!r} is not supported; use one of "
+                + ", ".join(self.api_versions),
             )
         for param in self.params:
             source = query if param.location == "query" else headers
@@ -173,7 +207,7 @@ class Operation:
             body = json.loads(raw_body)
         except ValueError as exc:
             raise RequestError(400, "BadFormat", f"the body is not JSON: {exc}") from None
-        validator = self.validator()
+        validator = self.validator(version)
         if validator is not None:
             errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
             if errors:
@@ -200,6 +234,15 @@ def _resolve_param(spec: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def _with_added(definitions: dict[str, Any], added: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out = dict(definitions)
+    for name, properties in added.items():
+        base = dict(out[name])
+        base["properties"] = {**base.get("properties", {}), **properties}
+        out[name] = base
+    return out
+
+
 @cache
 def load_spec(service: str) -> ServiceSpec:
     """The parsed spec of ``service`` ("dps" or "hub")."""
@@ -224,7 +267,14 @@ def load_spec(service: str) -> ServiceSpec:
                         "definitions": definitions,
                         "allOf": [to_json_schema(param["schema"])],
                     }
+                    for later, added in LATER_VERSIONS[service].items():
+                        operation.later_schemas[later] = {
+                            "definitions": _with_added(definitions, added),
+                            "allOf": [to_json_schema(param["schema"])],
+                        }
                 elif entry.name != "api-version":
                     operation.params.append(entry)
+            if operation.body is None:
+                operation.later_schemas = dict.fromkeys(LATER_VERSIONS[service])
             operations.append(operation)
     return ServiceSpec(service, version, operations)

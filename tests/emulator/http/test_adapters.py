@@ -172,3 +172,66 @@ def test_dps_errors_keep_status_and_message() -> None:
     assert "400004" in str(caught.value)
     assert "bad enrollment" in str(caught.value)
     raise_for_dps(StubResponse(204), "delete")  # type: ignore[arg-type]
+
+
+def test_if_match_wildcard_is_sent_quoted() -> None:
+    from shared.adapters._azure_rest import quote_etag
+
+    assert quote_etag("*") == '"*"'
+    assert quote_etag("abc") == '"abc"'
+    assert quote_etag('"abc"') == '"abc"'
+
+
+def test_device_body_keeps_the_operators_fields_and_changes_only_certrolls() -> None:
+    from shared.adapters.iothub import IotHubRegistry, device_from
+    from shared.domain.model import DeviceStatus
+
+    read = {
+        "deviceId": "d",
+        "generationId": "637",
+        "etag": "AAAA",
+        "connectionState": "Connected",
+        "status": "enabled",
+        "authentication": {
+            "type": "sas",
+            "symmetricKey": {"primaryKey": "k1", "secondaryKey": "k2"},
+        },
+        "capabilities": {"iotEdge": True},
+        "deviceScope": "ms-azure-iot-edge://gw-1",
+        "parentScopes": ["ms-azure-iot-edge://gw-1"],
+        "cloudToDeviceMessageCount": 3,
+    }
+    identity = device_from({**read, "authentication": {"type": "selfSigned"}})
+    identity.document = read
+    identity.primary_thumbprint = "a" * 64
+    identity.status = DeviceStatus.DISABLED
+    body = IotHubRegistry._device_body(identity)
+    assert body == {
+        "deviceId": "d",
+        "etag": "AAAA",
+        "status": "disabled",
+        "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": "a" * 64}},
+        "capabilities": {"iotEdge": True},
+        "deviceScope": "ms-azure-iot-edge://gw-1",
+        "parentScopes": ["ms-azure-iot-edge://gw-1"],
+    }
+    assert read["authentication"]["type"] == "sas"  # the document read is not changed
+
+
+def test_enrollment_body_drops_only_read_only_fields() -> None:
+    from shared.adapters.dps import kept_document
+
+    read = {
+        "registrationId": "r",
+        "initialTwin": {"tags": {"a": 1}},
+        "registrationState": {"status": "assigned"},
+        "createdDateTimeUtc": "2026-01-01T00:00:00Z",
+        "lastUpdatedDateTimeUtc": "2026-01-01T00:00:00Z",
+        "iotHubs": ["h"],
+    }
+    assert kept_document(read) == {
+        "registrationId": "r",
+        "initialTwin": {"tags": {"a": 1}},
+        "iotHubs": ["h"],
+    }
+    assert "registrationState" in read

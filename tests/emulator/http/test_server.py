@@ -395,3 +395,50 @@ def test_serve_listens_on_loopback_and_closes(emulator: FleetEmulator) -> None:
         socket.create_connection(("127.0.0.1", int(port)), timeout=1),
     ):
         pass
+
+
+def test_hub_if_match_wildcard_is_the_quoted_star(client: Client) -> None:
+    """ETags are quoted, the wildcard too; the hub ignores an unquoted ``*``
+    (azure-iot-sdk-python PR #754, azure-iot-sdk-node PR #606)."""
+    assert (
+        call(client, "PUT", "/devices/dev-1", query=HUB, body=device_body("dev-1")).status_code
+        == 200
+    )
+    bare = call(
+        client,
+        "PUT",
+        "/devices/dev-1",
+        query=HUB,
+        body=device_body("dev-1"),
+        headers={"If-Match": "*"},
+    )
+    assert bare.status_code == 409  # taken as no If-Match: a create of an existing device
+    quoted = call(
+        client,
+        "PUT",
+        "/devices/dev-1",
+        query=HUB,
+        body=device_body("dev-1", status="disabled"),
+        headers={"If-Match": '"*"'},
+    )
+    assert quoted.status_code == 200
+    assert quoted.get_json()["status"] == "disabled"
+
+
+@pytest.mark.parametrize("version", ["2020-03-13", "2021-04-12"])
+def test_hub_accepts_the_api_versions_microsofts_sdks_send(client: Client, version: str) -> None:
+    created = call(
+        client, "PUT", "/devices/dev-1", query={"api-version": version}, body=device_body("dev-1")
+    )
+    assert created.status_code == 200, created.get_data(as_text=True)
+    old = call(client, "GET", "/devices/dev-1", query={"api-version": "2019-10-01"})
+    assert old.status_code == 400
+
+
+def test_parent_scopes_need_2021_04_12(client: Client) -> None:
+    body = device_body("dev-1", parentScopes=["ms-azure-iot-edge://gw-1-1"])
+    refused = call(client, "PUT", "/devices/dev-1", query=HUB, body=body)
+    assert refused.status_code == 400  # not in the 2020-03-13 Device definition
+    taken = call(client, "PUT", "/devices/dev-1", query={"api-version": "2021-04-12"}, body=body)
+    assert taken.status_code == 200
+    assert taken.get_json()["parentScopes"] == ["ms-azure-iot-edge://gw-1-1"]

@@ -44,3 +44,26 @@ def test_conversion_rules() -> None:
     assert to_json_schema({"type": "string", "format": "date-time"})["format"] == "date-time"
     ref = to_json_schema({"$ref": "#/definitions/X", "readOnly": True})
     assert ref == {"$ref": "#/definitions/X"}
+
+
+def test_later_hub_version_adds_exactly_what_azure_iot_hub_models_add() -> None:
+    """The 2021-04-12 additions in LATER_VERSIONS are the properties azure-iot-hub 2.7.0's
+    generated models have and the 2020-03-13 swagger lacks, no more and no fewer."""
+    import json as jsonlib
+
+    import azure.iot.hub.protocol.models as models
+
+    from local.emulator.http.spec import LATER_VERSIONS, SPEC_DIR, SPEC_FILES
+
+    spec = jsonlib.loads((SPEC_DIR / SPEC_FILES["hub"]).read_text())
+    found: dict[str, set[str]] = {}
+    for name in dir(models):
+        attribute_map = getattr(getattr(models, name), "_attribute_map", None)
+        if not attribute_map or name not in spec["definitions"]:
+            continue
+        keys = {v["key"].split(".")[0] for v in attribute_map.values()}
+        extra = keys - set(spec["definitions"][name].get("properties", {}))
+        if extra:
+            found[name] = extra
+    added = {name: set(props) for name, props in LATER_VERSIONS["hub"]["2021-04-12"].items()}
+    assert found == added
