@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 COMMAND_MODULES: tuple[str, ...] = (
     "shared.pki.commands",
     "shared.rotation_commands",
+    "shared.campaign_commands",
     "shared.domain.commands",
     "local.commands",
 )
