@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
@@ -18,8 +18,10 @@ from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
 from shared.adapters.blob import BlobCrlPublisher
+from shared.adapters.campaigns import TableCampaignStore
 from shared.adapters.memory import (
     MemoryAuditLog,
+    MemoryCampaignStore,
     MemoryCrlPublisher,
     MemoryLedger,
     MemoryRotationStore,
@@ -27,7 +29,14 @@ from shared.adapters.memory import (
 )
 from shared.adapters.queues import StorageWorkQueue, poison_queue_name
 from shared.adapters.tables import TableAuditLog, TableLedger, TableRotationStore
-from shared.ports import AuditLog, CertificateLedger, CrlPublisher, RotationStateStore, WorkQueue
+from shared.ports import (
+    AuditLog,
+    CampaignStore,
+    CertificateLedger,
+    CrlPublisher,
+    RotationStateStore,
+    WorkQueue,
+)
 from shared.settings import AZURITE_CONNECTION_STRING
 
 IMPLEMENTATIONS = [
@@ -126,3 +135,20 @@ def work_queue(request: pytest.FixtureRequest) -> Iterator[WorkQueue]:
             service.delete_queue(queue)
         except ResourceNotFoundError:
             pass
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def campaign_store_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], CampaignStore]]:
+    """Makes store instances over one backing store (a new instance = a restarted process)."""
+    if request.param == "memory":
+        shared = MemoryCampaignStore()
+        yield lambda: shared
+        return
+    connection: str = request.getfixturevalue("azurite")
+    name: str = request.getfixturevalue("fresh_table")
+    yield lambda: TableCampaignStore(TableServiceClient.from_connection_string(connection), name)
+
+
+@pytest.fixture
+def campaign_store(campaign_store_factory: Callable[[], CampaignStore]) -> CampaignStore:
+    return campaign_store_factory()
