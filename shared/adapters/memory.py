@@ -235,10 +235,15 @@ class MemoryEventSink(EventSink):
 
 
 class MemoryCampaignStore(CampaignStore):
-    """Campaign records in a dict, with the Table adapter's ETag semantics."""
+    """Campaign records in a dict, with the Table adapter's ETag semantics.
 
-    def __init__(self) -> None:
-        self._campaigns: dict[str, Campaign] = {}
+    ``backing``: the dict of another instance's records (``store.records``), so a new
+    instance over it reads what an earlier one wrote, as a restarted process reads the
+    table."""
+
+    def __init__(self, backing: dict[str, Campaign] | None = None) -> None:
+        self.records: dict[str, Campaign] = {} if backing is None else backing
+        self._campaigns = self.records
         self._lock = threading.Lock()
 
     def get(self, campaign_id: str) -> Campaign:

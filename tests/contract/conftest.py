@@ -141,8 +141,8 @@ def work_queue(request: pytest.FixtureRequest) -> Iterator[WorkQueue]:
 def campaign_store_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], CampaignStore]]:
     """Makes store instances over one backing store (a new instance = a restarted process)."""
     if request.param == "memory":
-        shared = MemoryCampaignStore()
-        yield lambda: shared
+        records = MemoryCampaignStore().records
+        yield lambda: MemoryCampaignStore(records)
         return
     connection: str = request.getfixturevalue("azurite")
     name: str = request.getfixturevalue("fresh_table")
