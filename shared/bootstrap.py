@@ -98,7 +98,7 @@ def azure_storage(
     from shared.adapters.storage_clients import table_names
     from shared.adapters.tables import TableAuditLog, TableLedger, TableRotationStore
 
-    ledger_name, index_name, state_name, audit_name = table_names(settings)
+    ledger_name, index_name, state_name, audit_name, _campaigns = table_names(settings)
     return StorageBundle(
         ledger=TableLedger(tables, ledger_name, index_name),
         state=TableRotationStore(tables, state_name),

@@ -8,7 +8,7 @@ Every method raises only :mod:`shared.domain.errors` types.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -17,7 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from shared.domain.auth import Caller
-from shared.domain.errors import NotFoundError
+from shared.domain.campaign import Campaign, CampaignState
+from shared.domain.errors import ConcurrencyError, NotFoundError
 from shared.domain.model import (
     AuditEvent,
     CertificateRecord,
@@ -382,3 +383,48 @@ class TokenValidator(abc.ABC):
         algorithm, issuer, tenant, audience and lifetime checked. Raises
         ``NotAuthenticatedError`` for a token that fails, ``AuthUnavailableError`` when the
         signing keys cannot be read."""
+
+
+
+# --------------------------------------------------------------------------- campaigns
+
+
+class CampaignStore(abc.ABC):
+    """Re-roll campaigns and their checkpoints (Table storage in Azure), one record per
+    campaign, changed only with ETag-checked writes."""
+
+    @abc.abstractmethod
+    def get(self, campaign_id: str) -> Campaign:
+        """NotFoundError when unknown."""
+
+    @abc.abstractmethod
+    def put(self, campaign: Campaign) -> Campaign:
+        """Create (``campaign.etag is None``: ConflictError if present) or replace with
+        If-Match (ConcurrencyError when the stored ETag differs). Returns the record with
+        its new ETag."""
+
+    @abc.abstractmethod
+    def list(self, states: set[CampaignState] | None = None) -> list[Campaign]:
+        """Campaigns in any of ``states`` (all when None), newest first."""
+
+    def update(
+        self,
+        campaign_id: str,
+        change: Callable[[Campaign], Campaign],
+        attempts: int = 8,
+    ) -> Campaign:
+        """Read, apply ``change`` (a pure function of the record, e.g.
+        :func:`shared.domain.campaign.record_outcomes`) and write back with If-Match,
+        again on a ConcurrencyError up to ``attempts`` times. ``change`` returning the
+        record it was given writes nothing. Errors ``change`` raises pass through."""
+        for attempt in range(attempts):
+            current = self.get(campaign_id)
+            changed = change(current)
+            if changed is current:
+                return current
+            try:
+                return self.put(changed)
+            except ConcurrencyError:
+                if attempt == attempts - 1:
+                    raise
+        raise ConcurrencyError(f"campaign {campaign_id} kept changing")  # attempts < 1

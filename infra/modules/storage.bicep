@@ -32,6 +32,7 @@ var tableNames = [
   '${tablePrefix}ledger'
   '${tablePrefix}ledgerindex'
   '${tablePrefix}audit'
+  '${tablePrefix}campaigns'
 ]
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {

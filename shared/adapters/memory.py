@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.domain.campaign import Campaign, CampaignState
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
@@ -34,6 +35,7 @@ from shared.domain.model import (
 )
 from shared.ports import (
     AuditLog,
+    CampaignStore,
     CertificateLedger,
     CrlPublisher,
     EventSink,
@@ -230,3 +232,44 @@ class MemoryEventSink(EventSink):
 
     def publish(self, events: list[DomainEvent]) -> None:
         self.events.extend(events)
+
+
+class MemoryCampaignStore(CampaignStore):
+    """Campaign records in a dict, with the Table adapter's ETag semantics.
+
+    ``backing``: the dict of another instance's records (``store.records``), so a new
+    instance over it reads what an earlier one wrote, as a restarted process reads the
+    table."""
+
+    def __init__(self, backing: dict[str, Campaign] | None = None) -> None:
+        self.records: dict[str, Campaign] = {} if backing is None else backing
+        self._campaigns = self.records
+        self._lock = threading.Lock()
+
+    def get(self, campaign_id: str) -> Campaign:
+        stored = self._campaigns.get(campaign_id)
+        if stored is None:
+            raise NotFoundError(f"campaign {campaign_id} not found")
+        return copy.deepcopy(stored)
+
+    def put(self, campaign: Campaign) -> Campaign:
+        with self._lock:
+            stored = self._campaigns.get(campaign.campaign_id)
+            if campaign.etag is None:
+                if stored is not None:
+                    raise ConflictError(f"campaign {campaign.campaign_id} exists")
+            elif stored is None or stored.etag != campaign.etag:
+                raise ConcurrencyError(f"campaign {campaign.campaign_id} changed")
+            new = copy.deepcopy(campaign)
+            new.etag = uuid.uuid4().hex
+            self._campaigns[campaign.campaign_id] = new
+            return copy.deepcopy(new)
+
+    def list(self, states: set[CampaignState] | None = None) -> list[Campaign]:
+        found = [
+            copy.deepcopy(c)
+            for c in list(self._campaigns.values())
+            if states is None or c.state in states
+        ]
+        found.sort(key=lambda c: (c.created_at, c.campaign_id), reverse=True)
+        return found

@@ -177,11 +177,18 @@ def queue_service(
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 
 
-def table_names(settings: Settings) -> tuple[str, str, str, str]:
-    """(ledger, ledger index, state, audit) table names from ``CERTROLL_TABLE_PREFIX``;
-    InvalidRequestError ``table_prefix_invalid`` when the prefix cannot make them."""
+def table_names(settings: Settings) -> tuple[str, str, str, str, str]:
+    """(ledger, ledger index, state, audit, campaigns) table names from
+    ``CERTROLL_TABLE_PREFIX``; InvalidRequestError ``table_prefix_invalid`` when the
+    prefix cannot make them."""
     prefix = settings.get("CERTROLL_TABLE_PREFIX")
-    names = f"{prefix}Ledger", f"{prefix}LedgerIndex", f"{prefix}State", f"{prefix}Audit"
+    names = (
+        f"{prefix}Ledger",
+        f"{prefix}LedgerIndex",
+        f"{prefix}State",
+        f"{prefix}Audit",
+        f"{prefix}Campaigns",
+    )
     if not all(_TABLE_NAME.fullmatch(name) for name in names):
         raise InvalidRequestError(
             "table_prefix_invalid",

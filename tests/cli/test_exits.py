@@ -76,7 +76,7 @@ def test_one_parser_over_the_listed_modules() -> None:
     assert len(names) == len(set(names))
     assert set(commands()) == set(names) == {
         "pki", "issue", "revoke", "crl",
-        "disallow", "allow", "renew", "status", "sweep",
+        "disallow", "allow", "renew", "status", "sweep", "campaign",
         "serve", "demo", "report", "token",
     }  # fmt: skip
     parser = build_parser()

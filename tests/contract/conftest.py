@@ -7,7 +7,7 @@ names per test and are deleted afterwards, so parallel runs do not collide.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from azure.data.tables import TableServiceClient
@@ -15,8 +15,10 @@ from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
 from shared.adapters.blob import BlobCrlPublisher
+from shared.adapters.campaigns import TableCampaignStore
 from shared.adapters.memory import (
     MemoryAuditLog,
+    MemoryCampaignStore,
     MemoryCrlPublisher,
     MemoryLedger,
     MemoryRotationStore,
@@ -24,7 +26,14 @@ from shared.adapters.memory import (
 )
 from shared.adapters.queues import StorageWorkQueue
 from shared.adapters.tables import TableAuditLog, TableLedger, TableRotationStore
-from shared.ports import AuditLog, CertificateLedger, CrlPublisher, RotationStateStore, WorkQueue
+from shared.ports import (
+    AuditLog,
+    CampaignStore,
+    CertificateLedger,
+    CrlPublisher,
+    RotationStateStore,
+    WorkQueue,
+)
 
 IMPLEMENTATIONS = [
     pytest.param("memory", id="memory"),
@@ -73,3 +82,20 @@ def work_queue(request: pytest.FixtureRequest) -> WorkQueue:
         return MemoryWorkQueue()
     service: QueueServiceClient = request.getfixturevalue("queues")
     return StorageWorkQueue(service, request.getfixturevalue("queue_name"))
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def campaign_store_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], CampaignStore]]:
+    """Makes store instances over one backing store (a new instance = a restarted process)."""
+    if request.param == "memory":
+        records = MemoryCampaignStore().records
+        yield lambda: MemoryCampaignStore(records)
+        return
+    service: TableServiceClient = request.getfixturevalue("tables")
+    name: str = request.getfixturevalue("table_name")
+    yield lambda: TableCampaignStore(service, name)
+
+
+@pytest.fixture
+def campaign_store(campaign_store_factory: Callable[[], CampaignStore]) -> CampaignStore:
+    return campaign_store_factory()

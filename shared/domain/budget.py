@@ -1,0 +1,652 @@
+"""The budget planner: how fast a fleet-wide re-roll may go without being throttled.
+
+Every Azure service a rotation calls meters it against a documented limit: DPS per
+instance, IoT Hub per tier and unit, the issuing key per Key Vault vault or Managed HSM
+partition, the storage account. One rotation spends a fixed amount on each (the
+:class:`RotationCost` vector, an input: measured today, smaller after optimisations).
+The bound on a campaign is the smallest ``limit / cost`` over the budgets a rotation
+spends; the budget that gives it is the *binding* budget. A campaign runs below the
+bound, at ``1 - headroom`` of each limit, so the fleet's everyday traffic (renewals,
+reconnects, operators) still fits.
+
+Every limit carries its source (docs/performance.md lists them). Pure: no SDK, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from shared.domain.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from shared.ports import Clock
+
+
+class Budget(StrEnum):
+    """A metered Azure budget (the names match the emulator's buckets)."""
+
+    DPS_REGISTRATIONS = "dps.registrations"
+    DPS_SERVICE_OPS = "dps.service_operations"
+    HUB_IDENTITY_OPS = "hub.identity_operations"
+    HUB_TWIN_READS = "hub.twin_reads"
+    HUB_TWIN_UPDATES = "hub.twin_updates"
+    HUB_DIRECT_METHODS = "hub.direct_methods"  # in 4 KB meter units
+    HUB_QUERIES = "hub.queries"
+    HUB_JOB_OPS = "hub.job_operations"
+    HUB_JOB_DEVICE_OPS = "hub.job_device_operations"
+    HUB_CONCURRENT_JOBS = "hub.concurrent_jobs"  # a count of jobs at once, not a rate
+    SIGNATURES = "signing.signatures"
+    STORAGE_REQUESTS = "storage.requests"
+
+
+#: Budgets whose limit is a number of things at once, not a rate: a rotation does not
+#: spend them, the campaign must not hold more than the limit (``Plan.concurrent``).
+CONCURRENT_BUDGETS = frozenset({Budget.HUB_CONCURRENT_JOBS})
+
+# --------------------------------------------------------------------------- sources
+
+SRC_HUB = "learn.microsoft.com/azure/iot-hub/iot-hub-devguide-quotas-throttling"
+SRC_DPS = (
+    "learn.microsoft.com/azure/iot-dps/about-iot-dps#quotas-and-limits (includes/iot-dps-limits.md)"
+)
+SRC_KEY_VAULT = "learn.microsoft.com/azure/key-vault/general/service-limits"
+SRC_MANAGED_HSM = "learn.microsoft.com/azure/key-vault/managed-hsm/scaling-guidance"
+SRC_STORAGE = "learn.microsoft.com/azure/storage/tables/scalability-targets"
+
+HUB_TIERS = ("F1", "S1", "S2", "S3")
+SIGNING_BACKENDS = ("key-vault", "managed-hsm", "none")
+#: Managed HSM sign operations per second with one partition, by curve (scaling guidance)
+MANAGED_HSM_SIGNS_PER_S = {"P-256": 330.0, "P-256K": 330.0, "P-384": 160.0, "P-521": 200.0}
+#: Key Vault HSM-protected EC keys: 2,000 "all other transactions" per 10 s per vault
+KEY_VAULT_HSM_EC_PER_10S = 2000.0
+#: Table storage: 20,000 transactions per second per account (1 KiB entities; some regions
+#: allow 40,000 — the lower figure is used)
+STORAGE_REQUESTS_PER_S = 20_000.0
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One budget's documented limit for the configuration, as a rate per minute (or a
+    count for :data:`CONCURRENT_BUDGETS`)."""
+
+    budget: Budget
+    per_minute: float
+    stated_as: str  # Microsoft's wording: "100/min/unit", "50/sec", "160 KB/sec/unit"
+    scope: str  # what it is per, with the multiplier applied: "hub S1 x1", "2 DPS instances"
+    source: str
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """What the fleet runs on."""
+
+    hub_tier: str = "S1"
+    hub_units: int = 1
+    dps_instances: int = 1
+    signing: str = "key-vault"  # "key-vault" | "managed-hsm" | "none" (PKCS#11, file)
+    signing_units: int = 1  # vaults, or Managed HSM partitions counted on
+    curve: str = "P-384"
+    storage_accounts: int = 1
+
+    def __post_init__(self) -> None:
+        tier = self.hub_tier.upper()
+        if tier == "FREE":
+            tier = "F1"
+        if tier not in HUB_TIERS:
+            raise ValueError(f"unknown hub tier {self.hub_tier!r}; one of {', '.join(HUB_TIERS)}")
+        object.__setattr__(self, "hub_tier", tier)
+        for name in ("hub_units", "dps_instances", "signing_units", "storage_accounts"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if tier == "F1" and self.hub_units != 1:
+            raise ValueError("a free hub has exactly one unit")
+        if self.signing not in SIGNING_BACKENDS:
+            raise ValueError(f"unknown signing {self.signing!r}; one of {SIGNING_BACKENDS}")
+        if self.signing == "managed-hsm" and self.curve not in MANAGED_HSM_SIGNS_PER_S:
+            raise ValueError(f"no Managed HSM figure for curve {self.curve!r}")
+
+    def label(self) -> str:
+        dps = f"{self.dps_instances} DPS instance" + ("s" if self.dps_instances > 1 else "")
+        return f"{self.hub_tier}x{self.hub_units}, {dps}"
+
+
+def hub_limits(tier: str, units: int) -> dict[Budget, Limit]:
+    """IoT Hub's operation throttles for ``tier`` with ``units`` units (per minute)."""
+    cfg = Configuration(hub_tier=tier, hub_units=units)
+    tier, u = cfg.hub_tier, cfg.hub_units
+    scope = f"hub {tier}x{u}"
+
+    def lim(budget: Budget, per_minute: float, stated: str) -> Limit:
+        return Limit(budget, per_minute, stated, scope, SRC_HUB)
+
+    if tier == "S3":
+        return {
+            Budget.HUB_IDENTITY_OPS: lim(Budget.HUB_IDENTITY_OPS, 5000 * u, "5,000/min/unit"),
+            Budget.HUB_TWIN_READS: lim(Budget.HUB_TWIN_READS, 500 * 60 * u, "500/sec/unit"),
+            Budget.HUB_TWIN_UPDATES: lim(Budget.HUB_TWIN_UPDATES, 250 * 60 * u, "250/sec/unit"),
+            # 24 MB/sec/unit metered in 4 KB: 6,144 calls of <= 4 KB per second per unit
+            Budget.HUB_DIRECT_METHODS: lim(
+                Budget.HUB_DIRECT_METHODS, 24 * 1024 / 4 * 60 * u, "24 MB/sec/unit, 4 KB meter"
+            ),
+            Budget.HUB_QUERIES: lim(Budget.HUB_QUERIES, 1000 * u, "1,000/min/unit"),
+            Budget.HUB_JOB_OPS: lim(Budget.HUB_JOB_OPS, 5000 * u, "5,000/min/unit"),
+            Budget.HUB_JOB_DEVICE_OPS: lim(Budget.HUB_JOB_DEVICE_OPS, 50 * 60 * u, "50/sec/unit"),
+            Budget.HUB_CONCURRENT_JOBS: lim(Budget.HUB_CONCURRENT_JOBS, 10, "10 concurrent"),
+        }
+    if tier == "S2":
+        return {
+            Budget.HUB_IDENTITY_OPS: lim(Budget.HUB_IDENTITY_OPS, 100 * u, "100/min/unit"),
+            Budget.HUB_TWIN_READS: lim(
+                Budget.HUB_TWIN_READS, max(100, 10 * u) * 60, "higher of 100/sec or 10/sec/unit"
+            ),
+            Budget.HUB_TWIN_UPDATES: lim(
+                Budget.HUB_TWIN_UPDATES, max(50, 5 * u) * 60, "higher of 50/sec or 5/sec/unit"
+            ),
+            Budget.HUB_DIRECT_METHODS: lim(
+                Budget.HUB_DIRECT_METHODS, 480 / 4 * 60 * u, "480 KB/sec/unit, 4 KB meter"
+            ),
+            Budget.HUB_QUERIES: lim(Budget.HUB_QUERIES, 20 * u, "20/min/unit"),
+            Budget.HUB_JOB_OPS: lim(Budget.HUB_JOB_OPS, 100 * u, "100/min/unit"),
+            Budget.HUB_JOB_DEVICE_OPS: lim(
+                Budget.HUB_JOB_DEVICE_OPS, max(10, u) * 60, "higher of 10/sec or 1/sec/unit"
+            ),
+            Budget.HUB_CONCURRENT_JOBS: lim(Budget.HUB_CONCURRENT_JOBS, 5, "5 concurrent"),
+        }
+    # Free and S1 share a column
+    return {
+        Budget.HUB_IDENTITY_OPS: lim(Budget.HUB_IDENTITY_OPS, 100 * u, "100/min/unit"),
+        Budget.HUB_TWIN_READS: lim(Budget.HUB_TWIN_READS, 100 * 60, "100/sec"),
+        Budget.HUB_TWIN_UPDATES: lim(Budget.HUB_TWIN_UPDATES, 50 * 60, "50/sec"),
+        Budget.HUB_DIRECT_METHODS: lim(
+            Budget.HUB_DIRECT_METHODS, 160 / 4 * 60 * u, "160 KB/sec/unit, 4 KB meter"
+        ),
+        Budget.HUB_QUERIES: lim(Budget.HUB_QUERIES, 20 * u, "20/min/unit"),
+        Budget.HUB_JOB_OPS: lim(Budget.HUB_JOB_OPS, 100 * u, "100/min/unit"),
+        Budget.HUB_JOB_DEVICE_OPS: lim(Budget.HUB_JOB_DEVICE_OPS, 10 * 60, "10/sec"),
+        Budget.HUB_CONCURRENT_JOBS: lim(Budget.HUB_CONCURRENT_JOBS, 1, "1 concurrent"),
+    }
+
+
+def limits(config: Configuration) -> dict[Budget, Limit]:
+    """Every budget's limit for ``config``; a budget without a documented limit (signing
+    through PKCS#11 or a file key) is absent."""
+    out = hub_limits(config.hub_tier, config.hub_units)
+    d = config.dps_instances
+    dps_scope = f"{d} DPS instance" + ("s" if d > 1 else "")
+    out[Budget.DPS_REGISTRATIONS] = Limit(
+        Budget.DPS_REGISTRATIONS, 1000.0 * d, "1,000/min/service", dps_scope, SRC_DPS
+    )
+    out[Budget.DPS_SERVICE_OPS] = Limit(
+        Budget.DPS_SERVICE_OPS, 1000.0 * d, "1,000/min/service", dps_scope, SRC_DPS
+    )
+    s = config.signing_units
+    if config.signing == "key-vault":
+        out[Budget.SIGNATURES] = Limit(
+            Budget.SIGNATURES,
+            KEY_VAULT_HSM_EC_PER_10S * 6 * s,
+            "2,000 per 10 s per vault (HSM-protected EC key)",
+            f"{s} vault" + ("s" if s > 1 else ""),
+            SRC_KEY_VAULT,
+        )
+    elif config.signing == "managed-hsm":
+        per_s = MANAGED_HSM_SIGNS_PER_S[config.curve]
+        out[Budget.SIGNATURES] = Limit(
+            Budget.SIGNATURES,
+            per_s * 60 * s,
+            f"{per_s:g} {config.curve} signs/sec with one partition",
+            f"{s} partition" + ("s" if s > 1 else ""),
+            SRC_MANAGED_HSM,
+        )
+    a = config.storage_accounts
+    out[Budget.STORAGE_REQUESTS] = Limit(
+        Budget.STORAGE_REQUESTS,
+        STORAGE_REQUESTS_PER_S * 60 * a,
+        "20,000 transactions/sec per account",
+        f"{a} storage account" + ("s" if a > 1 else ""),
+        SRC_STORAGE,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- cost
+
+
+@dataclass(frozen=True)
+class RotationCost:
+    """What one rotation spends on each budget (operations; 4 KB meter units for direct
+    methods). Budgets not named cost nothing."""
+
+    spend: Mapping[Budget, float]
+    label: str = "custom"
+
+    def __post_init__(self) -> None:
+        clean: dict[Budget, float] = {}
+        for key, value in self.spend.items():
+            budget = Budget(key)
+            if budget in CONCURRENT_BUDGETS:
+                raise ValueError(f"{budget} is a count, not something a rotation spends")
+            if value < 0 or not math.isfinite(value):
+                raise ValueError(f"cost of {budget} must be a finite number >= 0, got {value}")
+            if value:
+                clean[budget] = float(value)
+        object.__setattr__(self, "spend", clean)
+
+    def __getitem__(self, budget: Budget) -> float:
+        return self.spend.get(budget, 0.0)
+
+    def with_spend(self, label: str | None = None, **changes: float) -> RotationCost:
+        """A copy with some budgets' cost replaced (keys: the Budget member names,
+        lower-case, e.g. ``hub_identity_ops=2.1``)."""
+        spend = dict(self.spend)
+        for name, value in changes.items():
+            spend[Budget[name.upper()]] = value
+        return RotationCost(spend, label or self.label)
+
+    def batched(
+        self, budget: Budget, calls: float, per_call: int, label: str | None = None
+    ) -> RotationCost:
+        """A copy where ``calls`` of the operations on ``budget`` go ``per_call`` at a time
+        (e.g. DPS bulk enrollment writes: 10 enrollments a call)."""
+        if per_call < 1:
+            raise ValueError("per_call must be at least 1")
+        if calls > self[budget] + 1e-9:
+            raise ValueError(f"{budget} spends {self[budget]:g}, fewer than {calls:g} calls")
+        spend = dict(self.spend)
+        spend[budget] = self[budget] - calls + calls / per_call
+        return RotationCost(spend, label or self.label)
+
+    def without(self, budget: Budget, calls: float, label: str | None = None) -> RotationCost:
+        """A copy that spends ``calls`` fewer operations on ``budget``."""
+        if calls > self[budget] + 1e-9:
+            raise ValueError(f"{budget} spends {self[budget]:g}, fewer than {calls:g}")
+        spend = dict(self.spend)
+        spend[budget] = max(0.0, self[budget] - calls)
+        return RotationCost(spend, label or self.label)
+
+    def to_dict(self) -> dict[str, float]:
+        return {b.value: v for b, v in sorted(self.spend.items())}
+
+
+#: Page size of the campaign's twin query (the hub returns at most 1,000 twins a page in
+#: certroll's queries): one query per 1,000 devices.
+QUERY_PAGE_SIZE = 1000
+
+#: One rotation today, measured on the emulator with its limits on (1,000-device demo,
+#: every call counted against its budget; issue 18), plus the campaign's twin query at
+#: one page per :data:`QUERY_PAGE_SIZE` devices.
+MEASURED_COST = RotationCost(
+    {
+        Budget.HUB_IDENTITY_OPS: 3.1,
+        Budget.DPS_SERVICE_OPS: 3.5,
+        Budget.HUB_TWIN_UPDATES: 3.0,
+        Budget.HUB_DIRECT_METHODS: 1.0,
+        Budget.DPS_REGISTRATIONS: 1.0,
+        Budget.SIGNATURES: 1.0,
+        Budget.STORAGE_REQUESTS: 18.3,
+        Budget.HUB_QUERIES: 1 / QUERY_PAGE_SIZE,
+    },
+    label="measured",
+)
+
+
+def parse_cost_overrides(items: Iterable[str], base: RotationCost = MEASURED_COST) -> RotationCost:
+    """``["hub.identity_operations=2.1", ...]`` applied to ``base`` (ValueError when malformed)."""
+    spend = dict(base.spend)
+    changed = False
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected BUDGET=OPS, got {item!r}")
+        try:
+            budget = Budget(name.strip())
+        except ValueError:
+            known = ", ".join(b.value for b in Budget if b not in CONCURRENT_BUDGETS)
+            raise ValueError(f"unknown budget {name.strip()!r}; one of {known}") from None
+        spend[budget] = float(value)
+        changed = True
+    return RotationCost(spend, "custom" if changed else base.label)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class BudgetLine:
+    """One budget in a plan."""
+
+    limit: Limit
+    cost: float  # per rotation
+    bound_per_min: float | None  # rotations/min this budget allows at its limit (None: unspent)
+    paced_per_min: float  # what the campaign spends here per minute at the plan's pace
+    share: float  # paced spend / limit
+
+    @property
+    def budget(self) -> Budget:
+        return self.limit.budget
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget.value,
+            "limit_per_min": self.limit.per_minute,
+            "limit_stated_as": self.limit.stated_as,
+            "scope": self.limit.scope,
+            "source": self.limit.source,
+            "cost_per_rotation": self.cost,
+            "bound_rotations_per_min": self.bound_per_min,
+            "spend_per_min_at_pace": self.paced_per_min,
+            "share_of_limit_at_pace": self.share,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A campaign's bound and pace for one configuration and rotation cost."""
+
+    config: Configuration
+    cost: RotationCost
+    devices: int
+    headroom: float
+    lines: tuple[BudgetLine, ...]
+    bound_per_min: float  # at the documented limits
+    binding: Budget
+    concurrent: Mapping[Budget, Limit] = field(default_factory=dict)
+
+    @property
+    def pace_per_min(self) -> float:
+        """The rate the campaign runs at: each budget at most ``1 - headroom`` of its limit."""
+        return self.bound_per_min * (1.0 - self.headroom)
+
+    @property
+    def eta_minutes_at_bound(self) -> float:
+        return self.devices / self.bound_per_min
+
+    @property
+    def eta_minutes(self) -> float:
+        """Minutes for ``devices`` at the pace."""
+        return self.devices / self.pace_per_min if self.pace_per_min > 0 else math.inf
+
+    def line(self, budget: Budget) -> BudgetLine:
+        for line in self.lines:
+            if line.budget is budget:
+                return line
+        raise KeyError(budget)
+
+    def pacer(self, burst_seconds: float = 10.0) -> PacerSpec:
+        return pacer_spec(self, burst_seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "configuration": {
+                "hub_tier": self.config.hub_tier,
+                "hub_units": self.config.hub_units,
+                "dps_instances": self.config.dps_instances,
+                "signing": self.config.signing,
+                "signing_units": self.config.signing_units,
+                "curve": self.config.curve,
+                "storage_accounts": self.config.storage_accounts,
+            },
+            "devices": self.devices,
+            "headroom": self.headroom,
+            "cost": {"label": self.cost.label, "per_rotation": self.cost.to_dict()},
+            "bound_rotations_per_min": self.bound_per_min,
+            "binding_budget": self.binding.value,
+            "pace_rotations_per_min": self.pace_per_min,
+            "eta_minutes_at_bound": self.eta_minutes_at_bound,
+            "eta_minutes": self.eta_minutes,
+            "eta_at_bound": format_duration(self.eta_minutes_at_bound),
+            "eta": format_duration(self.eta_minutes),
+            "budgets": [line.to_dict() for line in self.lines],
+            "concurrent": {
+                b.value: {"limit": lim.per_minute, "stated_as": lim.stated_as, "source": lim.source}
+                for b, lim in self.concurrent.items()
+            },
+            "pacer": self.pacer().to_dict(),
+        }
+
+
+def plan(
+    config: Configuration,
+    devices: int,
+    cost: RotationCost = MEASURED_COST,
+    headroom: float = 0.1,
+) -> Plan:
+    """The bound (rotations/min at the documented limits), the binding budget, and the
+    pace (``1 - headroom`` of the bound) for re-rolling ``devices`` devices.
+
+    A budget the cost spends but ``config`` has no documented limit for (signing through
+    PKCS#11) does not bound the plan: ValueError only if nothing bounds it at all.
+    """
+    if devices < 0:
+        raise ValueError("devices must be >= 0")
+    if not 0.0 <= headroom < 1.0:
+        raise ValueError("headroom must be in [0, 1)")
+    table = limits(config)
+    bounds: dict[Budget, float] = {}
+    for budget, limit in table.items():
+        if budget in CONCURRENT_BUDGETS:
+            continue
+        spent = cost[budget]
+        if spent > 0:
+            bounds[budget] = limit.per_minute / spent
+    if not bounds:
+        raise ValueError("the rotation cost spends no budget with a documented limit")
+    # ties: the first in Budget order binds (deterministic)
+    order = list(Budget)
+    binding = min(bounds, key=lambda b: (bounds[b], order.index(b)))
+    bound = bounds[binding]
+    pace = bound * (1.0 - headroom)
+    lines = []
+    for budget in Budget:
+        if budget in CONCURRENT_BUDGETS or budget not in table:
+            continue
+        limit = table[budget]
+        spend = cost[budget] * pace
+        lines.append(
+            BudgetLine(
+                limit=limit,
+                cost=cost[budget],
+                bound_per_min=bounds.get(budget),
+                paced_per_min=spend,
+                share=spend / limit.per_minute,
+            )
+        )
+    concurrent = {b: table[b] for b in CONCURRENT_BUDGETS if b in table}
+    return Plan(config, cost, devices, headroom, tuple(lines), bound, binding, concurrent)
+
+
+# --------------------------------------------------------------------------- pacer
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """One token bucket of the pacer: ``rate_per_min`` tokens a minute, at most ``burst``
+    held; a rotation takes ``cost`` tokens."""
+
+    budget: Budget
+    rate_per_min: float
+    burst: float
+    cost: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget.value,
+            "rate_per_min": self.rate_per_min,
+            "burst": self.burst,
+            "cost_per_rotation": self.cost,
+        }
+
+
+@dataclass(frozen=True)
+class PacerSpec:
+    """Token buckets a campaign takes from before it starts a rotation: one per budget a
+    rotation spends, each refilled at ``1 - headroom`` of that budget's limit. Taking a
+    rotation's cost from every bucket admits it; the binding budget's bucket is the one
+    that makes the campaign wait."""
+
+    buckets: tuple[BucketSpec, ...]
+    rotations_per_min: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rotations_per_min": self.rotations_per_min,
+            "buckets": [b.to_dict() for b in self.buckets],
+        }
+
+    def build(self, clock: Clock) -> Pacer:
+        return Pacer(self, clock)
+
+
+def pacer_spec(p: Plan, burst_seconds: float = 10.0) -> PacerSpec:
+    """The pacer for plan ``p``: bursts of ``burst_seconds`` of each budget's rate (never
+    less than one rotation's cost)."""
+    if burst_seconds <= 0:
+        raise ValueError("burst_seconds must be positive")
+    buckets = []
+    for line in p.lines:
+        if line.cost <= 0:
+            continue
+        rate = line.limit.per_minute * (1.0 - p.headroom)
+        burst = max(1.0, line.cost, rate / 60.0 * burst_seconds)
+        buckets.append(BucketSpec(line.budget, rate, burst, line.cost))
+    return PacerSpec(tuple(buckets), p.pace_per_min)
+
+
+class Pacer:
+    """The buckets of a :class:`PacerSpec` on a clock (no sleeping: callers wait)."""
+
+    def __init__(self, spec: PacerSpec, clock: Clock) -> None:
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._buckets: list[tuple[BucketSpec, TokenBucket]] = [
+            (b, TokenBucket(b.rate_per_min / 60.0, b.burst, clock, name=b.budget.value))
+            for b in spec.buckets
+        ]
+
+    def try_admit(self, rotations: int = 1) -> float:
+        """Admit ``rotations`` rotations (take their cost from every bucket) and return 0.0,
+        or take nothing and return the seconds to wait before asking again."""
+        if rotations < 1:
+            raise ValueError("rotations must be at least 1")
+        with self._lock:
+            wait = 0.0
+            for spec, bucket in self._buckets:
+                need = spec.cost * rotations
+                if need > bucket.capacity:
+                    raise ValueError(
+                        f"{rotations} rotations need {need:g} of {spec.budget}, more than "
+                        f"its burst {bucket.capacity:g}"
+                    )
+                have = bucket.available()
+                if have < need - 1e-9:
+                    wait = max(wait, (need - have) / bucket.rate)
+            if wait > 0:
+                return math.ceil(wait * 1e6) / 1e6
+            for spec, bucket in self._buckets:
+                bucket.try_take(spec.cost * rotations)
+            return 0.0
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_duration(minutes: float) -> str:
+    """``42 min``, ``16.7 h``, ``21.5 d``."""
+    if math.isinf(minutes):
+        return "never"
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    hours = minutes / 60
+    if hours < 72:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.1f} d"
+
+
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def render_plan(p: Plan) -> str:
+    """The plan as text: the bound, the binding budget, the ETA and each budget's figures."""
+    out = [
+        f"configuration: hub {p.config.hub_tier}x{p.config.hub_units}, "
+        f"{p.config.dps_instances} DPS instance(s), signing {p.config.signing}"
+        + (f" x{p.config.signing_units}" if p.config.signing != "none" else ""),
+        f"devices: {p.devices:,}   rotation cost: {p.cost.label}   headroom: {p.headroom:.0%}",
+        f"bound: {p.bound_per_min:,.1f} rotations/min, binding budget {p.binding.value}",
+        f"pace: {p.pace_per_min:,.1f} rotations/min ({1 - p.headroom:.0%} of the bound)",
+        f"eta: {format_duration(p.eta_minutes)} at the pace "
+        f"({format_duration(p.eta_minutes_at_bound)} at the bound)",
+        "",
+        f"{'budget':<28}{'limit/min':>12}{'per rotation':>14}{'bound/min':>12}"
+        f"{'at pace':>10}  limit as stated",
+    ]
+    for line in p.lines:
+        mark = " *" if line.budget is p.binding else ""
+        out.append(
+            f"{line.budget.value + mark:<28}{_rate(line.limit.per_minute):>12}"
+            f"{line.cost:>14.3g}{_rate(line.bound_per_min):>12}{line.share:>10.0%}"
+            f"  {line.limit.stated_as} ({line.limit.scope})"
+        )
+    for budget, lim in p.concurrent.items():
+        out.append(
+            f"{budget.value:<28}{lim.per_minute:>12g}{'-':>14}{'-':>12}{'-':>10}"
+            f"  {lim.stated_as}: jobs at once, a rotation runs none"
+        )
+    out.append("")
+    out.append("* binding budget. Sources: docs/performance.md.")
+    return "\n".join(out)
+
+
+#: The configurations docs/performance.md tabulates (issue 18).
+DOC_CONFIGURATIONS: tuple[Configuration, ...] = (
+    Configuration("S1", 1, 1),
+    Configuration("S1", 1, 4),
+    Configuration("S1", 10, 1),
+    Configuration("S1", 10, 2),
+    Configuration("S1", 10, 4),
+    Configuration("S3", 1, 1),
+    Configuration("S3", 1, 2),
+    Configuration("S3", 1, 4),
+)
+
+
+#: An illustration of a reduced vector (not a measurement): the hub identity write that
+#: DPS re-registration already makes dropped, one DPS enrollment write sent in a bulk
+#: operation of ten.
+EXAMPLE_REDUCED_COST = MEASURED_COST.without(Budget.HUB_IDENTITY_OPS, 1).batched(
+    Budget.DPS_SERVICE_OPS, calls=1, per_call=10, label="reduced (example)"
+)
+
+#: The rotation costs docs/performance.md tabulates.
+DOC_COSTS: tuple[RotationCost, ...] = (MEASURED_COST, EXAMPLE_REDUCED_COST)
+
+
+def markdown_table(
+    configs: Iterable[Configuration] = DOC_CONFIGURATIONS,
+    costs: Iterable[RotationCost] = (MEASURED_COST,),
+    devices: int = 1_000_000,
+    headroom: float = 0.1,
+) -> str:
+    """The table docs/performance.md carries (a test keeps the two equal)."""
+    rows = [
+        "| configuration | rotation cost | bound (rotations/min) | binding budget "
+        f"| {devices:,} devices at the bound | at {1 - headroom:.0%} pace |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    cost_list = list(costs)
+    for config in configs:
+        for cost in cost_list:
+            p = plan(config, devices, cost, headroom)
+            rows.append(
+                f"| {config.label()} | {cost.label} | {p.bound_per_min:,.1f} "
+                f"| {p.binding.value} | {format_duration(p.eta_minutes_at_bound)} "
+                f"| {format_duration(p.eta_minutes)} |"
+            )
+    return "\n".join(rows)
