@@ -33,6 +33,7 @@ from shared.ports import (
 from shared.settings import Settings
 
 if TYPE_CHECKING:
+    from shared.adapters.otel import Instrumentation
     from shared.domain.rotation import RotationService
     from shared.pki.issuer import Issuer
 
@@ -169,12 +170,24 @@ class Services:
 
         return EventGridSink(endpoint, self.credential)
 
+    # ----------------------------------------------------------------- telemetry
+    @cached_property
+    def instrumentation(self) -> Instrumentation:
+        """The one place that picks the telemetry adapters: Azure Monitor (the distro,
+        managed identity) in the Function App, in-memory readers elsewhere."""
+        from shared.adapters.otel import from_environment
+
+        return from_environment()
+
     # ----------------------------------------------------------------- domain
     @cached_property
     def rotation(self) -> RotationService:
         from shared.domain.policy import RotationPolicy
         from shared.domain.rotation import RotationDeps, RotationService
+        from shared.observability import ObservedEvents
 
+        policy = RotationPolicy.from_settings(self.settings)
+        telemetry = self.instrumentation.telemetry
         return RotationService(
             RotationDeps(
                 state=self.state,
@@ -183,10 +196,12 @@ class Services:
                 enrollments=self.enrollments,
                 registry=self.registry,
                 issuer=self.issuer,
-                events=self.events,
+                events=ObservedEvents(self.events, telemetry, self.ledger, self.audit, policy),
                 queue=self.queue,
                 clock=self.clock,
-                policy=RotationPolicy.from_settings(self.settings),
+                policy=policy,
+                metrics=telemetry,
+                tracer=self.instrumentation.tracer,
                 ca_certificates=self._ca_certificates(),
             )
         )

@@ -79,8 +79,11 @@ from shared.ports import (
     DeviceRegistry,
     EnrollmentStore,
     EventSink,
+    NullTracer,
     RotationStateStore,
+    Tracer,
     WorkQueue,
+    in_rotation_trace,
 )
 
 logger = logging.getLogger(__name__)
@@ -222,6 +225,7 @@ class RotationDeps:
     clock: Clock
     policy: RotationPolicy = field(default_factory=RotationPolicy)
     metrics: Metrics = field(default_factory=NullMetrics)
+    tracer: Tracer = field(default_factory=NullTracer)
     #: the issuing CA certificate and its chain, for the sweep's expiry warning
     ca_certificates: Sequence[x509.Certificate] = ()
     actor: str = SYSTEM_ACTOR
@@ -452,7 +456,7 @@ class RotationService:
     # ------------------------------------------------------------------ plumbing
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self.retrier.call(fn, *args, **kwargs)
+        return self.retrier.call(self.deps.tracer.wrap(fn), *args, **kwargs)
 
     def _now(self) -> datetime:
         return self.deps.clock.now()
@@ -864,6 +868,7 @@ class RotationService:
             "keyAlgorithm": self.policy.key_algorithm,
         }
 
+    @in_rotation_trace
     def _request_csr(self, rec: RotationRecord) -> None:
         patch = {"x509": {"renewal": self._renewal_request(rec), "issued": None}}
         self._call(self.deps.registry.patch_desired, rec.device_id, patch)
@@ -892,6 +897,7 @@ class RotationService:
 
     # ------------------------------------------------------------------ driving
 
+    @in_rotation_trace
     def _drive(
         self,
         rec: RotationRecord,
@@ -1394,7 +1400,7 @@ class RotationService:
             error=message,
             state=rec.state.value,
         )
-        self._metric("certroll.rotation_failed", code=code)
+        self._metric("certroll.rotation_failed", code=code, reason=rec.reason or "")
         return self._save(
             rec, state=RotationState.FAILED, last_error=f"{code}: {message}", deadline=None
         )
