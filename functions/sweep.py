@@ -6,7 +6,7 @@ import logging
 
 import azure.functions as func
 
-from functions._services import RotationApi, rotation, to_jsonable
+from functions._services import RotationApi, rotation, services, to_jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -26,3 +26,6 @@ def handle_sweep(timer: func.TimerRequest, service: RotationApi) -> dict[str, ob
 @bp.timer_trigger(schedule="%CERTROLL_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False)
 def daily_sweep(timer: func.TimerRequest) -> None:
     handle_sweep(timer, rotation())
+    from shared.observability import record_fleet
+
+    record_fleet(services())  # the fleet gauges (docs/operations.md); never raises
