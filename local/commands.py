@@ -257,7 +257,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.report is not None:
         write_report(result, args.report)
     if args.json:
-        print(json.dumps(result.summary))
+        print(json.dumps({**result.summary, "metrics": result.metrics}))
     else:
         width = max(len(k) for k in result.summary)
         print("\nsummary")
