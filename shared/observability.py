@@ -12,8 +12,8 @@ Neither ever raises into the work it observes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from shared.domain.fleet import STATUSES, FleetSnapshot, build_snapshot
@@ -95,29 +95,55 @@ def set_fleet_gauges(telemetry: Telemetry, snap: FleetSnapshot) -> None:
     )
 
 
+def ca_certificates(services: Any) -> tuple[list[Any], str | None]:
+    """(the CA certificates, issuing first and root last; the issuing key id) of
+    ``services``: from its issuing authority when the key can be loaded, else the
+    certificates alone (``CERTROLL_ISSUING_CERT`` or ``$CERTROLL_HOME/pki``), as the
+    report needs no key."""
+    try:
+        authority = services.authority
+        chain = list(authority.chain or (authority.certificate,))
+        root = [authority.root] if authority.root is not None else []
+        return [*chain, *root], authority.key_id
+    except Exception as exc:
+        logger.info("issuing authority not loaded (%s); reading the certificates alone", exc)
+    from cryptography import x509
+
+    settings = services.settings
+    configured = settings.get("CERTROLL_ISSUING_CERT")
+    path = Path(configured) if configured else settings.pki_dir / "issuing.pem"
+    certs: list[Any] = []
+    try:
+        if path.is_file():
+            certs = x509.load_pem_x509_certificates(path.read_bytes())
+        elif configured:
+            certs = x509.load_pem_x509_certificates(services.crl_publisher.fetch(configured))
+        root_path = settings.pki_dir / "root.pem"
+        if root_path.is_file():
+            certs.append(x509.load_pem_x509_certificate(root_path.read_bytes()))
+    except Exception as exc:  # the report works from storage alone
+        logger.info("no CA certificates for the fleet snapshot: %s", exc)
+    return certs, None
+
+
 def snapshot_of(
     services: Any, now: datetime | None = None, recent: int = 20, with_audit: bool = True
 ) -> FleetSnapshot:
-    """The fleet snapshot from a :class:`shared.bootstrap.Services`' storage ports (and its
-    issuing authority when one is configured). ``with_audit``: read the recent disallows
-    and reconciles too (a scan of the audit table: the report, not the gauges)."""
-    ca: Sequence[Any] = ()
-    key_id: str | None = None
-    try:
-        authority = services.authority
-        chain = authority.chain or (authority.certificate,)
-        ca = (*chain, authority.root) if authority.root is not None else chain
-        key_id = authority.key_id
-    except Exception as exc:  # the report works from storage alone
-        logger.info("fleet snapshot without the CA certificates: %s", exc)
-    policy = RotationPolicy.from_settings(services.settings)
+    """The fleet snapshot from a :class:`shared.bootstrap.Services`' storage ports and CA
+    certificates. ``with_audit``: read the recent disallows and reconciles too (a scan of
+    the audit table: the report, not the gauges). The current issuing key is the
+    authority's, or else the key of the newest certificate in the ledger."""
+    ca, key_id = ca_certificates(services)
+    certificates = list(services.ledger.list_all())
+    if key_id is None and certificates:
+        key_id = max(certificates, key=lambda c: c.issued_at).issuer_key_id
     return build_snapshot(
         records=services.state.list(),
-        certificates=services.ledger.list_all(),
+        certificates=certificates,
         audit=services.audit.list(None, max(200, recent * 10)) if with_audit else (),
         ca_certificates=ca,
         current_key_id=key_id,
-        policy=policy,
+        policy=RotationPolicy.from_settings(services.settings),
         now=now or services.clock.now().astimezone(UTC),
         recent=recent,
     )
