@@ -84,7 +84,8 @@ def _clean(dimensions: Mapping[str, object]) -> dict[str, str]:
 
 
 class OtelTelemetry(Telemetry):
-    """Counters, histograms and observable gauges on one OpenTelemetry meter."""
+    """Counters, histograms and observable gauges on one OpenTelemetry meter (a gauge
+    reading is exported once, see :meth:`_observe`)."""
 
     def __init__(self, meter: Meter) -> None:
         self._meter = meter
@@ -141,8 +142,12 @@ class OtelTelemetry(Telemetry):
             logger.exception("gauge %s could not be set", name)
 
     def _observe(self, name: str, options: CallbackOptions) -> Iterable[Observation]:
+        """Each reading is observed once: the next collection after ``set_gauge`` exports
+        it, later ones do not repeat it. A worker that set the fleet gauges yesterday then
+        cannot answer today's alert query with yesterday's numbers."""
         with self._lock:
             readings = list(self._gauges.get(name, {}).items())
+            self._gauges[name] = {}
         return [Observation(value, dict(key)) for key, value in readings]
 
 
@@ -264,6 +269,7 @@ class Instrumentation:
     reader: InMemoryMetricReader | None = None
     spans: RecentSpans | None = None
     _providers: list[Any] = field(default_factory=list)
+    keep: tuple[Any, ...] = ()  # providers that must live as long as this object
 
     def metrics(self) -> dict[str, Any]:
         """The in-memory metrics as ``{name: {"dim=value,...": value}}`` (histograms:
@@ -320,9 +326,11 @@ def in_memory(span_limit: int = 20_000) -> Instrumentation:
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     telemetry = OtelTelemetry(meter_provider.get_meter(INSTRUMENTATION_SCOPE))
     tracer = OtelTracer(tracer_provider.get_tracer(INSTRUMENTATION_SCOPE), telemetry)
-    return Instrumentation(
-        telemetry, tracer, "memory", reader, spans, [meter_provider, tracer_provider]
-    )
+    # nothing to flush: the readers are read in place (a flush would consume the
+    # once-only gauge readings before anyone reads them)
+    instrumentation = Instrumentation(telemetry, tracer, "memory", reader, spans)
+    instrumentation.keep = (meter_provider, tracer_provider)
+    return instrumentation
 
 
 def managed_identity_client_id(auth_string: str) -> str | None:

@@ -378,3 +378,12 @@ def test_fleet_gauges_from_a_rotated_fleet(fleet: Fleet) -> None:
     assert sum(metrics["certroll.devices_by_expiry"].values()) == snap.devices - 1
     assert metrics["certroll.campaign.devices"]["phase=current_key"] == 1
     assert [e.device_id for e in snap.recent_disallows] == [fleet.sim.device_ids[2]]
+
+
+def test_a_gauge_reading_is_exported_once() -> None:
+    inst = otel.in_memory()
+    inst.telemetry.set_gauge("certroll.devices_by_status", 3, status="late")
+    assert inst.metrics()["certroll.devices_by_status"] == {"status=late": 3.0}
+    assert "certroll.devices_by_status" not in inst.metrics()
+    inst.telemetry.set_gauge("certroll.devices_by_status", 0, status="late")
+    assert inst.metrics()["certroll.devices_by_status"] == {"status=late": 0.0}
