@@ -149,7 +149,7 @@ def _status(
     return "ok", "", None
 
 
-def _ca_role(index: int, cert: x509.Certificate, count: int) -> str:
+def _ca_role(index: int, cert: x509.Certificate) -> str:
     if cert.subject == cert.issuer:
         return "root"
     return "issuing" if index == 0 else "intermediate"
@@ -195,12 +195,13 @@ def build_snapshot(
                 snap.on_current_key += 1
             else:
                 snap.on_other_key += 1
-    snap.problems.sort(key=lambda p: (STATUSES.index(p.status) * -1, p.device_id))
+    # the most severe first: disallowed, failed, overdue, stuck, late
+    snap.problems.sort(key=lambda p: (-STATUSES.index(p.status), p.device_id))
     for i, ca in enumerate(ca_certificates):
         left = ca.not_valid_after_utc - now
         snap.ca.append(
             CaCertificate(
-                _ca_role(i, ca, len(ca_certificates)),
+                _ca_role(i, ca),
                 ca.subject.rfc4514_string(),
                 ca.not_valid_after_utc,
                 math.floor(left / timedelta(days=1)),
