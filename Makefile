@@ -5,7 +5,7 @@ export CERTROLL_HOME ?= $(CURDIR)/.certroll
 
 .PHONY: install test demo bench azurite azurite-stop lint typecheck serve clean
 
-install: $(VENV)/.installed node_modules/.installed .certroll/.softhsm
+install: $(VENV)/.installed node_modules/.installed .certroll/.softhsm .certroll/.chromium
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,15 @@ node_modules/.installed: package.json package-lock.json
 	@if ! ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null; \
 	  else echo "softhsm2 is missing: install the Debian package softhsm2 (tests that need it are skipped)"; fi; \
+	fi
+	@touch $@
+
+# headless Chromium (Debian's package) renders the fleet report in a test
+.certroll/.chromium:
+	@mkdir -p .certroll
+	@if ! [ -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: install the Debian package chromium (the report rendering test is skipped)"; fi; \
 	fi
 	@touch $@
 

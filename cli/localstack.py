@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cli.common import Command
@@ -151,7 +151,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.report is not None:
         write_report(result, args.report)
     if args.json:
-        print(json.dumps(result.summary))
+        print(json.dumps({**result.summary, "metrics": result.metrics}))
     else:
         width = max(len(k) for k in result.summary)
         print("\nsummary")
@@ -202,46 +202,39 @@ def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-id",
         default=None,
-        help="the demo run whose ledger to read (default: the last demo run; "
-        "'none': the configured CERTROLL_TABLE_PREFIX as is)",
+        help="the demo run whose storage to read (default: the last demo run when there "
+        "is one, else the configured storage; 'none': the configured storage)",
     )
+
+
+def report_settings(settings: Settings, run_id: str | None) -> tuple[Settings, str]:
+    """(settings of the storage to report on, a description of it): a demo run's tables
+    and PKI (``run_id``, or the last run when None and there is one), else the configured
+    storage (Azure with ``CERTROLL_STORAGE__*ServiceUri``, or Azurite)."""
+    from local.stack import run_settings
+
+    if run_id is None:
+        marker = demo_home(settings) / LAST_RUN_FILE
+        if marker.is_file():
+            run_id = marker.read_text(encoding="utf-8").strip()
+    if run_id is None or run_id == "none":
+        prefix = settings.get("CERTROLL_TABLE_PREFIX")
+        return settings, f"tables {prefix}* of the configured storage"
+    source = run_settings(_settings_with_home(settings, demo_home(settings)), run_id)
+    return source, f"demo run {run_id} (tables {source.get('CERTROLL_TABLE_PREFIX')}*)"
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from local.ledger import ledger_snapshot, read_ledger_rows
-    from local.report import render_report
+    from local.report import render_fleet_report
+    from shared.bootstrap import Services
+    from shared.observability import snapshot_of
 
-    settings = Settings.from_env()
-    run_id = args.run_id
-    if run_id is None:
-        marker = demo_home(settings) / LAST_RUN_FILE
-        if not marker.is_file():
-            raise NotFoundError(f"no demo run recorded in {marker}; pass --run-id")
-        run_id = marker.read_text(encoding="utf-8").strip()
-    values = dict(settings.values)
-    if run_id != "none":
-        values["CERTROLL_TABLE_PREFIX"] = f"{settings.get('CERTROLL_TABLE_PREFIX')}{run_id}"
-    source = Settings(values)
-    snapshot = ledger_snapshot(read_ledger_rows(source), datetime.now(UTC))
-    if not snapshot.devices:
-        raise NotFoundError(f"the ledger {source.get('CERTROLL_TABLE_PREFIX')}Ledger is empty")
-    summary = {
-        "ledger": f"{source.get('CERTROLL_TABLE_PREFIX')}Ledger",
-        "devices": snapshot.devices,
-        "certificates": snapshot.certificates,
-        "renewed": snapshot.renewed,
-        "revoked": snapshot.revoked,
-    }
-    args.html.write_text(
-        render_report(
-            before=snapshot.before,
-            before_at=snapshot.before_at - timedelta(seconds=1),
-            after=snapshot.after,
-            after_at=snapshot.after_at,
-            summary=summary,
-        ),
-        encoding="utf-8",
-    )
+    source, description = report_settings(Settings.from_env(), args.run_id)
+    services = Services(source)
+    snapshot = snapshot_of(services, datetime.now(UTC))
+    if not snapshot.devices and not snapshot.certificates:
+        raise NotFoundError(f"{description}: no device and no certificate")
+    args.html.write_text(render_fleet_report(snapshot, source=description), encoding="utf-8")
     print(f"report for {snapshot.devices} devices written to {args.html}")
     return ExitCode.OK
 
@@ -303,7 +296,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "report",
-        "write the HTML certificate-expiry report from a ledger",
+        "write the HTML fleet report from the configured storage (or a demo run's)",
         _configure_report,
         _run_report,
     ),

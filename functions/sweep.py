@@ -6,7 +6,7 @@ import logging
 
 import azure.functions as func
 
-from functions._services import rotation, to_jsonable
+from functions._services import rotation, services, to_jsonable
 from shared.domain.rotation import RotationService
 
 logger = logging.getLogger(__name__)
@@ -27,3 +27,6 @@ def handle_sweep(timer: func.TimerRequest, service: RotationService) -> dict[str
 @bp.timer_trigger(schedule="%CERTROLL_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False)
 def daily_sweep(timer: func.TimerRequest) -> None:
     handle_sweep(timer, rotation())
+    from shared.observability import record_fleet
+
+    record_fleet(services())  # the fleet gauges (docs/operations.md); never raises

@@ -17,6 +17,23 @@ logger = logging.getLogger(__name__)
 bp = func.Blueprint()
 
 
+#: host.json extensions.queues.maxDequeueCount (a test keeps them equal)
+MAX_DEQUEUE_COUNT = 5
+
+
+def _count_poisoned(exc: Exception) -> None:
+    """``certroll.work_messages_poisoned{reason}``: the last try of a message failed."""
+    try:
+        from functions._services import services
+
+        reason = "malformed" if isinstance(exc, InvalidRequestError) else type(exc).__name__
+        services().instrumentation.telemetry.increment(
+            "certroll.work_messages_poisoned", reason=reason
+        )
+    except Exception:  # the metric never hides the failure
+        logger.exception("rotation_worker: poison metric not recorded")
+
+
 class MalformedWorkMessage(InvalidRequestError):
     """A work-queue message that can never be processed (it ends in ``<queue>-poison``)."""
 
@@ -30,7 +47,11 @@ def handle_work_message(msg: func.QueueMessage, service: RotationService) -> Bat
     try:
         batch = parse_work_message(msg.get_body())
         result = service.process_batch(batch)
-    except InvalidRequestError as exc:
+    except Exception as exc:
+        if (msg.dequeue_count or 0) >= MAX_DEQUEUE_COUNT:  # the host poisons it next
+            _count_poisoned(exc)
+        if not isinstance(exc, InvalidRequestError):
+            raise
         logger.error(
             "rotation_worker: message %s (dequeue %s) is malformed: %s",
             msg.id,

@@ -165,6 +165,21 @@ param rotationDeadlineHours int = 24
 @description('Days before a CA certificate expires that the sweep starts warning.')
 param caWarningDays int = 90
 
+@description('E-mail addresses the alert action group notifies (docs/operations.md).')
+param alertEmailAddresses array = []
+
+@secure()
+@description('HTTPS webhook the alert action group calls (common alert schema); empty for none. Pass it at deployment, never in a parameters file.')
+param alertWebhookUrl string = ''
+
+@minValue(1)
+@description('Rotation failures within an hour that fire the rotation-failure alert.')
+param rotationFailureThreshold int = 1
+
+@minValue(1)
+@description('Throttled (429/503) service calls within 15 minutes that fire the throttle-storm alert.')
+param throttleStormThreshold int = 100
+
 // ----------------------------------------------------------------------------- names
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -186,6 +201,22 @@ module monitoring 'modules/monitoring.bicep' = {
     location: location
     tags: allTags
     resourceToken: resourceToken
+  }
+}
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: allTags
+    resourceToken: resourceToken
+    applicationInsightsName: monitoring.outputs.APPLICATION_INSIGHTS_NAME
+    alertEmailAddresses: alertEmailAddresses
+    alertWebhookUrl: alertWebhookUrl
+    caWarningDays: caWarningDays
+    rotationFailureThreshold: rotationFailureThreshold
+    throttleStormThreshold: throttleStormThreshold
   }
 }
 
@@ -390,3 +421,4 @@ output DPS_SERVICE_HOST_NAME string = dps.outputs.SERVICE_HOST_NAME
 output DPS_DEVICE_HOST_NAME string = dps.outputs.DEVICE_HOST_NAME
 output EVENTGRID_TOPIC_ENDPOINT string = eventGrid.outputs.TOPIC_ENDPOINT
 output EVENTHUB_NAMESPACE_NAME string = eventHubs.outputs.NAMESPACE_NAME
+output ALERT_ACTION_GROUP_ID string = alerts.outputs.ACTION_GROUP_ID

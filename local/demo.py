@@ -76,6 +76,17 @@ SUMMARY_KEYS = (
     "max_gap_seconds",
     "elapsed_seconds",
 )
+#: ``--json`` adds ``metrics``: the local OpenTelemetry readings (docs/operations.md) of
+#: these instruments, as ``{name: {"dim=value,...": value}}``
+METRIC_KEYS = (
+    "certroll.rotations",
+    "certroll.rotation.due_to_confirmed",
+    "certroll.disallowed",
+    "certroll.devices_by_status",
+    "certroll.devices_by_expiry",
+    "certroll.ca.days_to_expiry",
+    "certroll.campaign.devices",
+)
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,8 @@ class DemoResult:
     #: CPU seconds used during that time: ``python`` (this process: functions, emulator,
     #: devices) and ``azurite`` when it runs on this machine
     rotation_cpu_seconds: dict[str, float] = field(default_factory=dict)
+    #: the local telemetry at the end of the run (``shared.adapters.otel.Instrumentation``)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -406,6 +419,9 @@ def _run(
     checks, counts = verify(stack, sim, others, disallowed_id, initial_serials, root, real_now)
     checks.append(comeback.check())
     after = [sim.agents[d].certificate.not_valid_after_utc for d in others]
+    from shared.observability import record_fleet
+
+    record_fleet(stack.services, clock.now())  # the fleet gauges, as the daily sweep sets them
     summary = {
         "devices": options.devices,
         "renewed": counts["renewed"],
@@ -439,6 +455,7 @@ def _run(
         rotation_seconds=rotation_seconds,
         rotation_storage_calls=rotation_calls,
         rotation_cpu_seconds=rotation_cpu,
+        metrics=stack.services.instrumentation.metrics(),
     )
 
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueServiceClient
 
+    from shared.adapters.otel import Instrumentation
     from shared.domain.auth import OperatorAuthenticator
     from shared.domain.rotation import RotationService
     from shared.pki.issuer import Issuer
@@ -246,13 +247,24 @@ class Services:
             self.settings.get("CERTROLL_OPERATOR_ROLE"),
             platform_auth_enforced=self.settings.flag("CERTROLL_PLATFORM_AUTH_ENFORCED"),
         )
+    # ----------------------------------------------------------------- telemetry
+    @cached_property
+    def instrumentation(self) -> Instrumentation:
+        """The one place that picks the telemetry adapters: Azure Monitor (the distro,
+        managed identity) in the Function App, in-memory readers elsewhere."""
+        from shared.adapters.otel import from_environment
+
+        return from_environment()
 
     # ----------------------------------------------------------------- domain
     @cached_property
     def rotation(self) -> RotationService:
         from shared.domain.policy import RotationPolicy
         from shared.domain.rotation import RotationDeps, RotationService
+        from shared.observability import ObservedEvents
 
+        policy = RotationPolicy.from_settings(self.settings)
+        telemetry = self.instrumentation.telemetry
         return RotationService(
             RotationDeps(
                 state=self.state,
@@ -261,10 +273,12 @@ class Services:
                 enrollments=self.enrollments,
                 registry=self.registry,
                 issuer=self.issuer,
-                events=self.events,
+                events=ObservedEvents(self.events, telemetry, self.ledger, self.audit, policy),
                 queue=self.queue,
                 clock=self.clock,
-                policy=RotationPolicy.from_settings(self.settings),
+                policy=policy,
+                metrics=telemetry,
+                tracer=self.instrumentation.tracer,
                 ca_certificates=self._ca_certificates(),
             )
         )

@@ -127,6 +127,10 @@ class MemoryLedger(CertificateLedger):
         revoked = [r for r in self._by_serial.values() if r.status is CertificateStatus.REVOKED]
         return iter([copy.copy(r) for r in revoked])
 
+    def list_all(self) -> Iterator[CertificateRecord]:
+        with self._lock:
+            return iter([copy.copy(r) for r in self._by_serial.values()])
+
 
 class MemoryRotationStore(RotationStateStore):
     def __init__(self) -> None:

@@ -334,6 +334,14 @@ class TableLedger(_TableBase, CertificateLedger):
         ):
             yield _entity_to_record(entity)
 
+    def list_all(self) -> Iterator[CertificateRecord]:
+        for entity in self._query(
+            "RowKey ge @lo and RowKey lt @hi",
+            {"lo": _CERT_PREFIX, "hi": _CERT_PREFIX[:-1] + "."},
+            "every certificate",
+        ):
+            yield _entity_to_record(entity)
+
     # writes --------------------------------------------------------------
 
     def _claim_serial(self, record: CertificateRecord) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from local.demo import SUMMARY_KEYS, DemoOptions, run_demo
+from local.demo import METRIC_KEYS, SUMMARY_KEYS, DemoOptions, run_demo
 from local.ledger import read_ledger_rows
 from local.stack import drop_run_storage, local_storage, run_settings
 from shared.bootstrap import CRL_NAME
@@ -47,7 +47,11 @@ def test_demo_rotates_1000_devices(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stderr[-4000:]
         summary = json.loads(done.stdout.strip().splitlines()[-1])
-        assert list(summary) == list(SUMMARY_KEYS)
+        assert list(summary) == [*SUMMARY_KEYS, "metrics"]
+        metrics = summary["metrics"]
+        assert set(METRIC_KEYS) <= set(metrics)
+        assert metrics["certroll.rotations"]["outcome=completed,trigger=expiring"] == DEVICES - 1
+        assert metrics["certroll.disallowed"] == {"": 1}
         assert summary["devices"] == DEVICES
         assert summary["renewed"] == DEVICES - 1
         assert summary["failed"] == 0
@@ -131,6 +135,11 @@ def test_demo_over_the_production_adapters(tmp_path: Path) -> None:
         assert result.after_at is not None
         assert result.before_at is not None
         assert min(result.after) > max(result.before)
+        assert set(METRIC_KEYS) <= set(result.metrics)
+        rotations = result.metrics["certroll.rotations"]
+        assert rotations["outcome=completed,trigger=expiring"] == 11
+        assert result.metrics["certroll.devices_by_status"]["status=disallowed"] == 1
+        assert result.metrics["certroll.devices_by_status"]["status=ok"] == 11
     finally:
         drop_run_storage(run_settings(base, run_id))
 

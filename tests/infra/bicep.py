@@ -1039,3 +1039,109 @@ def check_resource_types(infra: Infra, library: TypeLibrary) -> list[str]:
         checker.object(res.body, _deref(nodes, resource_type["body"]), "", BICEP_RESOURCE_KEYWORDS)
         problems.extend(checker.problems)
     return problems
+
+
+# --------------------------------------------------------------------------- alerts
+
+#: What each alert rule must watch: rule name -> (metric the query reads, text the query
+#: must hold). The metric names are the ones the app emits (docs/operations.md).
+ALERT_NEEDS: dict[str, tuple[str, str]] = {
+    "rotation-failures": ("certroll.rotations", '"failed"'),
+    "renewal-deadline": ("certroll.devices_by_status", '"overdue"'),
+    "ca-expiry": ("certroll.ca.days_to_expiry", "arg_max"),
+    "throttle-storm": ("certroll.throttled", "service"),
+    "poison-messages": ("certroll.work_messages_poisoned", "sum(valueSum)"),
+}
+_QUERY_METRIC_RE = re.compile(r'name\s*==\s*"([^"]+)"')
+
+
+def _literal(node: Node | None) -> str | None:
+    """A plain or multi-line (''') string literal's text."""
+    value = string_value(node)
+    if value is not None or node is None:
+        return value
+    text = _text(node)
+    if text.startswith("'''") and text.endswith("'''"):
+        return text[3:-3]
+    return None
+
+
+def alert_rules(infra: Infra) -> dict[str, dict[str, str]]:
+    """The rules of ``var rules`` in modules/alerts.bicep: name -> property -> text."""
+    f = infra.files.get("modules/alerts.bicep")
+    if f is None:
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for item in array_items(f.variables.get("rules")):
+        props = {k: (_literal(v) or _text(v)) for k, v in object_properties(item).items()}
+        out[props.get("name", "?")] = props
+    return out
+
+
+def check_alerts(infra: Infra, needs: Mapping[str, tuple[str, str]] = ALERT_NEEDS) -> list[str]:
+    """An action group with e-mail and webhook receivers from parameters (the webhook
+    @secure); one log alert rule per need, each reading its metric from customMetrics
+    of the Application Insights resource and notifying the action group; the module
+    called from main.bicep with that Application Insights resource."""
+    problems: list[str] = []
+    f = infra.files.get("modules/alerts.bicep")
+    if f is None:
+        return ["modules/alerts.bicep is missing"]
+    groups = [r for r in f.resources if r.type.lower() == "microsoft.insights/actiongroups"]
+    if len(groups) != 1:
+        problems.append(f"alerts.bicep: expected one action group, found {len(groups)}")
+    else:
+        props = get_path(groups[0].body, "properties")
+        if bool_value(get_path(props, "enabled")) is not True:
+            problems.append("alerts.bicep: the action group is not enabled")
+        email = _text(get_path(props, "emailReceivers")) if props else ""
+        hook = _text(get_path(props, "webhookReceivers")) if props else ""
+        if "alertEmailAddresses" not in email:
+            problems.append("alerts.bicep: e-mail receivers do not come from alertEmailAddresses")
+        if "alertWebhookUrl" not in hook:
+            problems.append("alerts.bicep: the webhook receiver does not come from alertWebhookUrl")
+    webhook = f.params.get("alertWebhookUrl")
+    if webhook is None or "secure" not in webhook.decorators:
+        problems.append("alerts.bicep: param alertWebhookUrl must be @secure()")
+    rules = [r for r in f.resources if r.type.lower() == "microsoft.insights/scheduledqueryrules"]
+    if len(rules) != 1:
+        problems.append("alerts.bicep: expected one scheduledQueryRules declaration over var rules")
+    else:
+        props = get_path(rules[0].body, "properties")
+        groups_text = _text(get_path(props, "actions", "actionGroups")) if props else ""
+        scopes_text = _text(get_path(props, "scopes")) if props else ""
+        if groups and f"{groups[0].symbol}.id" not in groups_text:
+            problems.append("alerts.bicep: the alert rules do not notify the action group")
+        insights = [r for r in f.resources if r.type.lower() == "microsoft.insights/components"]
+        if not insights or f"{insights[0].symbol}.id" not in scopes_text:
+            problems.append("alerts.bicep: the rules are not scoped to Application Insights")
+        if string_value(get_path(rules[0].body, "kind")) != "LogAlert":
+            problems.append("alerts.bicep: the rules must be kind LogAlert")
+    declared = alert_rules(infra)
+    for name, (metric, text) in needs.items():
+        rule = declared.get(name)
+        if rule is None:
+            problems.append(f"alerts.bicep: no alert rule {name}")
+            continue
+        query = rule.get("query", "")
+        if not query.lstrip().startswith("customMetrics"):
+            problems.append(f"alert {name}: the query does not read customMetrics")
+        if metric not in _QUERY_METRIC_RE.findall(query):
+            problems.append(f"alert {name}: the query does not read {metric}")
+        if text not in query:
+            problems.append(f"alert {name}: the query lacks {text}")
+        for key in ("measure", "dimension"):
+            if rule.get(key) and not re.search(rf"\b{re.escape(rule[key])}\b", query):
+                problems.append(f"alert {name}: {key} {rule[key]} is not a column of the query")
+    called = [
+        body
+        for _, (rel, body) in infra.main.modules.items()
+        if rel == "modules/alerts.bicep"
+    ]
+    if not called:
+        problems.append("main.bicep does not call modules/alerts.bicep")
+    elif "monitoring.outputs.APPLICATION_INSIGHTS_NAME" not in _text(
+        get_path(called[0], "params", "applicationInsightsName") or called[0]
+    ):
+        problems.append("main.bicep: the alerts module does not query the app's App Insights")
+    return problems

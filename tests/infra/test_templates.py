@@ -12,6 +12,8 @@ from tests.infra import bicep
 from tests.infra.bicep import Infra, get_path, string_value
 from tests.infra.conftest import INFRA_DIR
 
+REPO = INFRA_DIR.parent
+
 ALLOW_LIST = Path(__file__).with_name("allowed_api_versions.txt")
 
 
@@ -239,3 +241,46 @@ def test_parameters_file_names_declared_params(infra: Infra) -> None:
         if not any(c.type == "=" for c in node.children)
     }
     assert required - set(values) == set()
+
+
+def test_alert_rules_and_action_group_are_wired(infra: Infra) -> None:
+    assert bicep.check_alerts(infra) == []
+
+
+def test_alert_metrics_are_emitted_by_the_app_and_documented() -> None:
+    """Every metric an alert reads is a name the code emits and docs/operations.md
+    explains."""
+    sources = "".join(
+        p.read_text(encoding="utf-8")
+        for folder in ("shared", "functions")
+        for p in (REPO / folder).rglob("*.py")
+    )
+    docs = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    for name, (metric, _) in bicep.ALERT_NEEDS.items():
+        short = metric.removeprefix("certroll.")
+        assert metric in sources or short in sources, (name, metric)
+        assert metric in docs, (name, metric)
+        assert name in docs, name
+
+
+@pytest.mark.parametrize(
+    ("mutation", "replacement", "expected"),
+    [
+        ("actionGroup.id\n      ]", "'none'\n      ]", "do not notify the action group"),
+        ('name == "certroll.throttled"', 'name == "certroll.throttles"',
+         "does not read certroll.throttled"),
+        ("@secure()\n", "", "must be @secure()"),
+        ("appInsights.id\n    ]", "'x'\n    ]", "not scoped to Application Insights"),
+        ("name: 'poison-messages'", "name: 'poison'", "no alert rule poison-messages"),
+        ("measure: 'days_left'", "measure: 'days'", "measure days is not a column"),
+    ],
+)
+def test_alert_checks_catch_mistakes(
+    infra_texts: dict[str, str], mutation: str, replacement: str, expected: str
+) -> None:
+    texts = dict(infra_texts)
+    original = texts["modules/alerts.bicep"]
+    assert mutation in original
+    texts["modules/alerts.bicep"] = original.replace(mutation, replacement, 1)
+    problems = bicep.check_alerts(Infra.from_texts(texts))
+    assert any(expected in p for p in problems), problems

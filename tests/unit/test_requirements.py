@@ -33,7 +33,12 @@ def _shipped_imports() -> set[str]:
 
 
 #: Distributions whose import name is not their name with "-" read as ".".
-IMPORT_NAMES = {"python-pkcs11": "pkcs11", "pyjwt": "jwt"}
+IMPORT_NAMES = {
+    "python-pkcs11": "pkcs11",
+    "pyjwt": "jwt",
+    "opentelemetry-api": "opentelemetry",
+    "opentelemetry-sdk": "opentelemetry.sdk",
+}
 
 
 def test_every_runtime_requirement_is_imported_by_shipped_code() -> None:

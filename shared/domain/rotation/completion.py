@@ -140,5 +140,5 @@ class Completion:
             error=message,
             state=rec.state.value,
         )
-        ctx.metric("certroll.rotation_failed", code=code)
+        ctx.metric("certroll.rotation_failed", code=code, reason=rec.reason or "")
         return ctx.uow.save(rec, transitions.failed(code, message))

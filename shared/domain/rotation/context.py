@@ -52,7 +52,9 @@ from shared.ports import (
     IssuedLike,
     IssuerLike,
     Metrics,
+    NullTracer,
     RotationStateStore,
+    Tracer,
     WorkQueue,
 )
 
@@ -76,6 +78,8 @@ class RotationDeps:
     clock: Clock
     policy: RotationPolicy = field(default_factory=RotationPolicy)
     metrics: Metrics = field(default_factory=NullMetrics)
+    #: spans for a rotation's trace (keyed by its request id) and its service calls
+    tracer: Tracer = field(default_factory=NullTracer)
     #: the issuing CA certificate and its chain, for the sweep's expiry warning
     ca_certificates: Sequence[x509.Certificate] = ()
     actor: str = SYSTEM_ACTOR
@@ -99,7 +103,7 @@ class RotationContext:
         self._issued_lock = threading.Lock()
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self.retrier.call(fn, *args, **kwargs)
+        return self.retrier.call(self.deps.tracer.wrap(fn), *args, **kwargs)
 
     def now(self) -> datetime:
         return self.deps.clock.now()

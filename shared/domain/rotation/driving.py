@@ -12,10 +12,11 @@ from shared.domain.messages import CsrAnswer, ReportedX509, parse_reported_x509
 from shared.domain.model import AuthType, RotationRecord, RotationState
 from shared.domain.rotation import transitions
 from shared.domain.rotation.completion import Completion
-from shared.domain.rotation.context import RotationContext
+from shared.domain.rotation.context import RotationContext, RotationDeps
 from shared.domain.rotation.slots import lower
 from shared.domain.rotation.states import RESUMABLE_ON_CSR
 from shared.domain.rotation.steps import ForwardSteps, request_csr
+from shared.ports import in_rotation_trace
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ class Driver:
         self.steps = steps
         self.completion = completion
 
+    @property
+    def deps(self) -> RotationDeps:
+        return self.ctx.deps
+
+    @in_rotation_trace
     def run_until_waiting(
         self,
         rec: RotationRecord,

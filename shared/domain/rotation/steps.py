@@ -17,7 +17,7 @@ from shared.domain.rotation.completion import Completion
 from shared.domain.rotation.context import RotationContext, iso
 from shared.domain.rotation.slots import hub_accept, place_in_enrollment
 from shared.domain.rotation.states import REPROVISION_METHOD, device_reason, trigger_of
-from shared.ports import IssuedLike
+from shared.ports import IssuedLike, in_rotation_trace
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def renewal_request(ctx: RotationContext, rec: RotationRecord) -> dict[str, Any]
     }
 
 
+@in_rotation_trace
 def request_csr(ctx: RotationContext, rec: RotationRecord) -> None:
     patch = {"x509": {"renewal": renewal_request(ctx, rec), "issued": None}}
     ctx.call(ctx.deps.registry.patch_desired, rec.device_id, patch)
