@@ -45,6 +45,7 @@ SETTING_DEFAULTS: dict[str, str] = {
     # Fleet services
     "CERTROLL_DPS_ENDPOINT": "",  # https://<dps>.azure-devices-provisioning.net
     "CERTROLL_IOTHUB_HOST": "",  # <hub>.azure-devices.net
+    "CERTROLL_IOTHUB_SKU": "S1",  # F1, S1, S2, S3, B1..B3: how many hub jobs may run at once
     "CERTROLL_EVENTGRID_TOPIC_ENDPOINT": "",
     # Triggers
     "CERTROLL_SWEEP_SCHEDULE": "0 0 3 * * *",

@@ -38,6 +38,23 @@ def device_jitter_unit(device_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / float(2**64 - 1) * 2.0 - 1.0
 
 
+#: concurrent hub jobs per IoT Hub SKU ("IoT Hub quotas and throttling", other limits:
+#: "Maximum concurrent jobs is 1 (for Free and S1), 5 (for S2), and 10 (for S3)"; jobs are
+#: not offered on the basic tiers)
+CONCURRENT_JOBS_BY_SKU: dict[str, int] = {
+    "F1": 1, "S1": 1, "S2": 5, "S3": 10, "B1": 0, "B2": 0, "B3": 0,
+}  # fmt: skip
+
+
+def concurrent_jobs_of_tier(sku: str) -> int:
+    """The hub's concurrent-job limit for its SKU name (``S1``...); ValueError if unknown."""
+    try:
+        return CONCURRENT_JOBS_BY_SKU[sku.strip().upper()]
+    except KeyError:
+        known = ", ".join(CONCURRENT_JOBS_BY_SKU)
+        raise ValueError(f"IoT Hub SKU {sku!r} is not one of {known}") from None
+
+
 @dataclass(frozen=True)
 class RotationPolicy:
     """Timing and limits of rotations. Build from app settings with :meth:`from_settings`."""
@@ -60,6 +77,9 @@ class RotationPolicy:
     offline_backoff_cap: timedelta = timedelta(hours=12)
     #: at least this many devices due for ``reprovision`` at once go through a hub job
     bulk_threshold: int = 50
+    #: jobs the hub runs at once (IoT Hub quotas: 1 on Free and S1, 5 on S2, 10 on S3;
+    #: none on the basic tiers): certroll never schedules beyond it
+    max_concurrent_jobs: int = 1
     key_algorithm: str = "ec-p256"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -75,6 +95,8 @@ class RotationPolicy:
             raise ValueError("validity and rotation deadline must be positive")
         if self.bulk_threshold < 1:
             raise ValueError("bulk threshold must be at least 1")
+        if self.max_concurrent_jobs < 0:
+            raise ValueError("max concurrent jobs must not be negative")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RotationPolicy:
@@ -84,6 +106,7 @@ class RotationPolicy:
             validity=timedelta(days=settings.int("CERTROLL_CERT_VALIDITY_DAYS")),
             rotation_deadline=timedelta(hours=settings.float("CERTROLL_ROTATION_DEADLINE_HOURS")),
             ca_warning=timedelta(days=settings.int("CERTROLL_CA_WARNING_DAYS")),
+            max_concurrent_jobs=concurrent_jobs_of_tier(settings.get("CERTROLL_IOTHUB_SKU")),
         )
 
     # ------------------------------------------------------------------ timing

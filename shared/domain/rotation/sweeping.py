@@ -14,6 +14,7 @@ from shared.domain.errors import (
     ConcurrencyError,
     DeviceDisallowedError,
     InvalidRequestError,
+    JobQuotaExceededError,
     NotFoundError,
     ThrottledError,
 )
@@ -92,15 +93,28 @@ class FleetWork:
 
     def reprovision_job(self, waiting: Sequence[RotationRecord]) -> JobStatus | None:
         """One hub job calling ``reprovision`` on every device of ``waiting`` (records in
-        ``delivered``); the records move to ``reprovision_sent``. None when none waits."""
+        ``delivered``); the records move to ``reprovision_sent``. None when none waits.
+
+        Never more jobs than the hub's tier runs at once (``policy.max_concurrent_jobs``):
+        when the hub already runs that many, or refuses one more (429004, another worker
+        won the last place), each device gets its own ``reprovision`` direct method
+        instead, so no rotation waits for someone else's job."""
         if not waiting:
             return None
         ctx = self.ctx
+        if not self._job_slot_free():
+            self._reprovision_each(waiting, "the hub runs as many jobs as its tier allows")
+            return None
         job_id = f"certroll-reprovision-{uuid.uuid4().hex}"
         condition = "deviceId IN [" + ",".join(_quote(r.device_id) for r in waiting) + "]"
-        job = ctx.call(
-            ctx.deps.registry.schedule_method_job, job_id, condition, REPROVISION_METHOD, {}
-        )
+        try:
+            # not retried: waiting out Retry-After does not end someone else's job
+            job = ctx.deps.tracer.wrap(ctx.deps.registry.schedule_method_job)(
+                job_id, condition, REPROVISION_METHOD, {}
+            )
+        except JobQuotaExceededError:
+            self._reprovision_each(waiting, "the hub refused one more job (429004)")
+            return None
         deadline = ctx.now() + max(ctx.policy.confirm_timeout, timedelta(hours=1))
         for rec in waiting:
             try:
@@ -109,6 +123,27 @@ class FleetWork:
                 logger.info("device %s changed while the job was scheduled", rec.device_id)
         ctx.audit("reprovision_job", "ok", waiting[0].device_id, jobId=job_id, devices=len(waiting))
         return job
+
+    def _job_slot_free(self) -> bool:
+        limit = self.ctx.policy.max_concurrent_jobs
+        if limit <= 0:
+            return False
+        try:
+            active = self.ctx.call(self.ctx.deps.registry.active_jobs)
+        except NotImplementedError:  # a registry that cannot list jobs: let the hub decide
+            return True
+        return len(active) < limit
+
+    def _reprovision_each(self, waiting: Sequence[RotationRecord], why: str) -> None:
+        ctx = self.ctx
+        ctx.metric("certroll.reprovision_job_fallback")
+        logger.info("reprovision by direct method for %d devices: %s", len(waiting), why)
+        for rec in waiting:
+            try:
+                self.driver.run_until_waiting(rec, force=True)
+            except (ThrottledError, NotFoundError, DeviceDisallowedError, ConcurrencyError) as exc:
+                # the record stays in delivered; the sweep resumes it after its deadline
+                logger.warning("device %s: reprovision left to the sweep: %s", rec.device_id, exc)
 
     # ------------------------------------------------------------------ sweep
 

@@ -320,6 +320,13 @@ class FakeRegistry(DeviceRegistry):
         self._jobs[job_id] = _Job(status, targets, method_name, copy.deepcopy(payload), start_time)
         return copy.deepcopy(status)
 
+    def active_jobs(self) -> list[JobStatus]:
+        return [
+            copy.deepcopy(job.status)
+            for job in self._jobs.values()
+            if job.status.status in ("queued", "scheduled", "running")
+        ]
+
     def run_due_jobs(self, now: datetime | None = None) -> int:
         """Run every scheduled job whose start time has come (``now`` None: all of them);
         returns the device calls made (offline or unknown devices count as failed)."""

@@ -16,7 +16,12 @@ from shared.domain.commands import (
     Sweep,
     TwinReported,
 )
-from shared.domain.errors import DeviceDisallowedError, InvalidRequestError, NotFoundError
+from shared.domain.errors import (
+    DeviceDisallowedError,
+    InvalidRequestError,
+    JobQuotaExceededError,
+    NotFoundError,
+)
 from shared.domain.messages import parse_rotate_message
 from shared.domain.model import (
     AuthType,
@@ -344,6 +349,93 @@ def test_bulk_reprovision_uses_one_job(world: World) -> None:
         rec = world.state.get(dev.device_id)
         assert rec is not None
         assert rec.state is RotationState.REPROVISION_SENT
+
+
+def _bulk_batch(world: World, n: int) -> tuple[RotationService, list[Device]]:
+    devs = [world.add_device(f"dev-{i}") for i in range(n)]
+    svc = world.service()
+    for dev in devs:
+        adopt(svc, dev)
+        svc.start_renewal(StartRenewal(dev.device_id, Trigger.MANUAL, "op"))
+        answer = dev.answer()
+        assert answer is not None
+        world.registry.online.discard(dev.device_id)
+        svc.on_twin_reported(TwinReported.parse(dev.device_id, answer))
+        world.registry.online.add(dev.device_id)
+    return svc, devs
+
+
+def _rotate(svc: RotationService, devs: list[Device]) -> Any:
+    return svc.process_batch(
+        parse_rotate_message(
+            {"kind": "rotate", "deviceIds": [d.device_id for d in devs], "reason": "expiring"}
+        )
+    )
+
+
+def test_bulk_reprovision_never_exceeds_the_tiers_concurrent_jobs(world: World) -> None:
+    """S1 runs one job at a time: with one already running, each device gets its own
+    reprovision method instead of a second job."""
+    world.policy = type(world.policy)(bulk_threshold=2, max_concurrent_jobs=1)
+    svc, devs = _bulk_batch(world, 3)
+    world.registry.schedule_method_job("someone-elses", "deviceId IN ['x']", "ping", {})
+    result = _rotate(svc, devs)
+    assert result.reprovision_job is None
+    assert list(world.registry.jobs) == ["someone-elses"]
+    assert sorted(d for d, m, _ in world.registry.methods if m == "reprovision") == [
+        "dev-0",
+        "dev-1",
+        "dev-2",
+    ]
+    for dev in devs:
+        rec = world.state.get(dev.device_id)
+        assert rec is not None
+        assert rec.state is RotationState.REPROVISION_SENT
+
+
+def test_a_hub_refusing_one_more_job_falls_back_to_direct_methods(world: World) -> None:
+    """Another worker took the last job place between the count and the schedule: the
+    hub's 429004 is not waited out, the devices are reached one by one."""
+    world.policy = type(world.policy)(bulk_threshold=2, max_concurrent_jobs=5)
+    svc, devs = _bulk_batch(world, 2)
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise JobQuotaExceededError("429004 ThrottlingMaxActiveJobCountExceeded", 10)
+
+    world.registry.schedule_method_job = refuse  # type: ignore[method-assign]
+    result = _rotate(svc, devs)
+    assert result.reprovision_job is None
+    assert sorted(d for d, m, _ in world.registry.methods if m == "reprovision") == [
+        "dev-0",
+        "dev-1",
+    ]
+
+
+def test_a_basic_tier_hub_gets_no_job(world: World) -> None:
+    world.policy = type(world.policy)(bulk_threshold=2, max_concurrent_jobs=0)
+    svc, devs = _bulk_batch(world, 2)
+    result = _rotate(svc, devs)
+    assert result.reprovision_job is None
+    assert world.registry.jobs == {}
+    assert len([m for _, m, _ in world.registry.methods if m == "reprovision"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("sku", "jobs"), [("F1", 1), ("S1", 1), ("s2", 5), ("S3", 10), ("B1", 0)]
+)
+def test_the_tier_sets_the_concurrent_jobs(sku: str, jobs: int) -> None:
+    from shared.domain.policy import RotationPolicy
+    from shared.settings import Settings
+
+    settings = Settings.from_env({"CERTROLL_IOTHUB_SKU": sku})
+    assert RotationPolicy.from_settings(settings).max_concurrent_jobs == jobs
+
+
+def test_an_unknown_tier_is_refused() -> None:
+    from shared.domain.policy import concurrent_jobs_of_tier
+
+    with pytest.raises(ValueError, match="X9"):
+        concurrent_jobs_of_tier("X9")
 
 
 def test_disallowed_device_refuses_renewal(world: World) -> None:
