@@ -3,6 +3,7 @@ until Ctrl-C."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -46,6 +47,7 @@ def run_serve(
         key_backend=options.key_backend,
         run_id=options.run_id,
     )
+    restore = _stop_on_signals(stop, out)
     try:
         try:
             # start on the asked port before anything else: entering ``with stack``
@@ -61,6 +63,33 @@ def run_serve(
             stack.close()
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         print("stopped", file=out, flush=True)
+    finally:
+        restore()
+
+
+def _stop_on_signals(stop: threading.Event, out: Any) -> Any:
+    """The first SIGINT or SIGTERM sets ``stop``, so the loop ends between two pumps
+    rather than wherever the interrupt lands (a pump's worker threads, a storage call);
+    a second one interrupts at once. Returns the function that puts the old handlers
+    back. Outside the main thread (tests driving ``run_serve``) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("stopping", file=out, flush=True)
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handle)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def _serve_fleet(stack: Any, devices: int) -> Any:
