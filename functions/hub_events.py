@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import typing
 
 import azure.functions as func
 
@@ -26,6 +27,16 @@ RETRY_STRATEGY = "exponential_backoff"
 RETRY_MAX_COUNT = "8"
 RETRY_MIN_INTERVAL = "00:00:05"
 RETRY_MAX_INTERVAL = "00:05:00"
+
+#: The consumer group infra creates for certroll on both hubs (never ``$Default``, which
+#: other readers of the hub's events may share).
+CONSUMER_GROUP = "%CERTROLL_EVENTHUB_CONSUMER_GROUP%"
+
+#: The annotation of a ``cardinality="many"`` parameter. The Python worker refuses at load
+#: an annotation that is neither a ``type`` nor a ``typing`` generic its bundled
+#: ``typing_inspect`` recognises; a PEP 585 ``list[...]`` is neither on Python 3.11, and one
+#: refused function stops the whole app from indexing (tests/functions/test_worker_load.py).
+EventBatch = typing.List[func.EventHubEvent]  # noqa: UP006
 
 
 def _as_list(events: func.EventHubEvent | list[func.EventHubEvent]) -> list[func.EventHubEvent]:
@@ -133,9 +144,9 @@ def handle_connection_logs(events: list[func.EventHubEvent], service: RotationSe
     event_hub_name="%CERTROLL_TWIN_EVENTHUB%",
     connection="CERTROLL_EVENTHUB",
     cardinality="many",
-    consumer_group="$Default",
+    consumer_group=CONSUMER_GROUP,
 )
-def twin_changes(events: list[func.EventHubEvent]) -> None:
+def twin_changes(events: EventBatch) -> None:
     handle_twin_changes(_as_list(events), rotation())
 
 
@@ -150,7 +161,7 @@ def twin_changes(events: list[func.EventHubEvent]) -> None:
     event_hub_name="%CERTROLL_CONNECTIONS_EVENTHUB%",
     connection="CERTROLL_EVENTHUB",
     cardinality="many",
-    consumer_group="$Default",
+    consumer_group=CONSUMER_GROUP,
 )
-def connection_failures(events: list[func.EventHubEvent]) -> None:
+def connection_failures(events: EventBatch) -> None:
     handle_connection_logs(_as_list(events), rotation())

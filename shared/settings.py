@@ -50,6 +50,8 @@ SETTING_DEFAULTS: dict[str, str] = {
     "CERTROLL_SWEEP_SCHEDULE": "0 0 3 * * *",
     "CERTROLL_TWIN_EVENTHUB": "twin-changes",
     "CERTROLL_CONNECTIONS_EVENTHUB": "connection-logs",
+    # the consumer group infra creates on both hubs (infra/modules/eventhubs.bicep)
+    "CERTROLL_EVENTHUB_CONSUMER_GROUP": "certroll",
     # Policy
     "CERTROLL_CERT_VALIDITY_DAYS": "30",
     "CERTROLL_RENEWAL_FRACTION": "0.6667",
