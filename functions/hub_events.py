@@ -16,6 +16,7 @@ from functions.parsing.hub_events import (
 )
 from shared.domain.errors import InvalidRequestError
 from shared.domain.rotation import RotationService
+from shared.domain.rotation.reconcile import UnknownDevices
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,13 @@ def handle_twin_changes(events: list[func.EventHubEvent], service: RotationServi
 
 
 def handle_connection_logs(events: list[func.EventHubEvent], service: RotationService) -> int:
-    """Call ``on_connection_failure`` for every 401003/403012 record; returns how many."""
+    """Call ``on_connection_failure`` for every 401003/403012 record; returns how many.
+
+    Refusals for device ids certroll has never seen are written as one audit entry for
+    the whole batch (a flood of records for invented ids writes one row, not thousands).
+    """
     handled = 0
+    unknown = UnknownDevices()
     for index, event in enumerate(events):
         try:
             batch = parse_connection_log(event.get_body(), event.enqueued_time)
@@ -105,7 +111,7 @@ def handle_connection_logs(events: list[func.EventHubEvent], service: RotationSe
             logger.warning("connection_failures: event %d: skipped %s", index, problem)
         for failure in batch.failures:
             try:
-                service.on_connection_failure(failure)
+                service.on_connection_failure(failure, unknown)
             except PERMANENT_ERRORS as exc:
                 logger.warning(
                     "connection_failures: device %s (%d) skipped: %s",
@@ -129,6 +135,8 @@ def handle_connection_logs(events: list[func.EventHubEvent], service: RotationSe
                 )
                 continue
             handled += 1
+    if unknown.count:
+        service.on_unknown_devices(unknown)
     logger.info("connection_failures: %d failed connects handled", handled)
     return handled
 

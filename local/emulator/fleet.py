@@ -382,7 +382,14 @@ class FleetEmulator:
         reason: str,
         expected: tuple[str | None, str | None] | None = None,
     ) -> None:
-        """Record a Connections-log failure and raise HubConnectError (lock held)."""
+        """Record a Connections-log failure and raise HubConnectError (lock held).
+
+        The record holds only what Microsoft documents for the Connections category
+        (``articles/iot-hub/monitor-iot-hub-reference.md``; ``resultType`` and
+        ``resultDescription`` on errors, ``iot-hub-troubleshoot-connectivity.md``): no
+        field names the presented certificate. Why it was refused stays in the
+        HubConnectError the device gets (as the hub tells the device, not the log).
+        """
         core = self._core
         sha256 = sha256_thumbprint(leaf)
         description = "IoTHubUnauthorized" if code == HUB_UNAUTHORIZED else "DeviceDisabled"
@@ -394,12 +401,10 @@ class FleetEmulator:
             )
         properties = {
             "deviceId": device_id,
+            "sdkVersion": "certroll-emulator",
             "protocol": "Mqtt",
             "authType": _X509_AUTH_TYPE,
             "maskedIpAddress": "127.0.0.XXX",
-            "statusCode": str(code // 1000),
-            "certificateThumbprint": sha256.upper(),
-            "errorMessage": detail,
         }
         record = {
             "records": [
@@ -411,7 +416,6 @@ class FleetEmulator:
                     "level": "Error",
                     "resultType": str(code),
                     "resultDescription": description,
-                    "durationMs": "0",
                     "properties": json.dumps(properties, separators=(",", ":")),
                     "location": "local",
                 }

@@ -39,6 +39,7 @@ from shared.domain.commands import DeviceConnected
 from shared.domain.errors import ThrottledError
 from shared.domain.model import ConnectionFailure, RotationRecord, RotationState
 from shared.domain.rotation import RotationService
+from shared.domain.rotation.reconcile import UnknownDevices
 from shared.pki.local_ca import init_pki
 from shared.settings import Settings
 from tests.support.softhsm import SOFTHSM, softhsm_conf
@@ -114,9 +115,12 @@ class Stack:
         else:
             batch = parse_connection_log(json.dumps(event))
             assert not batch.problems, batch.problems
+            unknown = UnknownDevices()
             for failure in batch.failures:
                 self.failures_seen.append(failure)
-                service.on_connection_failure(failure)
+                service.on_connection_failure(failure, unknown)
+            if unknown.count:
+                service.on_unknown_devices(unknown)
 
     def pump(self) -> int:
         """Route every queued emulator event to the service as the functions do; an event

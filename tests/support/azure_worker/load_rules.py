@@ -226,7 +226,9 @@ def check_return_type(
         if typing_inspect.is_generic_type(anno) and typing_inspect.get_origin(
             anno
         ).__name__ == "Out":
-            raise FunctionLoadError(func_name, "return annotation should not be azure.functions.Out")
+            raise FunctionLoadError(
+                func_name, "return annotation should not be azure.functions.Out"
+            )
         if not isinstance(anno, type):
             raise FunctionLoadError(func_name, f"has invalid non-type return annotation {anno!r}")
         assert binding_name is not None
