@@ -18,6 +18,12 @@ from shared.domain.commands import ConnectionFailure, TwinReported
 from shared.domain.errors import InvalidRequestError
 from shared.domain.messages import check_device_id
 
+#: TwinChangeEvents ``opType`` values (iot-hub-non-telemetry-event-schema.md): an update
+#: body holds ``version`` and the changed sections; a replace body holds the whole twin
+#: (``properties.reported`` included), read the same way -- the reported ``x509`` section
+#: as it now is.
+TWIN_OPERATIONS = frozenset({"updateTwin", "replaceTwin"})
+
 #: Connections-log result types certroll acts on (resultType of a deviceConnect record).
 UNAUTHORIZED = 401003  # IoTHubUnauthorized
 DEVICE_DISABLED = 403012  # DeviceDisabled
@@ -43,7 +49,11 @@ def parse_twin_change(
 
     ``body`` is ``{"version": n, "properties": {"reported": {...}}}``. The device id is
     the ``iothub-connection-device-id`` system property (``iothub_metadata``, with or
-    without the ``iothub-`` prefix) or the ``deviceId`` application property. A body
+    without the ``iothub-`` prefix) or the ``deviceId`` application property. Returns None
+    for a module twin's change (``iothub-connection-module-id`` or a ``moduleId``
+    application property: a module must not speak for its device) and for an ``opType``
+    other than ``updateTwin`` / ``replaceTwin``. A ``replaceTwin`` body is the whole twin;
+    its ``properties.reported.x509`` is read like an update's. A body
     that is a whole routed message (``{"body", "properties", "systemProperties"}``, as
     the local emulator writes it) is unwrapped first. Returns None when the change does
     not carry a reported ``x509`` section; a section that is not a well-formed
@@ -59,6 +69,14 @@ def parse_twin_change(
         if isinstance(doc.get("properties"), dict):
             app.update(doc["properties"])
         doc = doc["body"]
+    module_id = system.get("connection-module-id") or app.get("moduleId")
+    if module_id:
+        # a module twin (a workload on the device, less trusted than the device itself)
+        # carries the parent's device id: it must not speak for the device
+        return None
+    op_type = app.get("opType")
+    if op_type is not None and op_type not in TWIN_OPERATIONS:
+        return None
     device_id = system.get("connection-device-id") or app.get("deviceId")
     if device_id is None:
         raise InvalidRequestError(
