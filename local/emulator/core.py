@@ -141,6 +141,21 @@ def iso(t: datetime) -> str:
 
 
 _KEY_FORBIDDEN = set(".$ ")
+#: IoT Hub twin limits (iot-hub-devguide-device-twins.md): each string value at most
+#: 4 KB; tags, desired and reported properties at most 32 KB each
+TWIN_STRING_MAX_BYTES = 4 * 1024
+TWIN_SECTION_MAX_BYTES = 32 * 1024
+
+
+def check_section_size(section: dict[str, Any], what: str) -> None:
+    """A twin section (after a patch is merged) within 32 KB; read-only ``$`` members
+    (``$version``, ``$metadata``) do not count."""
+    counted = {k: v for k, v in section.items() if not k.startswith("$")}
+    size = len(json.dumps(counted, separators=(",", ":")).encode("utf-8"))
+    if size > TWIN_SECTION_MAX_BYTES:
+        raise InvalidRequestError(
+            "patch_invalid", f"{what} would make the section {size} bytes; at most 32 KB"
+        )
 
 
 def validate_patch(patch: Any, what: str) -> dict[str, Any]:
@@ -163,6 +178,10 @@ def validate_patch(patch: Any, what: str) -> dict[str, Any]:
         elif isinstance(value, list):
             for v in value:
                 check(v, depth + 1)
+        elif isinstance(value, str) and len(value.encode("utf-8")) > TWIN_STRING_MAX_BYTES:
+            raise InvalidRequestError(
+                "patch_invalid", f"{what}: a string value exceeds 4 KB ({len(value)} characters)"
+            )
         elif value is not None and not isinstance(value, str | int | float | bool):
             raise InvalidRequestError(
                 "patch_invalid", f"{what}: {type(value).__name__} is not a JSON value"
@@ -408,7 +427,9 @@ class Core:
         with self.txn() as post:
             d = self._live(s)
             self.limiter.take(limits.HUB_TWIN_UPDATES)
-            d.set_reported(merge_patch(d.reported or {}, patch))
+            merged = merge_patch(d.reported or {}, patch)
+            check_section_size(merged, "reported patch")
+            d.set_reported(merged)
             d.reported_version += 1
             d.version += 1
             self.twin_change(post, d, "reported", json_copy(patch))
