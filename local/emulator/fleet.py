@@ -104,8 +104,11 @@ class FleetEmulator:
         enforce_limits: bool = True,
         is_revoked: Callable[[x509.Certificate], bool] | None = None,
         coalesce_twin_changes: bool = False,
+        connection_events: str = "immediate",
         limits_override: dict[str, float] | None = None,
     ) -> None:
+        if connection_events not in ("immediate", "snapshot"):
+            raise ValueError("connection_events must be 'immediate' or 'snapshot'")
         self.clock: Clock = clock or SystemClock()
         self.events = EventBus()
         self.tier = tier.upper()
@@ -121,6 +124,7 @@ class FleetEmulator:
             id_scope=id_scope,
             is_revoked=is_revoked,
             coalesce=coalesce_twin_changes,
+            connection_events=connection_events,
         )
         self.dps = EmulatedDps(self._core)
         self.hub = EmulatedHub(self._core)
