@@ -54,6 +54,7 @@ class StackOptions:
     enforce_limits: bool = False
     validity_days: int = 30
     storage: str = "azurite"  # or "memory" (the in-memory adapters behind the same ports)
+    connection_events: str = "immediate"  # or "snapshot": DeviceConnected as IoT Hub sends it
 
 
 @dataclass
@@ -265,7 +266,9 @@ def stack(
     init_pki(home, env["CERTROLL_KEY_BACKEND"], False, blob_url, settings=settings, now=START)
 
     clock = ManualClock(START)
-    emulator = FleetEmulator(clock, enforce_limits=opts.enforce_limits)
+    emulator = FleetEmulator(
+        clock, enforce_limits=opts.enforce_limits, connection_events=opts.connection_events
+    )
     fleet = fleet_ports(
         emulator, "http" if opts.fleet == "rest" else "inproc", clock, retry_total=0
     )
