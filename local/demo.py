@@ -62,7 +62,7 @@ from local.stack import (
 )
 from shared.bootstrap import CRL_NAME
 from shared.clock import ManualClock
-from shared.domain.errors import CertrollError, InvalidRequestError
+from shared.domain.errors import CertrollError, InvalidRequestError, ThrottledError
 from shared.domain.model import CertificateStatus, RotationState
 from shared.settings import Settings
 
@@ -512,24 +512,38 @@ def restore_and_reconcile(
     agent = sim.agents[device_id]
     old_thumb = contract.thumbprint(old)
     new_thumb = contract.thumbprint(agent.certificate)
-    enr = services.enrollments.get_individual(device_id)
-    services.enrollments.put_individual(
-        dataclasses.replace(
-            enr,
-            primary=CertificateSlot(
-                thumbprint_sha256=old_thumb, pem=old.public_bytes(Encoding.PEM).decode()
-            ),
-            secondary=None,
+    clock = stack.clock
+    assert isinstance(clock, ManualClock)
+
+    def operator(call: Callable[[], Any]) -> Any:
+        """An operator's call, retried after a 429 as a patient operator would."""
+        for _ in range(100):
+            try:
+                return call()
+            except ThrottledError as exc:
+                clock.advance(max(exc.retry_after or 1.0, 0.001))
+        return call()
+
+    enr = operator(lambda: services.enrollments.get_individual(device_id))
+    operator(
+        lambda: services.enrollments.put_individual(
+            dataclasses.replace(
+                enr,
+                primary=CertificateSlot(
+                    thumbprint_sha256=old_thumb, pem=old.public_bytes(Encoding.PEM).decode()
+                ),
+                secondary=None,
+            )
         )
     )
-    ident = services.registry.get_device(device_id)
-    services.registry.update_device(
-        dataclasses.replace(ident, primary_thumbprint=old_thumb, secondary_thumbprint=None)
+    ident = operator(lambda: services.registry.get_device(device_id))
+    operator(
+        lambda: services.registry.update_device(
+            dataclasses.replace(ident, primary_thumbprint=old_thumb, secondary_thumbprint=None)
+        )
     )
     agent.go_offline()
     agent.go_online()
-    clock = stack.clock
-    assert isinstance(clock, ManualClock)
     for _ in range(options.rounds):
         moved = stack.pump().total + sim.step_all()
         if agent.connected and not moved and not stack.pending():
@@ -543,7 +557,7 @@ def restore_and_reconcile(
         for e in services.audit.list(device_id, 50)
         if e.action == "reconcile" and e.detail.get("result") == "reconciled"
     ]
-    enr = services.enrollments.get_individual(device_id)
+    enr = operator(lambda: services.enrollments.get_individual(device_id))
     held = {s.thumbprint_sha256 for s in (enr.primary, enr.secondary) if s is not None}
     ok = (
         bool(entries)
