@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import typing
 
 import azure.functions as func
 
@@ -15,6 +16,7 @@ from functions.parsing.hub_events import (
 )
 from shared.domain.errors import InvalidRequestError
 from shared.domain.rotation import RotationService
+from shared.domain.rotation.reconcile import UnknownDevices
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,16 @@ RETRY_STRATEGY = "exponential_backoff"
 RETRY_MAX_COUNT = "8"
 RETRY_MIN_INTERVAL = "00:00:05"
 RETRY_MAX_INTERVAL = "00:05:00"
+
+#: The consumer group infra creates for certroll on both hubs (never ``$Default``, which
+#: other readers of the hub's events may share).
+CONSUMER_GROUP = "%CERTROLL_EVENTHUB_CONSUMER_GROUP%"
+
+#: The annotation of a ``cardinality="many"`` parameter. The Python worker refuses at load
+#: an annotation that is neither a ``type`` nor a ``typing`` generic its bundled
+#: ``typing_inspect`` recognises; a PEP 585 ``list[...]`` is neither on Python 3.11, and one
+#: refused function stops the whole app from indexing (tests/functions/test_worker_load.py).
+EventBatch = typing.List[func.EventHubEvent]  # noqa: UP006
 
 
 def _as_list(events: func.EventHubEvent | list[func.EventHubEvent]) -> list[func.EventHubEvent]:
@@ -77,8 +89,13 @@ def handle_twin_changes(events: list[func.EventHubEvent], service: RotationServi
 
 
 def handle_connection_logs(events: list[func.EventHubEvent], service: RotationService) -> int:
-    """Call ``on_connection_failure`` for every 401003/403012 record; returns how many."""
+    """Call ``on_connection_failure`` for every 401003/403012 record; returns how many.
+
+    Refusals for device ids certroll has never seen are written as one audit entry for
+    the whole batch (a flood of records for invented ids writes one row, not thousands).
+    """
     handled = 0
+    unknown = UnknownDevices()
     for index, event in enumerate(events):
         try:
             batch = parse_connection_log(event.get_body(), event.enqueued_time)
@@ -94,7 +111,7 @@ def handle_connection_logs(events: list[func.EventHubEvent], service: RotationSe
             logger.warning("connection_failures: event %d: skipped %s", index, problem)
         for failure in batch.failures:
             try:
-                service.on_connection_failure(failure)
+                service.on_connection_failure(failure, unknown)
             except PERMANENT_ERRORS as exc:
                 logger.warning(
                     "connection_failures: device %s (%d) skipped: %s",
@@ -118,6 +135,8 @@ def handle_connection_logs(events: list[func.EventHubEvent], service: RotationSe
                 )
                 continue
             handled += 1
+    if unknown.count:
+        service.on_unknown_devices(unknown)
     logger.info("connection_failures: %d failed connects handled", handled)
     return handled
 
@@ -133,9 +152,9 @@ def handle_connection_logs(events: list[func.EventHubEvent], service: RotationSe
     event_hub_name="%CERTROLL_TWIN_EVENTHUB%",
     connection="CERTROLL_EVENTHUB",
     cardinality="many",
-    consumer_group="$Default",
+    consumer_group=CONSUMER_GROUP,
 )
-def twin_changes(events: list[func.EventHubEvent]) -> None:
+def twin_changes(events: EventBatch) -> None:
     handle_twin_changes(_as_list(events), rotation())
 
 
@@ -150,7 +169,7 @@ def twin_changes(events: list[func.EventHubEvent]) -> None:
     event_hub_name="%CERTROLL_CONNECTIONS_EVENTHUB%",
     connection="CERTROLL_EVENTHUB",
     cardinality="many",
-    consumer_group="$Default",
+    consumer_group=CONSUMER_GROUP,
 )
-def connection_failures(events: list[func.EventHubEvent]) -> None:
+def connection_failures(events: EventBatch) -> None:
     handle_connection_logs(_as_list(events), rotation())

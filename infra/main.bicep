@@ -346,6 +346,7 @@ module functionApp 'modules/functionapp.bicep' = {
     eventHubNamespaceName: eventHubs.outputs.NAMESPACE_NAME
     twinEventHubName: twinEventHubName
     connectionsEventHubName: connectionsEventHubName
+    eventHubConsumerGroupName: eventHubs.outputs.CONSUMER_GROUP_NAME
     tablePrefix: tablePrefix
     workQueueName: workQueueName
     sweepSchedule: sweepSchedule

@@ -17,7 +17,12 @@ Flow (:func:`run_demo`):
    devices are offline for a while, and one device is disallowed through the HTTP API
    (with a bearer token of the stack's loopback token issuer) while its rotation runs;
    it is then refused by DPS and the hub.
-5. Verify: every other device runs on a new certificate that chains to the root and is
+5. An operator restores one device's enrollment and hub identity from before the
+   rotation (they hold its superseded certificate); the device, on its new certificate,
+   is refused by the hub (401003), the Connections record (documented fields only) reaches
+   ``connection_failures``, the reconcile puts the device's current certificate back and
+   takes the superseded one out, and the device gets back in (``reconciled``).
+6. Verify: every other device runs on a new certificate that chains to the root and is
    valid at real now, with exactly one renewal issuance in the ledger; every certificate
    of the disallowed device is revoked and listed in the published CRL.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -56,7 +62,7 @@ from local.stack import (
 )
 from shared.bootstrap import CRL_NAME
 from shared.clock import ManualClock
-from shared.domain.errors import CertrollError, InvalidRequestError
+from shared.domain.errors import CertrollError, InvalidRequestError, ThrottledError
 from shared.domain.model import CertificateStatus, RotationState
 from shared.settings import Settings
 
@@ -69,6 +75,7 @@ SUMMARY_KEYS = (
     "renewed",
     "failed",
     "disallowed",
+    "reconciled",
     "certificates_issued",
     "duplicate_events",
     "disallowed_reconnect_attempts",
@@ -373,6 +380,9 @@ def _run(
     members = sorted(sim.group_members) or ids
     disallowed_id = rng.choice(members)
     others = [d for d in ids if d != disallowed_id]
+    individuals = [d for d in others if d not in sim.group_members] or others
+    restored_id = rng.choice(individuals)
+    restored_old = sim.agents[restored_id].certificate
     offline = rng.sample(others, round(options.offline_fraction * len(others)))
     say(
         f"{clock.now():%Y-%m-%d %H:%M} UTC: every certificate is due; {len(offline)} of "
@@ -415,9 +425,12 @@ def _run(
         rotation_cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after if k in cpu_before}
     comeback += try_comeback(stack, sim, disallowed_id)
     say(f"rotation finished after {rounds} rounds; clock at {clock.now():%Y-%m-%d %H:%M} UTC")
+    say(f"an operator restores {restored_id}'s enrollment and hub identity from before")
+    reconciled = restore_and_reconcile(stack, sim, restored_id, restored_old, options)
 
     checks, counts = verify(stack, sim, others, disallowed_id, initial_serials, root, real_now)
     checks.append(comeback.check())
+    checks.append(reconciled.check)
     after = [sim.agents[d].certificate.not_valid_after_utc for d in others]
     from shared.observability import record_fleet
 
@@ -427,6 +440,7 @@ def _run(
         "renewed": counts["renewed"],
         "failed": len(others) - counts["renewed"],
         "disallowed": counts["disallowed"],
+        "reconciled": reconciled.count,
         "certificates_issued": counts["certificates_issued"],
         "duplicate_events": stack.totals.duplicates,
         "disallowed_reconnect_attempts": comeback.attempts,
@@ -486,6 +500,98 @@ def try_comeback(stack: LocalStack, sim: FleetSimulator, device_id: str) -> Come
         logger.warning("the hub let the disallowed device %s connect", device_id)
         session.disconnect()
     return Comeback(attempts=2, refused=refused)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """The restored-enrollment device: how many devices the 401 reconcile let back in."""
+
+    count: int
+    check: Check
+
+
+def restore_and_reconcile(
+    stack: LocalStack,
+    sim: FleetSimulator,
+    device_id: str,
+    old: x509.Certificate,
+    options: DemoOptions,
+) -> Reconciled:
+    """Put ``device_id``'s superseded certificate back into its enrollment and hub identity
+    (as restoring an old backup would), reconnect the device, and let the Connections
+    record of its refused connect reconcile it."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from local.device import contract
+    from shared.domain.model import CertificateSlot
+
+    services = stack.services
+    agent = sim.agents[device_id]
+    old_thumb = contract.thumbprint(old)
+    new_thumb = contract.thumbprint(agent.certificate)
+    clock = stack.clock
+    assert isinstance(clock, ManualClock)
+
+    def operator(call: Callable[[], Any]) -> Any:
+        """An operator's call, retried after a 429 as a patient operator would."""
+        for _ in range(100):
+            try:
+                return call()
+            except ThrottledError as exc:
+                clock.advance(max(exc.retry_after or 1.0, 0.001))
+        return call()
+
+    enr = operator(lambda: services.enrollments.get_individual(device_id))
+    operator(
+        lambda: services.enrollments.put_individual(
+            dataclasses.replace(
+                enr,
+                primary=CertificateSlot(
+                    thumbprint_sha256=old_thumb, pem=old.public_bytes(Encoding.PEM).decode()
+                ),
+                secondary=None,
+            )
+        )
+    )
+    ident = operator(lambda: services.registry.get_device(device_id))
+    operator(
+        lambda: services.registry.update_device(
+            dataclasses.replace(ident, primary_thumbprint=old_thumb, secondary_thumbprint=None)
+        )
+    )
+    agent.go_offline()
+    agent.go_online()
+    for _ in range(options.rounds):
+        moved = stack.pump().total + sim.step_all()
+        if agent.connected and not moved and not stack.pending():
+            break
+        if not moved and not stack.pending():
+            due = sim.next_due()
+            step = (due - clock.now()).total_seconds() if due is not None else 60.0
+            clock.advance(max(step, 0.001))
+    entries = [
+        e
+        for e in services.audit.list(device_id, 50)
+        if e.action == "reconcile" and e.detail.get("result") == "reconciled"
+    ]
+    enr = operator(lambda: services.enrollments.get_individual(device_id))
+    held = {s.thumbprint_sha256 for s in (enr.primary, enr.secondary) if s is not None}
+    ok = (
+        bool(entries)
+        and agent.connected
+        and contract.thumbprint(agent.certificate) == new_thumb
+        and held == {new_thumb}
+    )
+    return Reconciled(
+        count=1 if entries and agent.connected else 0,
+        check=Check(
+            "restored enrollment: a 401003 reconcile lets the device back in, "
+            "its superseded certificate stays out",
+            ok,
+            f"{device_id}: {len(entries)} reconcile(s), connected={agent.connected}, "
+            f"enrollment holds the new certificate only: {held == {new_thumb}}",
+        ),
+    )
 
 
 def _rotate(

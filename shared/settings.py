@@ -51,12 +51,15 @@ SETTING_DEFAULTS: dict[str, str] = {
     "CERTROLL_SWEEP_SCHEDULE": "0 0 3 * * *",
     "CERTROLL_TWIN_EVENTHUB": "twin-changes",
     "CERTROLL_CONNECTIONS_EVENTHUB": "connection-logs",
+    # the consumer group infra creates on both hubs (infra/modules/eventhubs.bicep)
+    "CERTROLL_EVENTHUB_CONSUMER_GROUP": "certroll",
     # Policy
     "CERTROLL_CERT_VALIDITY_DAYS": "30",
     "CERTROLL_RENEWAL_FRACTION": "0.6667",
     "CERTROLL_RENEWAL_JITTER": "0.05",
     "CERTROLL_BACKDATE_SECONDS": "300",
-    "CERTROLL_CSR_MAX_BYTES": "8192",
+    # a CSR reaches certroll as one twin string value, and IoT Hub limits those to 4 KB
+    "CERTROLL_CSR_MAX_BYTES": "4096",
     "CERTROLL_ROTATION_DEADLINE_HOURS": "24",
     "CERTROLL_CA_WARNING_DAYS": "90",
     # API

@@ -8,7 +8,6 @@ for certroll), or :class:`InvalidRequestError` with a code and a message.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,26 +18,16 @@ from shared.domain.commands import ConnectionFailure, TwinReported
 from shared.domain.errors import InvalidRequestError
 from shared.domain.messages import check_device_id
 
-_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
-_SHA256_IN_TEXT = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])")
-_PRESENTED_IN_TEXT = re.compile(
-    r"presented[^0-9a-fA-F]{0,40}?(?<![0-9a-fA-F])([0-9a-fA-F]{64})(?![0-9a-fA-F])", re.I
-)
+#: TwinChangeEvents ``opType`` values (iot-hub-non-telemetry-event-schema.md): an update
+#: body holds ``version`` and the changed sections; a replace body holds the whole twin
+#: (``properties.reported`` included), read the same way -- the reported ``x509`` section
+#: as it now is.
+TWIN_OPERATIONS = frozenset({"updateTwin", "replaceTwin"})
 
-#: Connections-log result types certroll acts on.
+#: Connections-log result types certroll acts on (resultType of a deviceConnect record).
 UNAUTHORIZED = 401003  # IoTHubUnauthorized
 DEVICE_DISABLED = 403012  # DeviceDisabled
 FAILURE_CODES = frozenset({UNAUTHORIZED, DEVICE_DISABLED})
-
-#: Keys (in the record's ``properties`` or on the record itself) that may name the
-#: SHA-256 thumbprint of the certificate the device presented, in the order tried.
-THUMBPRINT_KEYS = (
-    "thumbprint",
-    "presentedThumbprint",
-    "certificateThumbprint",
-    "clientCertificateThumbprint",
-    "x509Thumbprint",
-)
 
 
 # --------------------------------------------------------------------------- twin changes
@@ -60,7 +49,11 @@ def parse_twin_change(
 
     ``body`` is ``{"version": n, "properties": {"reported": {...}}}``. The device id is
     the ``iothub-connection-device-id`` system property (``iothub_metadata``, with or
-    without the ``iothub-`` prefix) or the ``deviceId`` application property. A body
+    without the ``iothub-`` prefix) or the ``deviceId`` application property. Returns None
+    for a module twin's change (``iothub-connection-module-id`` or a ``moduleId``
+    application property: a module must not speak for its device) and for an ``opType``
+    other than ``updateTwin`` / ``replaceTwin``. A ``replaceTwin`` body is the whole twin;
+    its ``properties.reported.x509`` is read like an update's. A body
     that is a whole routed message (``{"body", "properties", "systemProperties"}``, as
     the local emulator writes it) is unwrapped first. Returns None when the change does
     not carry a reported ``x509`` section; a section that is not a well-formed
@@ -76,6 +69,14 @@ def parse_twin_change(
         if isinstance(doc.get("properties"), dict):
             app.update(doc["properties"])
         doc = doc["body"]
+    module_id = system.get("connection-module-id") or app.get("moduleId")
+    if module_id:
+        # a module twin (a workload on the device, less trusted than the device itself)
+        # carries the parent's device id: it must not speak for the device
+        return None
+    op_type = app.get("opType")
+    if op_type is not None and op_type not in TWIN_OPERATIONS:
+        return None
     device_id = system.get("connection-device-id") or app.get("deviceId")
     if device_id is None:
         raise InvalidRequestError(
@@ -147,36 +148,19 @@ class ConnectionLogBatch:
     ignored: int
 
 
-def _find_thumbprint(record: Mapping[str, Any], props: Mapping[str, Any]) -> str | None:
-    for source in (props, record):
-        for key in THUMBPRINT_KEYS:
-            value = source.get(key)
-            if isinstance(value, str) and _SHA256_HEX.match(value.strip()):
-                return value.strip().lower()
-    for source in (props, record):
-        for key in ("message", "resultDescription", "errorMessage"):
-            value = source.get(key)
-            if isinstance(value, str):
-                presented = _PRESENTED_IN_TEXT.search(value)
-                if presented:
-                    return presented.group(1).lower()
-                match = _SHA256_IN_TEXT.search(value)
-                if match:
-                    return match.group(0).lower()
-    return None
-
-
 def parse_connection_record(
     record: object, fallback_time: datetime | None = None
 ) -> ConnectionFailure | None:
     """One Connections-log record as a :class:`ConnectionFailure`, or None if not one.
 
-    Only records with category ``Connections``, operation ``deviceConnect`` and result
-    type 401003 or 403012 count. ``properties`` is a JSON string (or an object) with
-    ``deviceId``; the presented certificate's SHA-256 thumbprint is taken from a key in
-    :data:`THUMBPRINT_KEYS` (in ``properties`` or on the record) or, failing that, from
-    a 64-hex-digit run in ``message`` / ``resultDescription`` / ``errorMessage`` (one
-    following the word "presented" first).
+    The record is Azure Monitor's resource-log shape (MicrosoftDocs/azure-docs
+    ``articles/iot-hub/monitor-iot-hub-reference.md``, "Connections category"): ``time``,
+    ``resourceId``, ``operationName``, ``category``, ``level``, ``resultType``,
+    ``resultDescription``, ``properties`` (a JSON string with ``deviceId``, ``sdkVersion``,
+    ``protocol``, ``authType``, ``maskedIpAddress``), ``location``. Only records with
+    category ``Connections``, operation ``deviceConnect`` and result type 401003 or 403012
+    count. Nothing in the record names the certificate the device presented, and nothing
+    else is read.
     """
     if not isinstance(record, dict):
         raise InvalidRequestError("malformed_event", "log record is not a JSON object")
@@ -209,13 +193,12 @@ def parse_connection_record(
         at = parse_time(fallback_time, "enqueued time")
     else:
         at = datetime.now(UTC)
-    message = record.get("resultDescription") or props.get("message") or ""
+    description = record.get("resultDescription")
     return ConnectionFailure(
         device_id=device_id,
         code=code,
         at=at,
-        thumbprint=_find_thumbprint(record, props),
-        message=str(message),
+        message=description[:200] if isinstance(description, str) else "",
     )
 
 
@@ -224,8 +207,10 @@ def parse_connection_log(
 ) -> ConnectionLogBatch:
     """Parse one Azure Monitor resource-log envelope ``{"records": [...]}``.
 
-    A malformed envelope raises; a malformed record is reported in ``problems`` and the
-    other records still count.
+    A malformed envelope raises; a malformed record (wrong types, ``properties`` that is
+    not an object, JSON nested too deeply to decode) is reported in ``problems`` and the
+    other records still count. Failures are returned one per device and code, the
+    latest kept: a device retrying its connect many times in one batch is reconciled once.
     """
     doc = load_json(body, "resource log event")
     if isinstance(doc, dict) and isinstance(doc.get("body"), dict):  # whole routed message
@@ -243,8 +228,16 @@ def parse_connection_log(
         except InvalidRequestError as exc:
             problems.append(f"record {index}: {exc}")
             continue
+        except (RecursionError, TypeError, ValueError) as exc:
+            problems.append(f"record {index}: unreadable ({type(exc).__name__})")
+            continue
         if failure is None:
             ignored += 1
         else:
             failures.append(failure)
-    return ConnectionLogBatch(failures=failures, problems=problems, ignored=ignored)
+    latest: dict[tuple[str, int], ConnectionFailure] = {}
+    for failure in failures:
+        key = (failure.device_id, failure.code)
+        if key not in latest or failure.at >= latest[key].at:
+            latest[key] = failure
+    return ConnectionLogBatch(failures=list(latest.values()), problems=problems, ignored=ignored)

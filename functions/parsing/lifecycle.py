@@ -19,12 +19,18 @@ def parse_lifecycle(
     data: object,
     event_time: datetime | None,
 ) -> DeviceConnected | DeviceCreated | None:
-    """An IoT Hub DeviceConnected / DeviceCreated Event Grid event; None for other types."""
+    """An IoT Hub DeviceConnected / DeviceCreated Event Grid event; None for other types
+    and for a module's event (``data.moduleId`` set, or a ``devices/<id>/modules/<m>``
+    subject; iot-hub-event-grid.md): a module must not speak for its device."""
     if event_type not in (DEVICE_CONNECTED, DEVICE_CREATED):
         return None
     device_id: object = None
     if isinstance(data, dict):
+        if data.get("moduleId"):
+            return None  # a module's connection: not the device's (docs/api.md)
         device_id = data.get("deviceId")
+    if subject and "/modules/" in subject:
+        return None
     if device_id is None and subject and subject.startswith("devices/"):
         device_id = subject.split("/", 2)[1]
     if device_id is None:

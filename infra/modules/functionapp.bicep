@@ -58,6 +58,9 @@ param twinEventHubName string
 @description('Event hub for the Connections resource log.')
 param connectionsEventHubName string
 
+@description('Consumer group the Event Hub triggers read with (created by eventhubs.bicep).')
+param eventHubConsumerGroupName string
+
 @description('Prefix of the Table storage tables.')
 param tablePrefix string
 
@@ -213,6 +216,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'CERTROLL_CONNECTIONS_EVENTHUB'
           value: connectionsEventHubName
+        }
+        {
+          name: 'CERTROLL_EVENTHUB_CONSUMER_GROUP'
+          value: eventHubConsumerGroupName
         }
         // certroll's storage: queue trigger, tables (state, ledger, audit), PKI blobs.
         {

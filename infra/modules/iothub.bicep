@@ -132,7 +132,11 @@ resource hub 'Microsoft.Devices/IotHubs@2023-06-30' = {
         {
           name: 'twin-changes'
           source: 'TwinChangeEvents'
-          condition: 'true'
+          // Device twins only: a module twin's change carries the parent's device id and
+          // the system property iothub-connection-module-id ($connectionModuleId in a
+          // routing query, iot-hub-devguide-routing-query-syntax.md). A module must not
+          // speak for its device; the function ignores such events too.
+          condition: 'NOT is_defined($connectionModuleId)'
           endpointNames: [
             'twin-changes'
           ]

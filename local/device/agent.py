@@ -21,6 +21,7 @@ thousands of agents can be driven from one thread.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -82,6 +83,8 @@ class SessionLike(Protocol):
     def get_twin(self) -> Twin: ...
 
     def disconnect(self) -> None: ...
+
+    def subscribe_c2d(self) -> None: ...
 
 
 class FleetLike(Protocol):
@@ -648,6 +651,10 @@ class DeviceAgent:
             self.timeline.last_connect_failure = _status(exc)
             return _Attempt(False, "connect_failed", f"connect refused: {exc}", status=_status(exc))
         self._session = session
+        # like an SDK client that listens for cloud-to-device messages: IoT Hub reports
+        # DeviceConnected only for a device that did this or sent telemetry
+        with contextlib.suppress(CertrollError):
+            session.subscribe_c2d()
         self._on_connected(chain, now)
         return _Attempt(True)
 

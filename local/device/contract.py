@@ -180,8 +180,13 @@ def parse_issued(value: Any) -> IssuedDelivery:
     if not is_request_id(request_id):
         raise ContractError("request_malformed", f"issued.requestId {request_id!r} is invalid")
     pem = value.get("certificate")
+    if isinstance(pem, list) and pem and all(isinstance(p, str) for p in pem):
+        pem = "".join(p if p.endswith("\n") else p + "\n" for p in pem)
     if not isinstance(pem, str) or "-----BEGIN CERTIFICATE-----" not in pem:
-        raise ContractError("certificate_malformed", "issued.certificate must be a PEM chain")
+        raise ContractError(
+            "certificate_malformed",
+            "issued.certificate must be a list of PEM certificates (leaf first) or a PEM chain",
+        )
     not_after = value.get("notAfter")
     parse_time(not_after)
     return IssuedDelivery(request_id, pem, str(not_after))

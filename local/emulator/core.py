@@ -116,6 +116,7 @@ class DeviceSession:
         self.handler = handler
         self.thumbprint = thumbprint  # SHA-256 of the certificate the device connected with
         self.connected = True
+        self.active = False  # subscribed to C2D or sent telemetry
 
     def report(self, patch: dict[str, Any]) -> int:
         """Merge-patch the reported properties; returns the new reported ``$version``."""
@@ -126,6 +127,17 @@ class DeviceSession:
 
     def disconnect(self) -> None:
         self._core.disconnect(self)
+
+    def subscribe_c2d(self) -> None:
+        """The device subscribes to cloud-to-device messages. IoT Hub reports a
+        connection through Event Grid only once the device has done this or sent
+        telemetry (iot-hub-event-grid.md); the ``snapshot`` mode models that."""
+        self._core.session_active(self)
+
+    def send_telemetry(self, body: Any = None) -> None:
+        """A device-to-cloud message (not routed anywhere by the emulator); it makes the
+        connection reportable like :meth:`subscribe_c2d`."""
+        self._core.session_active(self)
 
     def __repr__(self) -> str:
         return f"DeviceSession({self.device_id!r}, connected={self.connected})"
@@ -141,6 +153,21 @@ def iso(t: datetime) -> str:
 
 
 _KEY_FORBIDDEN = set(".$ ")
+#: IoT Hub twin limits (iot-hub-devguide-device-twins.md): each string value at most
+#: 4 KB; tags, desired and reported properties at most 32 KB each
+TWIN_STRING_MAX_BYTES = 4 * 1024
+TWIN_SECTION_MAX_BYTES = 32 * 1024
+
+
+def check_section_size(section: dict[str, Any], what: str) -> None:
+    """A twin section (after a patch is merged) within 32 KB; read-only ``$`` members
+    (``$version``, ``$metadata``) do not count."""
+    counted = {k: v for k, v in section.items() if not k.startswith("$")}
+    size = len(json.dumps(counted, separators=(",", ":")).encode("utf-8"))
+    if size > TWIN_SECTION_MAX_BYTES:
+        raise InvalidRequestError(
+            "patch_invalid", f"{what} would make the section {size} bytes; at most 32 KB"
+        )
 
 
 def validate_patch(patch: Any, what: str) -> dict[str, Any]:
@@ -163,6 +190,10 @@ def validate_patch(patch: Any, what: str) -> dict[str, Any]:
         elif isinstance(value, list):
             for v in value:
                 check(v, depth + 1)
+        elif isinstance(value, str) and len(value.encode("utf-8")) > TWIN_STRING_MAX_BYTES:
+            raise InvalidRequestError(
+                "patch_invalid", f"{what}: a string value exceeds 4 KB ({len(value)} characters)"
+            )
         elif value is not None and not isinstance(value, str | int | float | bool):
             raise InvalidRequestError(
                 "patch_invalid", f"{what}: {type(value).__name__} is not a JSON value"
@@ -232,6 +263,14 @@ class Core:
     id_scope: str
     is_revoked: Callable[[x509.Certificate], bool] | None = None
     coalesce: bool = False
+    #: "immediate": DeviceConnected/Disconnected at each connect and disconnect.
+    #: "snapshot": as IoT Hub documents them (iot-hub-event-grid.md, "Limitations for
+    #: device connected and device disconnected events"): a connection is reported only
+    #: once the device subscribed to cloud-to-device messages or sent telemetry, and state
+    #: is published as a periodic snapshot (``snapshot_seconds``), so events come late,
+    #: and a connect and disconnect within one period are not reported at all.
+    connection_events: str = "immediate"
+    snapshot_seconds: float = 60.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     # DPS
     individuals: dict[str, EnrollmentRecord] = field(default_factory=dict)
@@ -245,6 +284,11 @@ class Core:
     order: list[DeviceRecord | None] = field(default_factory=list)
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     _local: threading.local = field(default_factory=threading.local)
+    # snapshot mode: devices whose connection state changed since the last snapshot, the
+    # state last published per device, and when the next snapshot is due
+    _snap_dirty: dict[str, DeviceRecord] = field(default_factory=dict)
+    _snap_published: dict[str, bool] = field(default_factory=dict)
+    _snap_next: datetime | None = None
 
     @property
     def hub_name(self) -> str:
@@ -343,6 +387,54 @@ class Core:
         }
 
     def connection_event(self, post: Post, event_type: str, d: DeviceRecord) -> None:
+        if self.connection_events == "snapshot":
+            self._snap_dirty[d.device_id] = d
+            if self._snap_next is None:
+                self._snap_next = self._snapshot_after(self.now())
+            return
+        self._publish_connection(post, event_type, d)
+
+    def _snapshot_after(self, moment: datetime) -> datetime:
+        period = self.snapshot_seconds
+        epoch = moment.timestamp()
+        return datetime.fromtimestamp((epoch // period + 1) * period, UTC)
+
+    def session_active(self, s: DeviceSession) -> None:
+        """The session subscribed to C2D or sent telemetry (snapshot mode reports it)."""
+        with self.txn():
+            d = self._live(s)
+            if not s.active:
+                s.active = True
+                if self.connection_events == "snapshot":
+                    self._snap_dirty[d.device_id] = d
+                    if self._snap_next is None:
+                        self._snap_next = self._snapshot_after(self.now())
+
+    def publish_snapshots(self) -> int:
+        """Snapshot mode: at each due period boundary, publish the connection state of
+        the devices whose state changed (only what differs from the last published
+        state); returns how many events were published."""
+        if self.connection_events != "snapshot":
+            return 0
+        published = 0
+        with self.txn() as post:
+            now = self.now()
+            if self._snap_next is None or now < self._snap_next:
+                return 0
+            for device_id, d in list(self._snap_dirty.items()):
+                s = d.session
+                connected = s is not None and s.connected and s.active
+                if connected == self._snap_published.get(device_id, False):
+                    continue
+                self._snap_published[device_id] = connected
+                kind = "DeviceConnected" if connected else "DeviceDisconnected"
+                self._publish_connection(post, kind, d)
+                published += 1
+            self._snap_dirty.clear()
+            self._snap_next = None
+        return published
+
+    def _publish_connection(self, post: Post, event_type: str, d: DeviceRecord) -> None:
         d.conn_seq += 1
         seq = f"{d.generation:032X}{d.conn_seq:032X}"
         self.emit(
@@ -408,7 +500,9 @@ class Core:
         with self.txn() as post:
             d = self._live(s)
             self.limiter.take(limits.HUB_TWIN_UPDATES)
-            d.set_reported(merge_patch(d.reported or {}, patch))
+            merged = merge_patch(d.reported or {}, patch)
+            check_section_size(merged, "reported patch")
+            d.set_reported(merged)
             d.reported_version += 1
             d.version += 1
             self.twin_change(post, d, "reported", json_copy(patch))
@@ -432,7 +526,10 @@ class Core:
     # -- jobs -----------------------------------------------------------------------
 
     def run_due_jobs(self) -> int:
-        """Run the due work of scheduled method jobs; returns the device calls made."""
+        """Run the due work of scheduled method jobs (and, in snapshot mode, publish a due
+        connection-state snapshot); returns the device calls made."""
+        if self.connection_events == "snapshot" and not getattr(self._local, "in_jobs", False):
+            self.publish_snapshots()
         if not self.jobs or getattr(self._local, "in_jobs", False):
             return 0
         self._local.in_jobs = True

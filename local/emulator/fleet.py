@@ -104,8 +104,11 @@ class FleetEmulator:
         enforce_limits: bool = True,
         is_revoked: Callable[[x509.Certificate], bool] | None = None,
         coalesce_twin_changes: bool = False,
+        connection_events: str = "immediate",
         limits_override: dict[str, float] | None = None,
     ) -> None:
+        if connection_events not in ("immediate", "snapshot"):
+            raise ValueError("connection_events must be 'immediate' or 'snapshot'")
         self.clock: Clock = clock or SystemClock()
         self.events = EventBus()
         self.tier = tier.upper()
@@ -121,6 +124,7 @@ class FleetEmulator:
             id_scope=id_scope,
             is_revoked=is_revoked,
             coalesce=coalesce_twin_changes,
+            connection_events=connection_events,
         )
         self.dps = EmulatedDps(self._core)
         self.hub = EmulatedHub(self._core)
@@ -382,7 +386,14 @@ class FleetEmulator:
         reason: str,
         expected: tuple[str | None, str | None] | None = None,
     ) -> None:
-        """Record a Connections-log failure and raise HubConnectError (lock held)."""
+        """Record a Connections-log failure and raise HubConnectError (lock held).
+
+        The record holds only what Microsoft documents for the Connections category
+        (``articles/iot-hub/monitor-iot-hub-reference.md``; ``resultType`` and
+        ``resultDescription`` on errors, ``iot-hub-troubleshoot-connectivity.md``): no
+        field names the presented certificate. Why it was refused stays in the
+        HubConnectError the device gets (as the hub tells the device, not the log).
+        """
         core = self._core
         sha256 = sha256_thumbprint(leaf)
         description = "IoTHubUnauthorized" if code == HUB_UNAUTHORIZED else "DeviceDisabled"
@@ -394,12 +405,10 @@ class FleetEmulator:
             )
         properties = {
             "deviceId": device_id,
+            "sdkVersion": "certroll-emulator",
             "protocol": "Mqtt",
             "authType": _X509_AUTH_TYPE,
             "maskedIpAddress": "127.0.0.XXX",
-            "statusCode": str(code // 1000),
-            "certificateThumbprint": sha256.upper(),
-            "errorMessage": detail,
         }
         record = {
             "records": [
@@ -411,7 +420,6 @@ class FleetEmulator:
                     "level": "Error",
                     "resultType": str(code),
                     "resultDescription": description,
-                    "durationMs": "0",
                     "properties": json.dumps(properties, separators=(",", ":")),
                     "location": "local",
                 }

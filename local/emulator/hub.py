@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from local.emulator import limits
-from local.emulator.core import Core, validate_patch
+from local.emulator.core import Core, check_section_size, validate_patch
 from local.emulator.jobs import JobRecord
 from local.emulator.query import compile_condition, compile_query
 from local.emulator.store import DeviceRecord, json_copy, merge_patch, new_etag, twin_etag
@@ -248,7 +248,9 @@ class EmulatedHub(DeviceRegistry):
             d = self._get(device_id)
             if etag not in (None, "*") and etag != twin_etag(d.version):
                 raise ConcurrencyError(f"twin of {device_id} changed since it was read (412)")
-            d.desired = merge_patch(d.desired or {}, patch)
+            merged = merge_patch(d.desired or {}, patch)
+            check_section_size(merged, "desired patch")
+            d.desired = merged
             d.desired_version += 1
             d.version += 1
             self._core.twin_change(post, d, "desired", json_copy(patch))

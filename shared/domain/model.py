@@ -274,13 +274,16 @@ class JobStatus:
 
 @dataclass(frozen=True)
 class ConnectionFailure:
-    """One hub Connections-log record of a failed connect (401003 or 403012)."""
+    """One hub Connections-log record of a failed connect (401003 or 403012).
+
+    Only what the log documents: the device id, the result and its time. No field names
+    the certificate the device presented (docs/api.md, "Connections log").
+    """
 
     device_id: str
     code: int  # 401003 IoTHubUnauthorized, 403012 DeviceDisabled
     at: datetime
-    thumbprint: str | None = None  # presented certificate, when the log names it
-    message: str = ""
+    message: str = ""  # the record's resultDescription
 
 
 # --------------------------------------------------------------------------- events

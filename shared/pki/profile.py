@@ -40,6 +40,10 @@ MAX_VALIDITY_DAYS = 90
 EARLIEST_TIME = datetime(1950, 1, 1, tzinfo=UTC)  # RFC 5280 UTCTime
 
 
+#: IoT Hub limits each twin string value to 4 KB (iot-hub-devguide-device-twins.md); the
+#: CSR arrives as one (reported ``x509.csr.pem``)
+TWIN_STRING_MAX_BYTES = 4096
+
 @dataclass(frozen=True)
 class IssuancePolicy:
     """How long device certificates live, and the issuing limits.
@@ -52,7 +56,7 @@ class IssuancePolicy:
     renewal_fraction: float = 0.6667
     renewal_jitter: float = 0.05
     backdate_seconds: int = 300
-    csr_max_bytes: int = 8192
+    csr_max_bytes: int = 4096  # at most a twin string value (4 KB)
 
     def __post_init__(self) -> None:
         if not MIN_VALIDITY_DAYS <= self.validity_days <= MAX_VALIDITY_DAYS:
@@ -68,8 +72,11 @@ class IssuancePolicy:
             raise ValueError("renewal_fraction + renewal_jitter must stay below 1")
         if not 0 <= self.backdate_seconds <= 86400:
             raise ValueError(f"backdate_seconds must be 0-86400, not {self.backdate_seconds}")
-        if not 256 <= self.csr_max_bytes <= 1_048_576:
-            raise ValueError(f"csr_max_bytes must be 256-1048576, not {self.csr_max_bytes}")
+        if not 256 <= self.csr_max_bytes <= TWIN_STRING_MAX_BYTES:
+            raise ValueError(
+                f"csr_max_bytes must be 256-{TWIN_STRING_MAX_BYTES} (a CSR travels as one twin "
+                f"string value, at most 4 KB), not {self.csr_max_bytes}"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IssuancePolicy:

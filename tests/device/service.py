@@ -77,7 +77,9 @@ class ServiceDouble:
             not_after = contract.format_time(
                 x509.load_pem_x509_certificates(pem.encode())[0].not_valid_after_utc
             )
-        issued = {"requestId": request_id, "certificate": pem, "notAfter": not_after}
+        marker = "-----END CERTIFICATE-----"
+        chain = [p.strip() + "\n" + marker + "\n" for p in pem.split(marker) if p.strip()]
+        issued = {"requestId": request_id, "certificate": chain, "notAfter": not_after}
         self.emulator.hub.patch_desired(device_id, {"x509": {"issued": issued}})
         return issued
 

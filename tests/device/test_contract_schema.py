@@ -38,6 +38,9 @@ class RecordingSession:
     def disconnect(self) -> None:
         self.inner.disconnect()
 
+    def subscribe_c2d(self) -> None:
+        self.inner.subscribe_c2d()
+
 
 class RecordingFleet:
     def __init__(self, emulator: FleetEmulator) -> None:

@@ -56,6 +56,7 @@ def test_demo_rotates_1000_devices(tmp_path: Path) -> None:
         assert summary["renewed"] == DEVICES - 1
         assert summary["failed"] == 0
         assert summary["disallowed"] == 1
+        assert summary["reconciled"] == 1
         assert summary["certificates_issued"] == summary["renewed"]
         assert summary["duplicate_events"] > 0
         assert summary["disallowed_reconnect_attempts"] > 0
@@ -125,6 +126,7 @@ def test_demo_over_the_production_adapters(tmp_path: Path) -> None:
         assert result.summary["renewed"] == 11
         assert result.summary["failed"] == 0
         assert result.summary["disallowed"] == 1
+        assert result.summary["reconciled"] == 1
         assert result.summary["certificates_issued"] == 11
         assert result.summary["disallowed_reconnect_attempts"] > 0
         assert (

@@ -57,9 +57,14 @@ class FakeRotation:
         self._record("on_twin_reported", event.device_id, event.report, event.twin_version)
         return RotationRecord(device_id=event.device_id)
 
-    def on_connection_failure(self, failure: ConnectionFailure) -> dict[str, str]:
+    def on_connection_failure(
+        self, failure: ConnectionFailure, unknown: Any = None
+    ) -> dict[str, str]:
         self._record("on_connection_failure", failure)
         return {"outcome": "noop"}
+
+    def on_unknown_devices(self, unknown: Any) -> None:
+        self._record("on_unknown_devices", unknown)
 
     def on_device_connected(self, event: DeviceConnected) -> RotationRecord:
         self._record("on_device_connected", event.device_id, event.at)

@@ -11,6 +11,7 @@ import pytest
 from azure.functions.meta import Datum
 from azure.functions.timer import TimerRequest
 
+from functions.parsing.hub_events import parse_connection_log
 from functions.worker import MalformedWorkMessage
 from shared.domain.errors import (
     ConcurrencyError,
@@ -23,6 +24,7 @@ from shared.domain.errors import (
 from shared.domain.messages import ReportedX509, parse_reported_x509, parse_rotate_message
 from shared.domain.model import ConnectionFailure
 from tests.functions.fakes import FakeRotation, user_function
+from tests.support.connections_log import DOCUMENTED_SAMPLE, connect_error, envelope
 
 pytestmark = pytest.mark.usefixtures("services")
 
@@ -188,25 +190,20 @@ def record(
     *,
     category: str = "Connections",
     operation: str = "deviceConnect",
-    props_extra: dict[str, Any] | None = None,
     as_string: bool = True,
     **extra: Any,
 ) -> dict[str, Any]:
-    props: dict[str, Any] = {"protocol": "Mqtt", "authType": "x509", "statusCode": "401"}
-    if device_id is not None:
-        props["deviceId"] = device_id
-    props.update(props_extra or {})
-    rec = {
-        "time": "2026-02-03T04:05:06.1234567Z",
-        "resourceId": "/SUBSCRIPTIONS/X/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.DEVICES/IOTHUBS/H",
-        "operationName": operation,
-        "category": category,
-        "level": "Error",
-        "resultType": result,
-        "resultDescription": "IoTHubUnauthorized",
-        "properties": json.dumps(props) if as_string else props,
-        "location": "westeurope",
-    }
+    """Microsoft's documented Connections record (tests/support/connections_log.py)."""
+    rec = connect_error(device_id or "x", str(result))
+    props = json.loads(rec["properties"])
+    if device_id is None:
+        del props["deviceId"]
+    rec.update(
+        category=category,
+        operationName=operation,
+        resultType=result,
+        properties=json.dumps(props) if as_string else props,
+    )
     rec.update(extra)
     return rec
 
@@ -225,22 +222,47 @@ def failures(fake: FakeRotation) -> list[ConnectionFailure]:
 
 def test_connection_failures_picks_401_and_403(fake_rotation: FakeRotation) -> None:
     event = log_event(
-        record("dev-1", props_extra={"thumbprint": THUMB.upper()}),
+        record("dev-1"),
         record("dev-2", 403012, resultDescription="DeviceDisabled", as_string=False),
         record("dev-3", "404001"),  # other result: ignored
         record("dev-4", category="C2DCommands"),  # other category: ignored
         record("dev-5", operation="deviceDisconnect"),  # other operation: ignored
-        record("dev-6", resultDescription=f"certificate thumbprint {THUMB[:-2]}cd not accepted"),
     )
     user_function("connection_failures")([event])
     got = failures(fake_rotation)
-    assert [(f.device_id, f.code, f.thumbprint) for f in got] == [
-        ("dev-1", 401003, THUMB),
-        ("dev-2", 403012, None),
-        ("dev-6", 401003, THUMB[:-2] + "cd"),
-    ]
+    assert [(f.device_id, f.code) for f in got] == [("dev-1", 401003), ("dev-2", 403012)]
     assert got[0].at == datetime(2026, 2, 3, 4, 5, 6, 123456, tzinfo=UTC)
     assert got[0].message == "IoTHubUnauthorized"
+
+
+def test_the_documented_sample_is_read_and_ignored() -> None:
+    """Microsoft's sample record (an informational connect) parses and is not a failure."""
+    batch = parse_connection_log(json.dumps(DOCUMENTED_SAMPLE))
+    assert (batch.failures, batch.problems, batch.ignored) == ([], [], 1)
+
+
+def test_a_documented_401003_record_becomes_a_failure() -> None:
+    batch = parse_connection_log(envelope(connect_error("dev-7")))
+    [failure] = batch.failures
+    assert (failure.device_id, failure.code, failure.message) == (
+        "dev-7",
+        401003,
+        "IoTHubUnauthorized",
+    )
+    assert not hasattr(failure, "thumbprint")
+
+
+def test_repeated_connects_of_a_device_in_one_event_are_one_failure(
+    fake_rotation: FakeRotation,
+) -> None:
+    event = log_event(
+        record("dev-1", time="2026-02-03T04:05:06Z"),
+        record("dev-1", time="2026-02-03T04:05:09Z"),
+        record("dev-1", time="2026-02-03T04:05:07Z"),
+    )
+    user_function("connection_failures")([event])
+    [failure] = failures(fake_rotation)
+    assert failure.at == datetime(2026, 2, 3, 4, 5, 9, tzinfo=UTC)
 
 
 def test_connection_record_without_time_uses_enqueued_time(fake_rotation: FakeRotation) -> None:
@@ -250,11 +272,19 @@ def test_connection_record_without_time_uses_enqueued_time(fake_rotation: FakeRo
     assert failures(fake_rotation)[0].at == datetime(2026, 2, 3, 5, 0, tzinfo=UTC)
 
 
-def test_sha1_thumbprint_is_not_taken_for_sha256(fake_rotation: FakeRotation) -> None:
-    user_function("connection_failures")(
-        [log_event(record("dev-1", props_extra={"thumbprint": "ab" * 20}))]
-    )
-    assert failures(fake_rotation)[0].thumbprint is None
+def test_one_malformed_record_does_not_abort_the_batch(fake_rotation: FakeRotation) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    events = [
+        log_event(
+            record("dev-1", properties="[1]"),
+            record("dev-2", properties=deep),
+            record("dev-3"),
+        ),
+        log_event(raw=b'{"records": ' + deep.encode() + b"}"),
+        log_event(record("dev-4")),
+    ]
+    user_function("connection_failures")(events)
+    assert [f.device_id for f in failures(fake_rotation)] == ["dev-3", "dev-4"]
 
 
 def test_bad_records_and_events_do_not_stop_the_others(

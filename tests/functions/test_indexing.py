@@ -89,6 +89,7 @@ def test_bindings_name_their_settings() -> None:
     for name in ("twin_changes", "connection_failures"):
         assert got[name]["connection"] == "CERTROLL_EVENTHUB"
         assert got[name]["cardinality"].lower().endswith("many")
+        assert got[name]["consumerGroup"] == "%CERTROLL_EVENTHUB_CONSUMER_GROUP%"
     assert got["daily_sweep"]["schedule"] == "%CERTROLL_SWEEP_SCHEDULE%"
     assert got["daily_sweep"]["runOnStartup"] is False
     assert got["rotation_worker"]["queueName"] == "%CERTROLL_WORK_QUEUE%"
@@ -100,6 +101,7 @@ def test_bindings_name_their_settings() -> None:
         {
             "CERTROLL_TWIN_EVENTHUB",
             "CERTROLL_CONNECTIONS_EVENTHUB",
+            "CERTROLL_EVENTHUB_CONSUMER_GROUP",
             "CERTROLL_SWEEP_SCHEDULE",
             "CERTROLL_WORK_QUEUE",
         },

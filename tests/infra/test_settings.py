@@ -108,11 +108,19 @@ def test_event_grid_subscription_targets_an_indexed_function(
 
 
 def test_consumer_groups_exist(infra: Infra, needs: BindingNeeds) -> None:
-    declared = {"$Default"}
-    main_vars = infra.main.variables
-    if "consumerGroupName" in main_vars:
-        declared.add(str(bicep.string_value(main_vars["consumerGroupName"])))
-    assert needs.consumer_groups <= declared
+    """The triggers read the consumer group infra creates (an app setting whose default is
+    that group; the Function App's setting is the eventhubs module's output), not $Default."""
+    from shared.settings import SETTING_DEFAULTS
+
+    declared = str(bicep.string_value(infra.main.variables["consumerGroupName"]))
+    resolved = set()
+    for group in needs.consumer_groups:
+        name = group.strip("%")
+        assert group == f"%{name}%", f"consumer group {group} is not an app setting"
+        assert name in infra.app_settings(), f"{name} is not a Function App setting"
+        resolved.add(SETTING_DEFAULTS[name])
+    assert resolved == {declared}
+    assert "$Default" not in resolved
 
 
 def _topic_schemas(infra: Infra) -> list[str | None]:

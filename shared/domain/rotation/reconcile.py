@@ -1,13 +1,29 @@
-"""Reconcile on a failed connect: a device that presents a certificate certroll issued to
-it but that DPS or the hub does not accept (yet) is let in again.
+"""Reconcile on a failed connect: a device that the hub refused (401003) gets its DPS
+enrollment and self-signed hub identity made to hold the certificates it may use, so its
+own re-provisioning succeeds.
 
-The rules for what may be reconciled (the refusals below) are the ones later CA and
-reconcile rules change; they are all in :meth:`Reconciler.on_connection_failure`.
+What Azure sends is the device id and the result (the Connections resource log documents
+``deviceId``, ``sdkVersion``, ``protocol``, ``authType``, ``maskedIpAddress``,
+``resultType``, ``resultDescription``; nothing names the presented certificate). So the
+reconcile does not ask which certificate the device presented: it writes what the rule of
+:mod:`~shared.domain.rotation.admissible` allows -- the device's current certificate and
+the one its open request issued, valid and neither revoked, superseded nor failed -- and
+removes from the slots the device's certificates the ledger says are retired. Nothing else
+ever goes in, so a 401003 from someone holding a retired key changes nothing for them.
+
+Bounds: a reconcile that changed something uses up the device's allowance
+(``policy.reconcile_interval``); refusals and no-ops do not, and are audited at most once
+per device, result and interval. Refusals for device ids certroll has never seen (no
+rotation record, no certificate) are not audited one by one: the caller gathers them in an
+:class:`UnknownDevices` and writes one audit entry for the batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -15,27 +31,24 @@ from cryptography import x509
 from shared.domain.certs import sha1_thumbprint
 from shared.domain.errors import ConcurrencyError
 from shared.domain.model import (
+    AuditEvent,
+    AuthType,
     CertificateRecord,
-    CertificateStatus,
     ConnectionFailure,
-    RotationRecord,
     RotationState,
 )
+from shared.domain.rotation.admissible import admissible_certificates
 from shared.domain.rotation.context import RotationContext
 from shared.domain.rotation.results import ReconcileOutcome
-from shared.domain.rotation.slots import (
-    enrollment_slot_for,
-    hub_accept,
-    lower,
-    slot_of,
-    thumb,
-    with_slot,
-)
+from shared.domain.rotation.slots import lower, slot_of, thumb
 from shared.domain.rotation.unit_of_work import MAX_ATTEMPTS
 
 logger = logging.getLogger(__name__)
 
 UNAUTHORIZED = 401003
+SLOTS = ("primary", "secondary")
+#: device ids named in the one audit entry of a batch's unknown devices
+UNKNOWN_SAMPLE = 20
 
 
 def _sha1_of_pem(pem: str) -> str | None:
@@ -46,106 +59,206 @@ def _sha1_of_pem(pem: str) -> str | None:
     return sha1_thumbprint(cert)  # hub thumbprints may be SHA-1
 
 
+def _thumbprints(cert: CertificateRecord) -> set[str]:
+    out = {cert.thumbprint_sha256.lower()}
+    sha1 = _sha1_of_pem(cert.pem)
+    if sha1:
+        out.add(sha1.lower())
+    return out
+
+
+@dataclass
+class UnknownDevices:
+    """Refusals for device ids certroll has never seen, gathered over one event batch."""
+
+    count: int = 0
+    sample: list[str] = field(default_factory=list)
+
+    def add(self, device_id: str) -> None:
+        self.count += 1
+        if len(self.sample) < UNKNOWN_SAMPLE and device_id not in self.sample:
+            self.sample.append(device_id)
+
+
 class Reconciler:
     def __init__(self, ctx: RotationContext) -> None:
         self.ctx = ctx
 
-    def on_connection_failure(self, failure: ConnectionFailure) -> ReconcileOutcome:
-        """A 401003/403012 from the hub's Connections log; see docs/rotation.md."""
+    # ------------------------------------------------------------------ entry points
+
+    def on_connection_failure(
+        self, failure: ConnectionFailure, unknown: UnknownDevices | None = None
+    ) -> ReconcileOutcome:
+        """A 401003/403012 record of the hub's Connections log; see docs/rotation.md."""
         ctx = self.ctx
         device_id = failure.device_id
+        rec = ctx.uow.get(device_id)
+        certs = ctx.call(ctx.deps.ledger.list_for_device, device_id)
+        if rec is None and not certs:
+            ctx.metric("certroll.reconcile_refused", result="unknown_device")
+            if unknown is not None:
+                unknown.add(device_id)
+            else:
+                self.audit_unknown(UnknownDevices(1, [device_id]))
+            return ReconcileOutcome(device_id, failure.code, "unknown_device")
         since = ctx.now() - ctx.policy.reconcile_interval
-        for event in ctx.call(ctx.deps.audit.list, device_id, 20):
-            if event.action == "reconcile" and event.at is not None and event.at > since:
-                ctx.metric("certroll.reconcile_rate_limited")
-                return ReconcileOutcome(device_id, failure.code, "rate_limited")
+        recent = [
+            e
+            for e in ctx.call(ctx.deps.audit.list, device_id, 20)
+            if e.action == "reconcile" and e.at is not None and e.at > since
+        ]
 
-        def refuse(action: str, serial: str | None = None, **detail: Any) -> ReconcileOutcome:
-            ctx.audit(
-                "reconcile",
-                "rejected",
-                device_id,
-                result=action,
-                code=failure.code,
-                thumbprint=failure.thumbprint,
-                **detail,
+        def quiet(outcome: str, result: str, **detail: Any) -> ReconcileOutcome:
+            """Audit a refusal or no-op once per result and interval; it uses up nothing."""
+            if not any(e.detail.get("result") == result for e in recent):
+                ctx.audit("reconcile", outcome, device_id, result=result, code=failure.code,
+                          **detail)
+            ctx.metric(
+                "certroll.reconcile" if outcome == "noop" else "certroll.reconcile_refused",
+                result=result,
             )
-            ctx.metric("certroll.reconcile_refused", result=action)
-            logger.warning("device %s: %d not reconciled (%s)", device_id, failure.code, action)
-            return ReconcileOutcome(device_id, failure.code, action, serial=serial)
+            return ReconcileOutcome(device_id, failure.code, result)
 
         if failure.code != UNAUTHORIZED:
-            ctx.audit(
-                "reconcile",
-                "noop",
-                device_id,
-                result="disabled_device",
-                code=failure.code,
-                message=failure.message[:200],
-            )
-            return ReconcileOutcome(device_id, failure.code, "disabled_device")
-        if not failure.thumbprint:
-            return refuse("no_thumbprint")
-        rec = ctx.uow.get(device_id)
+            return quiet("noop", "disabled_device", description=failure.message[:200])
+        if any(e.outcome == "ok" for e in recent):
+            ctx.metric("certroll.reconcile_rate_limited")
+            return ReconcileOutcome(device_id, failure.code, "rate_limited")
         if rec is not None and rec.state is RotationState.DISALLOWED:
-            return refuse("device_disallowed")
-        cert = self.find_presented(device_id, failure.thumbprint.lower())
-        if cert is None:
-            return refuse("unknown_certificate")
-        if cert.device_id != device_id:
-            return refuse("foreign_certificate", cert.serial, issuedTo=cert.device_id)
-        if cert.status is CertificateStatus.REVOKED:
-            return refuse("revoked_certificate", cert.serial)
-        changed = self.let_in(device_id, rec, cert)
-        action = "reconciled" if changed else "already_consistent"
-        ctx.audit(
-            "reconcile",
-            "ok" if changed else "noop",
-            device_id,
-            result=action,
-            serial=cert.serial,
-            changed=list(changed),
-        )
-        ctx.metric("certroll.reconcile", result=action)
-        return ReconcileOutcome(device_id, failure.code, action, tuple(changed), cert.serial)
+            logger.warning("device %s: 401003 not reconciled (disallowed)", device_id)
+            return quiet("rejected", "device_disallowed")
+        allowed = admissible_certificates(device_id, rec, certs, ctx.now())
+        if not allowed:
+            logger.warning("device %s: 401003 not reconciled (no admissible certificate)",
+                           device_id)
+            return quiet("rejected", "no_admissible_certificate")
+        allowed_serials = {c.serial for c in allowed}
+        retired: set[str] = set()
+        for cert in certs:
+            if cert.serial not in allowed_serials:
+                retired |= _thumbprints(cert)
+        changed = self.let_in(device_id, allowed, retired)
+        serials = [c.serial for c in allowed]
+        if not changed:
+            return quiet("noop", "already_consistent", serials=serials)
+        ctx.audit("reconcile", "ok", device_id, result="reconciled", code=failure.code,
+                  serials=serials, changed=changed)
+        ctx.metric("certroll.reconcile", result="reconciled")
+        logger.info("device %s: reconciled %s (%s)", device_id, serials, ", ".join(changed))
+        return ReconcileOutcome(device_id, failure.code, "reconciled", tuple(changed), serials[0])
 
-    def find_presented(self, device_id: str, thumbprint: str) -> CertificateRecord | None:
-        """The ledger's certificate with this SHA-256 (or, for the hub, SHA-1) thumbprint."""
+    def audit_unknown(self, unknown: UnknownDevices) -> None:
+        """One audit entry (and metric) for a batch's refusals of unknown device ids."""
+        if unknown.count == 0:
+            return
         ctx = self.ctx
-        if len(thumbprint) == 64:
-            found = ctx.call(ctx.deps.ledger.find_by_thumbprint, thumbprint)
-            if found is not None:
-                return found
-        for cert in ctx.call(ctx.deps.ledger.list_for_device, device_id):
-            if cert.thumbprint_sha256.lower() == thumbprint or _sha1_of_pem(cert.pem) == thumbprint:
-                return cert
-        return None
+        ctx.call(
+            ctx.deps.audit.append,
+            AuditEvent(
+                action="reconcile",
+                outcome="rejected",
+                actor=ctx.deps.actor,
+                detail={"result": "unknown_device", "count": unknown.count,
+                        "deviceIds": list(unknown.sample)},
+                at=ctx.now(),
+            ),
+        )
+        logger.warning("401003 for %d unknown device ids not reconciled (e.g. %s)",
+                       unknown.count, ", ".join(unknown.sample[:3]))
+
+    # ------------------------------------------------------------------ the slots
 
     def let_in(
-        self, device_id: str, rec: RotationRecord | None, cert: CertificateRecord
+        self, device_id: str, allowed: Sequence[CertificateRecord], retired: set[str]
     ) -> list[str]:
-        """Put ``cert`` in the enrollment and the hub identity beside the certificate the
-        record expects; what changed."""
-        ctx = self.ctx
-        changed: list[str] = []
-        new = cert.thumbprint_sha256.lower()
-        current = rec.current_thumbprint if rec else None
-        pending = rec.new_thumbprint if rec else None
-        keep = pending if new == lower(current) else current
-        for _ in range(MAX_ATTEMPTS):
-            enr = ctx.individual(device_id)
-            if enr is None or new in (thumb(enr.primary), thumb(enr.secondary)):
-                break
-            slot = enrollment_slot_for(enr, new, lower(keep))
-            try:
-                ctx.call(
-                    ctx.deps.enrollments.put_individual,
-                    with_slot(enr, slot, slot_of(device_id, cert)),
-                )
-            except ConcurrencyError:
-                continue
-            changed.append(f"enrollment.{slot}")
-            break
-        if hub_accept(ctx, device_id, new, keep=keep, clear_others=False, enable=False):
+        """Make the individual enrollment and a self-signed hub identity hold ``allowed``
+        and none of ``retired`` (thumbprints); what changed."""
+        changed = self._enrollment(device_id, allowed, retired)
+        if self._hub_identity(device_id, allowed, retired):
             changed.append("hub_identity")
         return changed
+
+    @staticmethod
+    def _place(
+        current: dict[str, str | None],
+        allowed: Sequence[CertificateRecord],
+        retired: set[str],
+        held: dict[str, set[str]],
+    ) -> dict[str, CertificateRecord | None]:
+        """The slot writes: retired thumbprints cleared, each allowed certificate not held
+        put in an empty slot, else in the slot not holding an allowed one."""
+        target: dict[str, str | None] = {
+            n: (None if current[n] in retired else current[n]) for n in SLOTS
+        }
+        writes: dict[str, CertificateRecord | None] = {
+            n: None for n in SLOTS if target[n] != current[n]
+        }
+        for cert in allowed:
+            if any(target[n] in held[cert.serial] for n in SLOTS):
+                continue
+            free = [n for n in SLOTS if target[n] is None]
+            if not free:
+                taken = {t for c in allowed for t in held[c.serial]}
+                free = [n for n in SLOTS if target[n] not in taken]
+            if not free:  # both slots hold allowed certificates already
+                continue
+            target[free[0]] = cert.thumbprint_sha256.lower()
+            writes[free[0]] = cert
+        return writes
+
+    def _enrollment(
+        self, device_id: str, allowed: Sequence[CertificateRecord], retired: set[str]
+    ) -> list[str]:
+        ctx = self.ctx
+        held = {c.serial: {c.thumbprint_sha256.lower()} for c in allowed}
+        for _ in range(MAX_ATTEMPTS):
+            enr = ctx.individual(device_id)
+            if enr is None:  # a group member: its group trusts the issuing CA
+                return []
+            current = {"primary": thumb(enr.primary), "secondary": thumb(enr.secondary)}
+            writes = self._place(current, allowed, retired, held)
+            if not writes:
+                return []
+            changes: dict[str, Any] = {
+                n: (slot_of(device_id, c) if c is not None else None) for n, c in writes.items()
+            }
+            try:
+                ctx.call(ctx.deps.enrollments.put_individual, dataclasses.replace(enr, **changes))
+            except ConcurrencyError:
+                continue
+            return [f"enrollment.{n}" for n in SLOTS if n in writes]
+        raise ConcurrencyError(f"{device_id}: the enrollment kept changing")
+
+    def _hub_identity(
+        self, device_id: str, allowed: Sequence[CertificateRecord], retired: set[str]
+    ) -> bool:
+        ctx = self.ctx
+        held = {c.serial: _thumbprints(c) for c in allowed}
+        for _ in range(MAX_ATTEMPTS):
+            ident = ctx.identity(device_id)
+            if ident is None or ident.auth_type is not AuthType.SELF_SIGNED:
+                return False  # DPS creates it at registration; CA identities need nothing
+            current = {
+                "primary": lower(ident.primary_thumbprint),
+                "secondary": lower(ident.secondary_thumbprint),
+            }
+            writes = self._place(current, allowed, retired, held)
+            if not writes:
+                return False
+            values = dict(current)
+            for name, cert in writes.items():
+                values[name] = cert.thumbprint_sha256.lower() if cert is not None else None
+            if values["primary"] is None:
+                values["primary"], values["secondary"] = values["secondary"], None
+            updated = dataclasses.replace(
+                ident,
+                primary_thumbprint=values["primary"],
+                secondary_thumbprint=values["secondary"],
+            )
+            try:
+                ctx.call(ctx.deps.registry.update_device, updated)
+            except ConcurrencyError:
+                continue
+            return True
+        raise ConcurrencyError(f"{device_id}: the hub identity kept changing")
+

@@ -39,8 +39,7 @@ class ReconcileOutcome:
     """What ``on_connection_failure`` decided.
 
     ``action``: reconciled | already_consistent | rate_limited | disabled_device |
-    no_thumbprint | unknown_certificate | foreign_certificate | revoked_certificate |
-    device_disallowed.
+    unknown_device | device_disallowed | no_admissible_certificate.
     """
 
     device_id: str

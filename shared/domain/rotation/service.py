@@ -39,7 +39,7 @@ from shared.domain.rotation.access import Access
 from shared.domain.rotation.completion import Completion
 from shared.domain.rotation.context import RotationContext, RotationDeps
 from shared.domain.rotation.driving import Driver
-from shared.domain.rotation.reconcile import Reconciler
+from shared.domain.rotation.reconcile import Reconciler, UnknownDevices
 from shared.domain.rotation.renewal import Renewals
 from shared.domain.rotation.reports import DeviceReports
 from shared.domain.rotation.results import DeviceView, DisallowResult, ReconcileOutcome
@@ -80,9 +80,17 @@ class RotationService:
         """DeviceCreated: make the device's (idle) record, adopting the hub's thumbprint."""
         return self.reports.device_created(event)
 
-    def on_connection_failure(self, failure: ConnectionFailure) -> ReconcileOutcome:
-        """A 401003/403012 from the hub's Connections log; see docs/rotation.md."""
-        return self.reconciler.on_connection_failure(failure)
+    def on_connection_failure(
+        self, failure: ConnectionFailure, unknown: UnknownDevices | None = None
+    ) -> ReconcileOutcome:
+        """A 401003/403012 from the hub's Connections log; see docs/rotation.md. With
+        ``unknown``, a refusal for a device id certroll has never seen is gathered there
+        instead of audited (write it with :meth:`on_unknown_devices`)."""
+        return self.reconciler.on_connection_failure(failure, unknown)
+
+    def on_unknown_devices(self, unknown: UnknownDevices) -> None:
+        """One audit entry for the unknown device ids of a Connections-log batch."""
+        self.reconciler.audit_unknown(unknown)
 
     # ------------------------------------------------------------------ rotations
 

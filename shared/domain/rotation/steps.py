@@ -31,6 +31,21 @@ def leaf_chain(issued: IssuedLike) -> str:
     return leaf + chain
 
 
+_PEM_END = "-----END CERTIFICATE-----"
+
+
+def leaf_chain_list(issued: IssuedLike) -> list[str]:
+    """The chain to deliver as a list of PEM certificates, leaf first: IoT Hub limits each
+    twin string value to 4 KB (iot-hub-devguide-device-twins.md), and a leaf with its
+    issuing chain in one string can pass that; one certificate per string stays far
+    below it."""
+    return [
+        part.strip() + "\n" + _PEM_END + "\n"
+        for part in leaf_chain(issued).split(_PEM_END)
+        if part.strip()
+    ]
+
+
 def renewal_request(ctx: RotationContext, rec: RotationRecord) -> dict[str, Any]:
     """The desired ``x509.renewal`` section asking the device for a CSR."""
     return {
@@ -133,7 +148,7 @@ class ForwardSteps:
                 "renewal": renewal_request(ctx, rec),
                 "issued": {
                     "requestId": rec.request_id,
-                    "certificate": leaf_chain(issued),
+                    "certificate": leaf_chain_list(issued),
                     "notAfter": format_time(issued.record.not_after),
                 },
             }

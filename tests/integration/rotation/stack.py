@@ -39,6 +39,7 @@ from shared.domain.commands import DeviceConnected
 from shared.domain.errors import ThrottledError
 from shared.domain.model import ConnectionFailure, RotationRecord, RotationState
 from shared.domain.rotation import RotationService
+from shared.domain.rotation.reconcile import UnknownDevices
 from shared.pki.local_ca import init_pki
 from shared.settings import Settings
 from tests.support.softhsm import SOFTHSM, softhsm_conf
@@ -53,6 +54,7 @@ class StackOptions:
     enforce_limits: bool = False
     validity_days: int = 30
     storage: str = "azurite"  # or "memory" (the in-memory adapters behind the same ports)
+    connection_events: str = "immediate"  # or "snapshot": DeviceConnected as IoT Hub sends it
 
 
 @dataclass
@@ -114,9 +116,12 @@ class Stack:
         else:
             batch = parse_connection_log(json.dumps(event))
             assert not batch.problems, batch.problems
+            unknown = UnknownDevices()
             for failure in batch.failures:
                 self.failures_seen.append(failure)
-                service.on_connection_failure(failure)
+                service.on_connection_failure(failure, unknown)
+            if unknown.count:
+                service.on_unknown_devices(unknown)
 
     def pump(self) -> int:
         """Route every queued emulator event to the service as the functions do; an event
@@ -261,7 +266,9 @@ def stack(
     init_pki(home, env["CERTROLL_KEY_BACKEND"], False, blob_url, settings=settings, now=START)
 
     clock = ManualClock(START)
-    emulator = FleetEmulator(clock, enforce_limits=opts.enforce_limits)
+    emulator = FleetEmulator(
+        clock, enforce_limits=opts.enforce_limits, connection_events=opts.connection_events
+    )
     fleet = fleet_ports(
         emulator, "http" if opts.fleet == "rest" else "inproc", clock, retry_total=0
     )

@@ -1,23 +1,22 @@
-"""The 401 path: the hub's Connections log, parsed as the function parses it, reconciles a
-device that already uses a certificate certroll issued; an unknown one gets an audit only."""
+"""The 401 path end to end: the hub's Connections log (only the fields Microsoft documents:
+the device id and the result), parsed as the function parses it, makes the enrollment and
+hub identity hold the certificates the device may use -- and never a retired one."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import dataclasses
+import json
 
+import azure.functions as func
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from functions.hub_events import handle_connection_logs
 from local.device import contract
-from shared.domain.model import CertificateStatus
-from tests.integration.rotation.stack import (
-    Stack,
-    install_out_of_band,
-    new_credentials,
-)
+from shared.domain.commands import StartRenewal
+from shared.domain.model import CertificateSlot, CertificateStatus, Trigger
+from tests.integration.rotation.stack import Stack, install_out_of_band
+from tests.support.connections_log import connect_error
 
 pytestmark = pytest.mark.azurite
 
@@ -30,7 +29,12 @@ def _slots(stack: Stack, device_id: str) -> tuple[str | None, str | None]:
     )
 
 
-def _reconciles(stack: Stack, device_id: str) -> list[dict[str, object]]:
+def _hub(stack: Stack, device_id: str) -> set[str]:
+    ident = stack.services.registry.get_device(device_id)
+    return {t.lower() for t in (ident.primary_thumbprint, ident.secondary_thumbprint) if t}
+
+
+def _reconciles(stack: Stack, device_id: str | None) -> list[dict[str, object]]:
     return [
         {"outcome": e.outcome, **e.detail}
         for e in reversed(stack.services.audit.list(device_id, 100))
@@ -39,132 +43,99 @@ def _reconciles(stack: Stack, device_id: str) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("routing", ["at_once", "after_backoff"])
-def test_device_that_already_rolled_gets_back_in(stack: Stack, routing: str) -> None:
+def test_a_restored_enrollment_gets_the_current_certificate_back(
+    stack: Stack, routing: str
+) -> None:
+    """An operator restored the enrollment and hub identity from before the rotation: the
+    device, on its new certificate, is refused (401003); the reconcile puts its current
+    certificate back and takes the superseded one out; the device gets back in."""
     sim = stack.simulator(1)
     assert sim.start() == 1
     stack.run(sim, stack.all_idle(sim.device_ids))
     device_id = sim.device_ids[0]
     agent = sim.agents[device_id]
-    old_thumb = contract.thumbprint(agent.certificate)
-    assert _slots(stack, device_id) == (old_thumb, None)
+    old = contract.thumbprint(agent.certificate)
+    old_pem = agent.certificate.public_bytes(Encoding.PEM).decode()
     stack.clock.advance(3600)
+    stack.service.start_renewal(StartRenewal(device_id, Trigger.MANUAL, "cli:test"))
+    stack.run(sim, stack.all_idle([device_id]))
+    new = contract.thumbprint(agent.certificate)
+    assert new != old
+    current = stack.record(device_id).current_serial
 
-    # certroll issued a certificate the device installed, but neither DPS nor the hub
-    # holds it (the enrollment step never ran)
-    key, chain = new_credentials(stack, device_id, "reflash-1")
-    new_thumb = contract.thumbprint(chain[0])
-    issued = stack.services.ledger.find_by_thumbprint(new_thumb)
-    assert issued is not None
-    assert issued.status is CertificateStatus.ISSUED
-    agent.go_offline()
-    install_out_of_band(agent, key, chain)
+    enr = stack.services.enrollments.get_individual(device_id)
+    stack.services.enrollments.put_individual(
+        dataclasses.replace(
+            enr,
+            primary=CertificateSlot(thumbprint_sha256=old, pem=old_pem),
+            secondary=None,
+        )
+    )
+    ident = stack.services.registry.get_device(device_id)
+    stack.services.registry.update_device(
+        dataclasses.replace(ident, primary_thumbprint=old, secondary_thumbprint=None)
+    )
     if routing == "at_once":
         stack.route_connections_at_once()
-    registrations = agent.timeline.registrations
+    agent.go_offline()
     agent.go_online()
     stack.run(sim, lambda: agent.connected, idle_step=10)
 
-    # one 401003 went through the Connections-log parsing into on_connection_failure
-    assert [(f.device_id, f.code, f.thumbprint) for f in stack.failures_seen] == [
-        (device_id, 401003, new_thumb)
-    ]
+    assert [(f.device_id, f.code) for f in stack.failures_seen] == [(device_id, 401003)]
     assert stack.routing_errors == []
-    assert _reconciles(stack, device_id) == [
-        {
-            "outcome": "ok",
-            "result": "reconciled",
-            "serial": issued.serial,
-            "changed": ["enrollment.secondary", "hub_identity"],
-        }
-    ]
-    # the enrollment keeps the certificate the device may still fall back to
-    assert _slots(stack, device_id) == (old_thumb, new_thumb)
-    assert agent.timeline.self_reprovisions == 1
-    assert contract.thumbprint(agent.certificate) == new_thumb
-    ident = stack.services.registry.get_device(device_id)
-    if routing == "at_once":
-        # the device's own reprovision (DPS with the new certificate) succeeded at once
-        assert agent.timeline.registrations == registrations + 1
-        assert (ident.primary_thumbprint, ident.secondary_thumbprint) == (new_thumb, None)
-    else:
-        # its own reprovision was refused before the reconcile; the retry got in
-        assert agent.timeline.registrations == registrations
-        assert agent.timeline.connect_failures == 1
-        assert {ident.primary_thumbprint, ident.secondary_thumbprint} == {old_thumb, new_thumb}
-        # and a reprovision through DPS with it now works too
-        result = stack.emulator.hub.invoke_method(device_id, "reprovision", {"requestId": "r1"})
-        assert result.status == 200
-        stack.run(sim, lambda: agent.timeline.registrations == registrations + 1)
-        assert agent.connected
-    # the device reported its certificate; certroll now tracks it as current
-    stack.pump()
-    rec = stack.record(device_id)
-    assert rec.current_thumbprint == new_thumb
-    assert stack.services.ledger.get(issued.serial).status is CertificateStatus.ACTIVE
-    # a repeated 401 within the interval is not reconciled twice
-    assert len(_reconciles(stack, device_id)) == 1
+    [done] = _reconciles(stack, device_id)
+    assert done["outcome"] == "ok"
+    assert done["result"] == "reconciled"
+    assert done["serials"] == [current]
+    assert _slots(stack, device_id) == (new, None)
+    assert _hub(stack, device_id) == {new}
+    assert contract.thumbprint(agent.certificate) == new
+    assert agent.connected
 
 
-def _self_signed(
-    device_id: str, now: datetime
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def test_unknown_certificate_gets_only_an_audit_record(stack: Stack) -> None:
+def test_a_superseded_certificate_does_not_get_back_in(stack: Stack) -> None:
+    """After a normal rotation, a connect with the old key and certificate is refused
+    (401003); the reconcile does not put the old thumbprint back, and the second try is
+    refused too."""
     sim = stack.simulator(1)
     assert sim.start() == 1
     stack.run(sim, stack.all_idle(sim.device_ids))
     device_id = sim.device_ids[0]
     agent = sim.agents[device_id]
-    old_thumb = contract.thumbprint(agent.certificate)
-    enr_before = stack.services.enrollments.get_individual(device_id)
-    ident_before = stack.services.registry.get_device(device_id)
-    rec_before = stack.record(device_id)
-    ledger_before = stack.services.ledger.list_for_device(device_id)
-    events_before = len(stack.sink.events)
+    old_key, old_chain = agent._key, agent.chain
+    old = contract.thumbprint(old_chain[0])
     stack.clock.advance(3600)
+    stack.service.start_renewal(StartRenewal(device_id, Trigger.MANUAL, "cli:test"))
+    stack.run(sim, stack.all_idle([device_id]))
+    new = contract.thumbprint(agent.certificate)
+    statuses = {c.thumbprint_sha256: c.status for c in stack.services.ledger.list_for_device(
+        device_id
+    )}
+    assert statuses[old] is CertificateStatus.SUPERSEDED
 
-    key, cert = _self_signed(device_id, stack.clock.now())
+    stack.route_connections_at_once()
     agent.go_offline()
-    install_out_of_band(agent, key, [cert])
+    install_out_of_band(agent, old_key, old_chain)
     agent.go_online()
-    stack.run(
-        sim, lambda: bool(stack.failures_seen) and not stack.emulator.events.pending("connections")
-    )
+    stack.run(sim, lambda: len(stack.failures_seen) >= 2, idle_step=10)
     stack.pump()
 
-    presented = contract.thumbprint(cert)
-    assert [(f.code, f.thumbprint) for f in stack.failures_seen] == [(401003, presented)]
-    assert _reconciles(stack, device_id) == [
-        {
-            "outcome": "rejected",
-            "result": "unknown_certificate",
-            "code": 401003,
-            "thumbprint": presented,
-        }
-    ]
     assert not agent.connected
-    enr_after = stack.services.enrollments.get_individual(device_id)
-    assert enr_after.etag == enr_before.etag
-    assert _slots(stack, device_id) == (old_thumb, None)
-    ident_after = stack.services.registry.get_device(device_id)
-    assert ident_after.etag == ident_before.etag
-    assert (ident_after.primary_thumbprint, ident_after.secondary_thumbprint) == (old_thumb, None)
-    rec_after = stack.record(device_id)
-    assert rec_after.etag == rec_before.etag
-    assert stack.services.ledger.list_for_device(device_id) == ledger_before
-    assert len(stack.sink.events) == events_before
+    assert {f.code for f in stack.failures_seen} == {401003}
+    assert {r["result"] for r in _reconciles(stack, device_id)} <= {"already_consistent"}
+    assert old not in _slots(stack, device_id)
+    assert _hub(stack, device_id) == {new}
+
+
+def test_a_flood_for_invented_device_ids_writes_one_audit_row(stack: Stack) -> None:
+    """One Connections event with thousands of documented 401003 records for device ids
+    certroll never saw, through the trigger's handler: one audit entry, nothing else."""
+    before = len(stack.services.audit.list(None, 10_000))
+    records = [connect_error(f"invented-{i}") for i in range(2000)]
+    event = func.EventHubEvent(body=json.dumps({"records": records}).encode())
+    assert handle_connection_logs([event], stack.service) == 2000
+    after = stack.services.audit.list(None, 10_000)
+    assert len(after) == before + 1
+    [entry] = _reconciles(stack, None)
+    assert entry["result"] == "unknown_device"
+    assert entry["count"] == 2000

@@ -105,6 +105,7 @@ def test_naive_time_is_refused() -> None:
         {"renewal_jitter": 0.25},
         {"backdate_seconds": -1},
         {"csr_max_bytes": 10},
+        {"csr_max_bytes": 4097},
     ],
 )
 def test_policy_bounds(kwargs: dict[str, float]) -> None:
@@ -125,6 +126,6 @@ def test_policy_from_settings() -> None:
     assert IssuancePolicy.from_settings(settings) == IssuancePolicy(7, 0.8, 0.1, 60, 4096)
     defaults = IssuancePolicy.from_settings(Settings.from_env({}))
     assert defaults.validity_days == 30
-    assert defaults.csr_max_bytes == 8192
+    assert defaults.csr_max_bytes == 4096
     with pytest.raises(ValueError, match="validity_days"):
         IssuancePolicy.from_settings(Settings.from_env({"CERTROLL_CERT_VALIDITY_DAYS": "365"}))

@@ -419,6 +419,11 @@ def _section(cert: x509.Certificate) -> dict[str, str]:
     }
 
 
+def _pem_text(value: Any) -> str:
+    """A delivered ``issued.certificate``: a list of PEMs (as certroll sends it) or one."""
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
 def thumb(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
@@ -584,14 +589,14 @@ class Device:
         issued = (self.twin.desired.get("x509") or {}).get("issued")
         if not issued:
             return None
-        return x509.load_pem_x509_certificates(issued["certificate"].encode())[0]
+        return x509.load_pem_x509_certificates(_pem_text(issued["certificate"]).encode())[0]
 
     def install(self) -> dict[str, Any]:
         """Install the delivered certificate and report it (what a reprovision ends with)."""
         issued = (self.twin.desired.get("x509") or {}).get("issued")
         assert issued, "nothing delivered"
         rid = issued["requestId"]
-        self.cert = x509.load_pem_x509_certificates(issued["certificate"].encode())[0]
+        self.cert = x509.load_pem_x509_certificates(_pem_text(issued["certificate"]).encode())[0]
         self.key = self.pending[rid]
         patch = {**_section(self.cert), "renewal": {"requestId": rid, "status": "installed"}}
         self.world.registry.report(self.device_id, {"x509": patch})

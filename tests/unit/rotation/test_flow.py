@@ -516,3 +516,29 @@ def test_the_worker_decides_again_when_its_read_went_stale(world: World) -> None
     assert rec.state is RotationState.CSR_REQUESTED
     assert rec.request_id == raced[0].request_id  # coalesced with the renewal that won
     assert rec.reason == "manual"
+
+
+def test_no_rotation_waits_on_device_connected_alone(world: World) -> None:
+    """DeviceConnected is a hint (late, periodic, only for devices that subscribed to C2D
+    or sent telemetry): when it never comes, the sweep finds the delivered record once its
+    next try is due and the queue worker finishes the rotation."""
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    world.registry.online.discard("dev-1")
+    svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
+    answer = dev.answer()
+    assert answer is not None
+    rec = svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    assert rec.state is RotationState.DELIVERED
+    world.registry.online.add("dev-1")  # back, but no DeviceConnected arrives
+    world.clock.advance(3600)
+    plan = svc.sweep(Sweep())
+    assert "dev-1" in plan.stuck
+    for message in world.queue.receive(100):
+        svc.process_batch(parse_rotate_message(message))
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    assert rec.state is RotationState.REPROVISION_SENT
+    done = svc.on_twin_reported(TwinReported.parse("dev-1", dev.install()))
+    assert done.state is RotationState.IDLE

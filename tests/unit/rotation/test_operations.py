@@ -18,7 +18,6 @@ from shared.domain.messages import parse_rotate_message
 from shared.domain.model import (
     AuthType,
     CertificateStatus,
-    ConnectionFailure,
     DeviceStatus,
     ProvisioningStatus,
     RevocationReason,
@@ -261,43 +260,7 @@ def test_allow_refuses_a_policy_rejected_csr_without_change(
     assert world.audit.list("dev-1", 1)[0].action == "issue_rejected"
 
 
-# --------------------------------------------------------------------------- reconcile
-
-
-def _failure(
-    world: World, device_id: str, thumbprint: str | None, code: int = 401003
-) -> ConnectionFailure:
-    return ConnectionFailure(
-        device_id=device_id, code=code, at=world.clock.now(), thumbprint=thumbprint
-    )
-
-
-def test_reconcile_puts_certroll_certificate_back(world: World) -> None:
-    dev, svc = _ready(world)
-    _mid_rotation(world, svc, dev)
-    rec = world.state.get("dev-1")
-    assert rec is not None
-    new = rec.new_thumbprint
-    assert new is not None
-    # someone removed the new certificate from DPS and the hub; the device rolled anyway
-    enr = world.enrollments.individual["dev-1"]
-    world.enrollments.individual["dev-1"] = type(enr)(
-        registration_id="dev-1", primary=enr.primary, secondary=None, etag=enr.etag
-    )
-    ident = world.registry.devices["dev-1"]
-    ident.secondary_thumbprint = None
-    outcome = svc.on_connection_failure(_failure(world, "dev-1", new))
-    assert outcome.action == "reconciled"
-    assert set(outcome.changed) == {"enrollment.secondary", "hub_identity"}
-    enr = world.enrollments.individual["dev-1"]
-    assert enr.secondary is not None
-    assert enr.secondary.thumbprint_sha256 == new
-    assert world.registry.devices["dev-1"].secondary_thumbprint == new
-    # rate limited: a second 401 within the interval is not acted on
-    again = svc.on_connection_failure(_failure(world, "dev-1", new))
-    assert again.action == "rate_limited"
-    world.clock.advance(16 * 60)
-    assert svc.on_connection_failure(_failure(world, "dev-1", new)).action == "already_consistent"
+# --------------------------------------------------------------------------- adoption
 
 
 def test_adopting_a_newer_own_certificate_retires_the_previous(world: World) -> None:
@@ -340,46 +303,6 @@ def test_adopting_a_first_certificate_retires_nothing(world: World) -> None:
     assert [e.detail["previousRetired"] for e in adopted] == [False]
     statuses = [c.status for c in world.ledger.list_for_device("dev-1")]
     assert CertificateStatus.SUPERSEDED not in statuses
-
-
-@pytest.mark.parametrize(
-    ("case", "expected"),
-    [
-        ("disabled", "disabled_device"),
-        ("no_thumbprint", "no_thumbprint"),
-        ("unknown", "unknown_certificate"),
-        ("foreign", "foreign_certificate"),
-        ("revoked", "revoked_certificate"),
-        ("disallowed", "device_disallowed"),
-    ],
-)
-def test_reconcile_refusals_change_nothing(world: World, case: str, expected: str) -> None:
-    dev, svc = _ready(world)
-    other, _ = _ready(world, "dev-2")
-    code, thumbprint = 401003, thumb(dev.cert)
-    if case == "disabled":
-        code = 403012
-    elif case == "no_thumbprint":
-        thumbprint = None
-    elif case == "unknown":
-        thumbprint = "ab" * 32
-    elif case == "foreign":
-        thumbprint = thumb(other.cert)
-    elif case == "revoked":
-        serial = world.ledger.list_for_device("dev-1")[0].serial
-        world.issuer.revoke(serial, RevocationReason.KEY_COMPROMISE, "test")
-    elif case == "disallowed":
-        svc.disallow(Disallow("dev-1", "stolen", "sec"))
-    dps = copy.deepcopy(world.enrollments.individual)
-    hub = copy.deepcopy(world.registry.devices)
-    outcome = svc.on_connection_failure(_failure(world, "dev-1", thumbprint, code))
-    assert outcome.action == expected
-    assert outcome.changed == ()
-    assert world.enrollments.individual == dps
-    assert world.registry.devices == hub
-    entry = world.audit.list("dev-1", 1)[0]
-    assert entry.action == "reconcile"
-    assert entry.outcome in ("rejected", "noop")
 
 
 # --------------------------------------------------------------------------- sweep
