@@ -33,6 +33,17 @@ class CertificateStatus(enum.StrEnum):
     ACTIVE = "active"  # the device connected with it
     SUPERSEDED = "superseded"  # replaced by a newer certificate after confirmation
     REVOKED = "revoked"  # listed in the CRL
+    FAILED = "failed"  # its rotation failed: withdrawn from every slot, never admitted again
+
+
+def status_change_allowed(current: CertificateStatus, new: CertificateStatus) -> bool:
+    """Whether a ledger row in ``current`` may move to ``new``: revoked is final, and a
+    failed certificate may only be revoked (it is never admitted again)."""
+    if current is CertificateStatus.REVOKED:
+        return False
+    if current is CertificateStatus.FAILED:
+        return new is CertificateStatus.REVOKED
+    return True
 
 
 class RevocationReason(enum.StrEnum):

@@ -14,8 +14,17 @@ from shared.domain.model import (
 )
 from shared.domain.rotation import transitions
 from shared.domain.rotation.context import RotationContext, iso
-from shared.domain.rotation.slots import hub_accept, keep_only_in_enrollment
+from shared.domain.rotation.slots import (
+    hub_accept,
+    keep_only_in_enrollment,
+    withdraw_from_enrollment,
+    withdraw_from_hub,
+)
 from shared.domain.rotation.states import trigger_of
+
+#: failure codes a device reports that mean the certificate's key is not the one it
+#: made for the request: someone else holds the key, so the certificate is revoked
+KEY_HELD_ELSEWHERE = frozenset({"key_mismatch", "request_unknown"})
 
 
 class Completion:
@@ -93,6 +102,7 @@ class Completion:
             if cert.serial == rec.new_serial or cert.status in (
                 CertificateStatus.REVOKED,
                 CertificateStatus.SUPERSEDED,
+                CertificateStatus.FAILED,
             ):
                 continue
             if compromise and cert.serial == rec.current_serial:
@@ -121,7 +131,11 @@ class Completion:
         return cert.issued_at if cert is not None else self.ctx.now()
 
     def fail(self, rec: RotationRecord, code: str, message: str) -> RotationRecord:
+        """-> failed: the request's certificate is withdrawn first (out of the enrollment
+        and the hub identity, ledger status ``failed``, revoked when the failure means
+        someone else holds its key). A failed ``allow`` goes back to ``disallowed``."""
         ctx = self.ctx
+        withdrawn, revoked = self.withdraw(rec, revoke=code in KEY_HELD_ELSEWHERE)
         ctx.audit(
             "rotation_failed",
             "failed",
@@ -130,6 +144,8 @@ class Completion:
             code=code,
             error=message,
             state=rec.state.value,
+            withdrawn=withdrawn,
+            revoked=revoked,
         )
         ctx.publish(
             "RotationFailed",
@@ -141,4 +157,40 @@ class Completion:
             state=rec.state.value,
         )
         ctx.metric("certroll.rotation_failed", code=code)
+        if trigger_of(rec.reason) is Trigger.ALLOW:
+            return ctx.uow.save(rec, transitions.allow_failed(code, ctx.deps.actor))
         return ctx.uow.save(rec, transitions.failed(code, message))
+
+    def withdraw(self, rec: RotationRecord, *, revoke: bool) -> tuple[list[str], list[str]]:
+        """Withdraw every certificate issued for ``rec``'s request (never the current
+        one): out of the enrollment slot and the hub thumbprints, ledger status
+        ``failed`` (never admitted again), or revoked (keyCompromise) with ``revoke``.
+        Idempotent. Returns (the serials withdrawn, the serials revoked)."""
+        ctx = self.ctx
+        if rec.request_id is None:
+            return [], []
+        certs = [
+            c
+            for c in ctx.call(ctx.deps.ledger.list_for_device, rec.device_id)
+            if c.request_id == rec.request_id and c.serial != rec.current_serial
+        ]
+        withdrawn: list[str] = []
+        revoked: list[str] = []
+        for cert in certs:
+            withdraw_from_enrollment(ctx, rec.device_id, cert.thumbprint_sha256)
+            withdraw_from_hub(ctx, rec.device_id, cert.thumbprint_sha256)
+            withdrawn.append(cert.serial)
+            if revoke and cert.status is not CertificateStatus.REVOKED:
+                ctx.call(
+                    ctx.deps.issuer.revoke,
+                    cert.serial,
+                    RevocationReason.KEY_COMPROMISE,
+                    ctx.deps.actor,
+                )
+                revoked.append(cert.serial)
+            elif cert.status not in (CertificateStatus.REVOKED, CertificateStatus.FAILED):
+                ctx.call(ctx.deps.ledger.set_status, cert.serial, CertificateStatus.FAILED)
+        if revoked:
+            ctx.call(ctx.deps.issuer.publish_crl)
+        ctx.forget_issued(rec)
+        return withdrawn, revoked

@@ -370,9 +370,9 @@ def test_a_rotation_reads_back_nothing_it_just_wrote(world: World) -> None:
         setattr(world.ledger, name, counted)
     done = rotate(svc, dev)
     assert done.state is RotationState.IDLE
-    # one listing and one status change at the finish; the request's first issuance
-    # needs no idempotency look-up (its CSR was bound to it by the write just made)
-    assert sorted(calls) == ["list_for_device", "set_statuses"]
+    # the issuance lists the device's certificates once (the key check and the
+    # idempotent look-up in one); the finish lists them once and changes them in one call
+    assert sorted(calls) == ["list_for_device", "list_for_device", "set_statuses"]
     statuses = [c.status for c in world.ledger.list_for_device("dev-1")]
     assert statuses == [CertificateStatus.SUPERSEDED, CertificateStatus.ACTIVE]
 
