@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from shared.domain.redact import redact
+
 T = TypeVar("T")
 
 
@@ -146,6 +148,10 @@ class AuditEvent:
     request_id: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     at: datetime | None = None  # filled by the store when None
+
+    def __post_init__(self) -> None:
+        # nothing audited carries a secret (a function key in a URL, a token, a PIN)
+        self.detail = redact(self.detail)
 
 
 # --------------------------------------------------------------------------- DPS

@@ -61,6 +61,9 @@ class RotationPolicy:
     #: at least this many devices due for ``reprovision`` at once go through a hub job
     bulk_threshold: int = 50
     key_algorithm: str = "ec-p256"
+    #: the issuing policy's CSR size limit (``CERTROLL_CSR_MAX_BYTES``): a larger answer
+    #: fails its request at once instead of being bound to it
+    csr_max_bytes: int = 8192
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -84,6 +87,7 @@ class RotationPolicy:
             validity=timedelta(days=settings.int("CERTROLL_CERT_VALIDITY_DAYS")),
             rotation_deadline=timedelta(hours=settings.float("CERTROLL_ROTATION_DEADLINE_HOURS")),
             ca_warning=timedelta(days=settings.int("CERTROLL_CA_WARNING_DAYS")),
+            csr_max_bytes=settings.int("CERTROLL_CSR_MAX_BYTES"),
         )
 
     # ------------------------------------------------------------------ timing
