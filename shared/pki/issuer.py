@@ -147,6 +147,8 @@ class Issuer:
         if not self._chain_pem:
             self._chain_pem = authority.certificate.public_bytes(PEM).decode("ascii")
         self._crl_lock = threading.Lock()
+        #: serial -> SubjectPublicKeyInfo of revoked certificates already looked at
+        self._revoked_spki: dict[str, bytes] = {}
         self._last_crl_number = 0
 
     # ------------------------------------------------------------------ issue
@@ -185,7 +187,12 @@ class Issuer:
                     f"({record.status.value}); a new certificate needs a new key",
                 )
         for record in self.ledger.list_revoked():
-            if record.device_id != device_id and _record_spki(record) == spki:
+            if record.device_id == device_id:
+                continue
+            held = self._revoked_spki.get(record.serial)
+            if held is None:  # revoked is final: a revoked certificate's key is kept
+                held = self._revoked_spki[record.serial] = _record_spki(record)
+            if held == spki:
                 raise CsrRejectedError(
                     "key_reused",
                     f"the CSR's key is the key of revoked certificate {record.serial}; "

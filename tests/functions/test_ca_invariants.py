@@ -5,6 +5,7 @@ comes back, whatever the path: the HTTP API (``devices_api``) and the twin path
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -269,3 +270,28 @@ def test_a_failed_rotation_withdraws_its_certificate(
     assert rec.current_serial == device.cert.serial
     assert real.ledger.get(new.serial).status is status
     assert new.thumbprint_sha256 not in enrolled_thumbprints(real) | hub_thumbprints(real)
+
+
+# --------------------------------------------------------------------------- superseded
+
+
+def test_a_superseded_certificate_is_never_taken_back_as_current(
+    real: Services,  # noqa: F811
+    device: Device,
+) -> None:
+    new = delivered_rotation(real)
+    twin_report({"x509": certificate_report(new)})  # installed: the rotation finishes
+    assert real.ledger.get(device.cert.serial).status is CertificateStatus.SUPERSEDED
+    rec = real.state.get(DEVICE)
+    assert rec is not None
+    assert rec.state is RotationState.IDLE
+    # a record that knows no current certificate (as after a lost record) and a report of
+    # the superseded one: it is not adopted
+    real.state.put(dataclasses.replace(rec, current_serial=None, current_thumbprint=None))
+    twin_report({"x509": certificate_report(device.cert)})
+    after = real.state.get(DEVICE)
+    assert after is not None
+    assert after.current_serial is None
+    assert real.ledger.get(device.cert.serial).status is CertificateStatus.SUPERSEDED
+    assert enrolled_thumbprints(real) == {new.thumbprint_sha256}
+    assert hub_thumbprints(real) == {new.thumbprint_sha256}

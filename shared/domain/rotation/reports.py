@@ -160,6 +160,15 @@ class DeviceReports:
             )
             ctx.metric("certroll.foreign_certificate")
             return None
+        if known is not None and known.status is CertificateStatus.SUPERSEDED:
+            # retired by a finished rotation: never current again (the slot rule)
+            logger.info(
+                "device %s: report of superseded %s ignored (current %s)",
+                device_id,
+                known.serial,
+                rec.current_serial,
+            )
+            return None
         if known is not None and known.status in (
             CertificateStatus.REVOKED,
             CertificateStatus.FAILED,
@@ -177,9 +186,7 @@ class DeviceReports:
             return None
         if known is not None and rec.current_serial and rec.current_serial != known.serial:
             current = ctx.ledger_get(rec.current_serial)
-            if known.status is CertificateStatus.SUPERSEDED or (
-                current is not None and known.issued_at < current.issued_at
-            ):
+            if current is not None and known.issued_at < current.issued_at:
                 logger.info(
                     "device %s: stale report of %s ignored (current %s)",
                     device_id,
