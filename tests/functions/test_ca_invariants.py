@@ -295,3 +295,69 @@ def test_a_superseded_certificate_is_never_taken_back_as_current(
     assert real.ledger.get(device.cert.serial).status is CertificateStatus.SUPERSEDED
     assert enrolled_thumbprints(real) == {new.thumbprint_sha256}
     assert hub_thumbprints(real) == {new.thumbprint_sha256}
+
+
+def test_a_failed_compromise_renewal_leaves_the_device_as_it_was(
+    real: Services,  # noqa: F811
+    device: Device,
+) -> None:
+    """The compromise renewal emptied the old DPS slot at once; failing it puts the
+    current certificate back instead of leaving DPS with the withdrawn one."""
+    resp = call("POST", DEVICE, "renew", body={"reason": "compromise"})
+    assert resp.status_code == 202, resp.get_body()
+    request_id = open_request(real)
+    answer(request_id, make_csr(DEVICE))
+    rec = real.state.get(DEVICE)
+    assert rec is not None
+    assert rec.new_serial is not None
+    new = real.ledger.get(rec.new_serial)
+    assert enrolled_thumbprints(real) == {new.thumbprint_sha256}
+    twin_report(
+        {
+            "x509": {
+                "renewal": {
+                    "requestId": request_id,
+                    "status": "failed",
+                    "errorCode": "connect_failed",
+                }
+            }
+        }
+    )
+    assert real.ledger.get(new.serial).status is CertificateStatus.FAILED
+    enr = real.enrollments.get_individual(DEVICE)
+    assert enr.provisioning_status is ProvisioningStatus.ENABLED
+    assert enrolled_thumbprints(real) == {device.cert.thumbprint_sha256}
+    assert hub_thumbprints(real) == {device.cert.thumbprint_sha256}
+
+
+def test_a_failed_allow_disables_again_what_it_enabled(
+    real: Services,  # noqa: F811
+    device: Device,
+) -> None:
+    resp = call("POST", DEVICE, "disallow", body={"reason": "lost"})
+    assert resp.status_code == 200, resp.get_body()
+    resp = call("POST", DEVICE, "allow", body={"csr": make_csr(DEVICE).decode()})
+    assert resp.status_code == 202, resp.get_body()
+    rec = real.state.get(DEVICE)
+    assert rec is not None
+    assert rec.new_serial is not None
+    assert real.registry.get_device(DEVICE).status is DeviceStatus.ENABLED
+    twin_report(
+        {
+            "x509": {
+                "renewal": {
+                    "requestId": rec.request_id,
+                    "status": "failed",
+                    "errorCode": "key_mismatch",
+                }
+            }
+        }
+    )
+    after = real.state.get(DEVICE)
+    assert after is not None
+    assert after.state is RotationState.DISALLOWED
+    assert real.ledger.get(rec.new_serial).status is CertificateStatus.REVOKED
+    assert real.enrollments.get_individual(DEVICE).provisioning_status is (
+        ProvisioningStatus.DISABLED
+    )
+    assert real.registry.get_device(DEVICE).status is DeviceStatus.DISABLED

@@ -13,6 +13,7 @@ from shared.domain.model import (
     Trigger,
 )
 from shared.domain.rotation import transitions
+from shared.domain.rotation.admissible import slot_refusal
 from shared.domain.rotation.context import RotationContext, iso
 from shared.domain.rotation.slots import (
     hub_accept,
@@ -176,9 +177,21 @@ class Completion:
         ]
         withdrawn: list[str] = []
         revoked: list[str] = []
+        # where the withdrawn certificate was the only one, the current one returns to
+        # its place if the slot rule admits it (a failed renewal leaves the device as it
+        # was before); otherwise (e.g. an allow: the current one is revoked) the
+        # enrollment or identity is disabled
+        current = ctx.ledger_get(rec.current_serial) if rec.current_serial else None
+        if current is not None and slot_refusal(current, rec.device_id, rec, ctx.now()):
+            current = None
         for cert in certs:
-            withdraw_from_enrollment(ctx, rec.device_id, cert.thumbprint_sha256)
-            withdraw_from_hub(ctx, rec.device_id, cert.thumbprint_sha256)
+            withdraw_from_enrollment(ctx, rec.device_id, cert.thumbprint_sha256, current)
+            withdraw_from_hub(
+                ctx,
+                rec.device_id,
+                cert.thumbprint_sha256,
+                current.thumbprint_sha256 if current is not None else None,
+            )
             withdrawn.append(cert.serial)
             if revoke and cert.status is not CertificateStatus.REVOKED:
                 ctx.call(

@@ -211,10 +211,16 @@ def hub_accept(
     raise ConcurrencyError(f"{device_id}: the hub identity kept changing")
 
 
-def withdraw_from_enrollment(ctx: RotationContext, device_id: str, thumbprint: str) -> str:
+def withdraw_from_enrollment(
+    ctx: RotationContext,
+    device_id: str,
+    thumbprint: str,
+    fallback: CertificateRecord | None = None,
+) -> str:
     """Take thumbprint ``thumbprint`` out of the device's individual enrollment. When it is
-    the only certificate there (DPS needs one), the enrollment is disabled instead.
-    Returns what was done: "none", "cleared" or "disabled"."""
+    the only certificate there (DPS needs one), ``fallback`` (the device's current
+    certificate, when the slot rule admits it) takes its place, else the enrollment is
+    disabled. Returns what was done: "none", "cleared", "restored" or "disabled"."""
     gone = thumbprint.lower()
     for _ in range(MAX_ATTEMPTS):
         enr = ctx.individual(device_id)
@@ -231,6 +237,9 @@ def withdraw_from_enrollment(ctx: RotationContext, device_id: str, thumbprint: s
         if others:
             updated = dataclasses.replace(enr, primary=others[0], secondary=None)
             done = "cleared"
+        elif fallback is not None:
+            updated = dataclasses.replace(enr, primary=slot_of(device_id, fallback), secondary=None)
+            done = "restored"
         elif enr.provisioning_status is ProvisioningStatus.DISABLED:
             return "disabled"
         else:
@@ -244,10 +253,13 @@ def withdraw_from_enrollment(ctx: RotationContext, device_id: str, thumbprint: s
     raise ConcurrencyError(f"{device_id}: the enrollment kept changing")
 
 
-def withdraw_from_hub(ctx: RotationContext, device_id: str, thumbprint: str) -> str:
+def withdraw_from_hub(
+    ctx: RotationContext, device_id: str, thumbprint: str, fallback: str | None = None
+) -> str:
     """Take thumbprint ``thumbprint`` off the device's self-signed hub identity. When it
-    is the only thumbprint there (the hub needs one), the identity is disabled instead.
-    Returns "none", "cleared" or "disabled"."""
+    is the only thumbprint there (the hub needs one), ``fallback`` (the current
+    certificate's thumbprint, when the slot rule admits it) takes its place, else the
+    identity is disabled. Returns "none", "cleared", "restored" or "disabled"."""
     gone = thumbprint.lower()
     for _ in range(MAX_ATTEMPTS):
         ident = ctx.identity(device_id)
@@ -257,11 +269,13 @@ def withdraw_from_hub(ctx: RotationContext, device_id: str, thumbprint: str) -> 
         if gone not in (p, s):
             return "none"
         rest = [t for t in (p, s) if t is not None and t != gone]
-        if rest:
+        if rest or fallback:
             updated = dataclasses.replace(
-                ident, primary_thumbprint=rest[0], secondary_thumbprint=None
+                ident,
+                primary_thumbprint=rest[0] if rest else lower(fallback),
+                secondary_thumbprint=None,
             )
-            done = "cleared"
+            done = "cleared" if rest else "restored"
         elif ident.status is DeviceStatus.DISABLED:
             return "disabled"
         else:
