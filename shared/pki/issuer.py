@@ -4,8 +4,9 @@
 extensions, SAN) -> disallowed check -> idempotency lookup (same device + CSR + request
 returns the certificate already issued, no second signature, never a retired one) ->
 key check (no key an earlier certificate of the device, or any revoked certificate,
-carried) -> sign -> ledger -> audit. The rule: ``shared/domain/rotation/admissible.py``. Every
-rejection leaves an ``issue_rejected`` audit entry and nothing in the ledger.
+carried) -> sign -> ledger -> audit. Every rejection leaves an ``issue_rejected`` audit
+entry and nothing in the ledger. The rule is stated in
+``shared/domain/rotation/admissible.py`` and docs/issuing.md.
 """
 
 from __future__ import annotations
