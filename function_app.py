@@ -9,8 +9,10 @@ from functions.hub_events import bp as hub_events_bp
 from functions.lifecycle import bp as lifecycle_bp
 from functions.sweep import bp as sweep_bp
 from functions.worker import bp as worker_bp
+from shared.domain.redact import install_log_redaction
 
 logging.getLogger("azure").setLevel(logging.WARNING)
+install_log_redaction()  # no function key, token or PIN in a log line
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 for blueprint in (hub_events_bp, lifecycle_bp, sweep_bp, worker_bp, api_bp):

@@ -9,11 +9,11 @@ them from :func:`shared.bootstrap.get_services`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -271,8 +271,16 @@ def configure_issue(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-id", required=True, help="the device id (the CSR's CN)")
     parser.add_argument("--csr", required=True, help="CSR file (PEM or DER), '-' for stdin")
     parser.add_argument("--out", help="write the chain PEM (leaf, issuing CA) here")
-    parser.add_argument("--request-id", default=None, help="idempotency/request id")
+    parser.add_argument(
+        "--request-id",
+        default=None,
+        help="idempotency/request id (default: one per device and CSR file content)",
+    )
     parser.add_argument("--json", action="store_true", help="print certificate facts as JSON")
+
+
+def _cli_request_id(device_id: str, csr: bytes) -> str:
+    return "cli-" + hashlib.sha256(device_id.encode() + b"\0" + csr).hexdigest()[:32]
 
 
 def cmd_issue(args: argparse.Namespace, issuer: Issuer) -> int:
@@ -285,7 +293,9 @@ def cmd_issue(args: argparse.Namespace, issuer: Issuer) -> int:
     issued = issuer.issue(
         args.device_id,
         csr,
-        request_id=args.request_id or f"cli-{uuid.uuid4()}",
+        # the same command run again is the same request (and gets the same certificate);
+        # the CSR of another request is refused (key_reused)
+        request_id=args.request_id or _cli_request_id(args.device_id, csr),
         trigger=Trigger.CLI.value,
         actor=cli_actor(),
     )

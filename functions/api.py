@@ -37,6 +37,7 @@ from shared.domain.commands import Allow, Disallow, StartRenewal, Status
 from shared.domain.errors import CertrollError, CsrRejectedError, InvalidRequestError
 from shared.domain.messages import check_device_id
 from shared.domain.model import AuditEvent
+from shared.domain.redact import redact_text
 from shared.domain.rotation import RotationService
 from shared.ports import AuditLog
 from shared.settings import Settings
@@ -115,7 +116,12 @@ class DevicesApi:
         action = req.route_params.get("action") or None
         raw_id = req.route_params.get("id")
         operation = OPERATIONS.get((method, action))
-        context = {"method": method, "route": req.url, "operation": operation or "unknown"}
+        # the function key may be in the URL (?code=): never recorded
+        context = {
+            "method": method,
+            "route": redact_text(req.url),
+            "operation": operation or "unknown",
+        }
 
         def refuse(
             status: int,

@@ -8,13 +8,14 @@ import typing
 import azure.functions as func
 
 from functions._errors import PERMANENT_ERRORS, TRANSIENT_ERRORS
-from functions._services import rotation
+from functions._services import rotation, services
 from functions.parsing.hub_events import (
     app_properties_for,
     parse_connection_log,
     parse_twin_change,
 )
 from shared.domain.errors import InvalidRequestError
+from shared.domain.messages import MAX_CSR_BYTES
 from shared.domain.rotation import RotationService
 from shared.domain.rotation.reconcile import UnknownDevices
 
@@ -44,14 +45,23 @@ def _as_list(events: func.EventHubEvent | list[func.EventHubEvent]) -> list[func
     return events if isinstance(events, list) else [events]
 
 
-def handle_twin_changes(events: list[func.EventHubEvent], service: RotationService) -> int:
-    """Call ``on_twin_reported`` for every message with a reported ``x509``; returns how many."""
+def handle_twin_changes(
+    events: list[func.EventHubEvent],
+    service: RotationService,
+    csr_max_bytes: int = MAX_CSR_BYTES,
+) -> int:
+    """Call ``on_twin_reported`` for every message with a reported ``x509``; returns how
+    many. A CSR answer above ``csr_max_bytes`` (the issuing policy's limit) is refused
+    at parse, like any malformed message: skipped, never retried."""
     handled = 0
     for index, event in enumerate(events):
         seq = event.sequence_number
         try:
             report = parse_twin_change(
-                event.get_body(), event.iothub_metadata, app_properties_for(event.metadata, index)
+                event.get_body(),
+                event.iothub_metadata,
+                app_properties_for(event.metadata, index),
+                csr_max_bytes=csr_max_bytes,
             )
         except InvalidRequestError as exc:
             logger.warning("twin_changes: skipped event %d (sequence %s): %s", index, seq, exc)
@@ -155,7 +165,8 @@ def handle_connection_logs(events: list[func.EventHubEvent], service: RotationSe
     consumer_group=CONSUMER_GROUP,
 )
 def twin_changes(events: EventBatch) -> None:
-    handle_twin_changes(_as_list(events), rotation())
+    csr_max_bytes = services().settings.int("CERTROLL_CSR_MAX_BYTES")
+    handle_twin_changes(_as_list(events), rotation(), csr_max_bytes)
 
 
 @bp.retry(

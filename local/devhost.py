@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import logging
 import re
@@ -130,7 +131,10 @@ class DevHost:
 
     def _key_ok(self, request: Request) -> bool:
         given = request.headers.get("x-functions-key") or request.args.get("code")
-        return bool(given) and given == self.function_key
+        if not given or not self.function_key:
+            return False
+        # constant time: the comparison's duration says nothing about the key
+        return hmac.compare_digest(given.encode("utf-8"), self.function_key.encode("utf-8"))
 
     # ----------------------------------------------------------------- HTTP
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:

@@ -33,11 +33,24 @@ def _body_object(body: bytes, *, required: bool) -> dict[str, Any]:
     return doc
 
 
+#: how many unknown field names an error message names, and how much of each
+SHOWN_FIELDS = 3
+SHOWN_FIELD_CHARS = 40
+
+
 def _no_extra(doc: Mapping[str, Any], allowed: set[str]) -> None:
+    """``unknown_field`` naming a few of the unknown names, each cut short: a client's
+    field names are echoed (and audited) within a bound, however many or long they are."""
     extra = sorted(set(doc) - allowed)
     if extra:
+        shown = [
+            repr(name if len(name) <= SHOWN_FIELD_CHARS else name[:SHOWN_FIELD_CHARS] + "...")
+            for name in extra[:SHOWN_FIELDS]
+        ]
+        more = f" and {len(extra) - SHOWN_FIELDS} more" if len(extra) > SHOWN_FIELDS else ""
         raise InvalidRequestError(
-            "unknown_field", f"unknown field(s) {', '.join(extra)}; allowed: {sorted(allowed)}"
+            "unknown_field",
+            f"unknown field(s) {', '.join(shown)}{more}; allowed: {sorted(allowed)}",
         )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from functions.parsing.common import load_json, parse_time
 from shared.domain.commands import ConnectionFailure, TwinReported
 from shared.domain.errors import InvalidRequestError
-from shared.domain.messages import check_device_id
+from shared.domain.messages import MAX_CSR_BYTES, check_device_id
 
 #: TwinChangeEvents ``opType`` values (iot-hub-non-telemetry-event-schema.md): an update
 #: body holds ``version`` and the changed sections; a replace body holds the whole twin
@@ -44,6 +44,8 @@ def parse_twin_change(
     body: bytes | str,
     iothub_metadata: Mapping[str, Any] | None = None,
     app_properties: Mapping[str, Any] | None = None,
+    *,
+    csr_max_bytes: int = MAX_CSR_BYTES,
 ) -> TwinReported | None:
     """Parse one routed TwinChangeEvents message.
 
@@ -57,7 +59,8 @@ def parse_twin_change(
     that is a whole routed message (``{"body", "properties", "systemProperties"}``, as
     the local emulator writes it) is unwrapped first. Returns None when the change does
     not carry a reported ``x509`` section; a section that is not a well-formed
-    report raises (``malformed_report``).
+    report raises (``malformed_report``), and so does a CSR answer larger than
+    ``csr_max_bytes`` (``csr_too_large``: refused here, never retried).
     """
     doc = load_json(body, "twin change message")
     if not isinstance(doc, dict):
@@ -65,9 +68,11 @@ def parse_twin_change(
     system = _strip_iothub_prefix(iothub_metadata)
     app = dict(app_properties or {})
     if isinstance(doc.get("body"), dict):  # a whole routed message
-        system.update(_strip_iothub_prefix(doc.get("systemProperties")))
+        # what the body says of itself fills gaps only: the runtime's properties win
+        inner = doc.get("systemProperties")
+        system = _strip_iothub_prefix(inner if isinstance(inner, Mapping) else None) | system
         if isinstance(doc.get("properties"), dict):
-            app.update(doc["properties"])
+            app = dict(doc["properties"]) | app
         doc = doc["body"]
     module_id = system.get("connection-module-id") or app.get("moduleId")
     if module_id:
@@ -108,7 +113,7 @@ def parse_twin_change(
         raise InvalidRequestError(
             "malformed_event", f"{device_id}: twin 'version' is not an integer: {version!r}"
         )
-    return TwinReported.parse(device_id, x509, version)
+    return TwinReported.parse(device_id, x509, version, csr_max_bytes=csr_max_bytes)
 
 
 def app_properties_for(metadata: Mapping[str, Any] | None, index: int) -> dict[str, Any]:

@@ -52,8 +52,8 @@ ERROR_CODES: frozenset[str] = frozenset(
     }
 )
 
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class ContractError(InvalidRequestError):
 
 
 def parse_time(text: Any) -> datetime:
-    if not isinstance(text, str) or not _TIME_RE.match(text):
+    if not isinstance(text, str) or not _TIME_RE.fullmatch(text):
         raise ContractError("request_malformed", f"time {text!r} is not YYYY-MM-DDTHH:MM:SSZ")
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
@@ -111,7 +111,7 @@ def certificate_section(cert: x509.Certificate) -> dict[str, str]:
 
 
 def is_request_id(value: Any) -> TypeGuard[str]:
-    return isinstance(value, str) and bool(_REQUEST_ID_RE.match(value))
+    return isinstance(value, str) and bool(_REQUEST_ID_RE.fullmatch(value))
 
 
 # --------------------------------------------------------------------------- keys and CSRs

@@ -29,12 +29,12 @@ from shared.domain.model import (
 )
 from shared.ports import EnrollmentStore
 
-_REG_ID = re.compile(r"^[A-Za-z0-9\-._:]{1,128}$")
+_REG_ID = re.compile(r"[A-Za-z0-9\-._:]{1,128}")
 MAX_PAGE_SIZE = 1000
 
 
 def check_registration_id(value: Any, what: str = "registration id") -> str:
-    if not isinstance(value, str) or not _REG_ID.match(value):
+    if not isinstance(value, str) or not _REG_ID.fullmatch(value):
         raise InvalidRequestError(
             "registration_id_invalid",
             f"{what} {value!r} must be 1-128 letters, digits, '-', '.', '_' or ':'",

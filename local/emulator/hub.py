@@ -38,15 +38,15 @@ from shared.ports import DeviceRegistry
 
 logger = logging.getLogger(__name__)
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9\-:.+%_#*?!(),=@$']{1,128}$")
-_THUMBPRINT = re.compile(r"^(?:[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})$")
-_METHOD_NAME = re.compile(r"^[A-Za-z0-9_\-.$]{1,100}$")
+_DEVICE_ID = re.compile(r"[A-Za-z0-9\-:.+%_#*?!(),=@$']{1,128}")
+_THUMBPRINT = re.compile(r"(?:[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})")
+_METHOD_NAME = re.compile(r"[A-Za-z0-9_\-.$]{1,100}")
 MAX_PAGE_SIZE = 1000  # hub queries return at most 1000 items per page
 ACTIVE_JOB_STATES = frozenset({"queued", "scheduled", "running"})
 
 
 def check_device_id(device_id: Any) -> str:
-    if not isinstance(device_id, str) or not _DEVICE_ID.match(device_id):
+    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
         raise InvalidRequestError(
             "device_id_invalid",
             f"device id {device_id!r} must be 1-128 letters, digits or -:.+%_#*?!(),=@$'",
@@ -107,7 +107,7 @@ def _identity_fields(identity: DeviceIdentity) -> dict[str, Any]:
 def _check_thumbprint(tp: str | None, slot: str) -> str | None:
     if tp is None:
         return None
-    if not isinstance(tp, str) or not _THUMBPRINT.match(tp):
+    if not isinstance(tp, str) or not _THUMBPRINT.fullmatch(tp):
         raise InvalidRequestError(
             "thumbprint_invalid", f"{slot} thumbprint must be 40 or 64 hex digits"
         )
@@ -315,7 +315,7 @@ class EmulatedHub(DeviceRegistry):
         connect_timeout: int = 10,
         response_timeout: int = 30,
     ) -> MethodResult:
-        if not isinstance(method_name, str) or not _METHOD_NAME.match(method_name):
+        if not isinstance(method_name, str) or not _METHOD_NAME.fullmatch(method_name):
             raise InvalidRequestError("method_name_invalid", f"bad method name {method_name!r}")
         try:
             size = len(json.dumps(payload))
@@ -359,7 +359,7 @@ class EmulatedHub(DeviceRegistry):
     ) -> JobStatus:
         if not isinstance(job_id, str) or not re.match(r"^[A-Za-z0-9\-_.]{1,128}$", job_id):
             raise InvalidRequestError("job_id_invalid", f"bad job id {job_id!r}")
-        if not isinstance(method_name, str) or not _METHOD_NAME.match(method_name):
+        if not isinstance(method_name, str) or not _METHOD_NAME.fullmatch(method_name):
             raise InvalidRequestError("method_name_invalid", f"bad method name {method_name!r}")
         if max_execution_seconds < 1:
             raise InvalidRequestError("job_invalid", "max_execution_seconds must be positive")

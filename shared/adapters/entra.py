@@ -64,7 +64,7 @@ MAX_METADATA_BYTES = 64 * 1024
 FETCH_TIMEOUT_SECONDS = 10.0
 REQUIRED_CLAIMS = ("exp", "nbf", "iat", "iss", "aud")
 NAME_CLAIMS = ("name", "preferred_username", "upn", "unique_name", "app_displayname")
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -85,7 +85,7 @@ class EntraConfig:
         audiences = tuple(
             a.strip() for a in settings.get("CERTROLL_AUTH_AUDIENCES").split(",") if a.strip()
         )
-        if not _GUID.match(tenant) or not audiences:
+        if not _GUID.fullmatch(tenant) or not audiences:
             raise AuthUnavailableError(
                 "auth_not_configured",
                 "operator authentication is not configured: set CERTROLL_AUTH_TENANT_ID "

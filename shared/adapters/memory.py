@@ -32,6 +32,7 @@ from shared.domain.model import (
     RevocationReason,
     RotationRecord,
     RotationState,
+    status_change_allowed,
 )
 from shared.ports import (
     AuditLog,
@@ -93,7 +94,7 @@ class MemoryLedger(CertificateLedger):
             rec = self._by_serial.get(serial)
             if rec is None:
                 raise NotFoundError(f"no certificate with serial {serial}")
-            if rec.status is CertificateStatus.REVOKED:
+            if not status_change_allowed(rec.status, CertificateStatus(status)):
                 return copy.copy(rec)
             rec.status = status
             if status is CertificateStatus.REVOKED:
@@ -118,7 +119,7 @@ class MemoryLedger(CertificateLedger):
             out: dict[str, CertificateRecord] = {}
             for serial, status in wanted.items():
                 rec = self._by_serial[serial]
-                if rec.status is not CertificateStatus.REVOKED:
+                if status_change_allowed(rec.status, status):
                     rec.status = status
                 out[serial] = copy.copy(rec)
             return out

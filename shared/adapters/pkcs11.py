@@ -271,24 +271,50 @@ def open_pkcs11_key(
 
 
 def init_softhsm_token(token_label: str, pin: str, so_pin: str | None = None) -> None:
-    """Create a SoftHSM2 token (in the SOFTHSM2_CONF token directory) with ``softhsm2-util``."""
+    """Create a SoftHSM2 token (in the SOFTHSM2_CONF token directory) with ``softhsm2-util``.
+
+    The PINs never appear on the command line (where every local user sees them in the
+    process list): ``softhsm2-util`` reads them from its terminal, so it runs on a
+    pseudo-terminal that is given them.
+    """
     tool = shutil.which("softhsm2-util")
     if tool is None:
         raise SigningError("softhsm2-util is not installed (Debian package softhsm2)")
-    cmd = [
-        tool,
-        "--init-token",
-        "--free",
-        "--label",
-        token_label,
-        "--so-pin",
-        so_pin or secrets.token_hex(8),
-        "--pin",
-        pin,
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
-    if done.returncode != 0:
-        raise SigningError(f"softhsm2-util could not create token {token_label!r}: {done.stderr}")
+    cmd = [tool, "--init-token", "--free", "--label", token_label]
+    so = so_pin or secrets.token_hex(8)
+    answers = f"{so}\n{so}\n{pin}\n{pin}\n"
+    code, output = run_with_terminal_input(cmd, answers, timeout=60)
+    if code != 0:
+        raise SigningError(f"softhsm2-util could not create token {token_label!r}: {output}")
+
+
+def run_with_terminal_input(cmd: list[str], answers: str, *, timeout: float) -> tuple[int, str]:
+    """Run ``cmd`` with a pseudo-terminal as its stdin holding ``answers`` (what a person
+    would type at its prompts); returns (exit code, stdout and stderr)."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        os.close(slave)
+        slave = -1
+        os.write(master, answers.encode())
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            return -1, f"{cmd[0]} did not finish in {timeout} s: {output}"
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    return proc.returncode, output
 
 
 #: the EC key types ``create_issuing_key`` makes, by curve name

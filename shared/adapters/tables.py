@@ -59,6 +59,7 @@ from shared.domain.model import (
     RevocationReason,
     RotationRecord,
     RotationState,
+    status_change_allowed,
 )
 from shared.ports import AuditLog, CertificateLedger, RotationStateStore
 
@@ -422,7 +423,7 @@ class TableLedger(_TableBase, CertificateLedger):
         for _ in range(_SET_STATUS_ATTEMPTS):
             entity = self._get_entity(serial)
             record = _entity_to_record(entity)
-            if record.status is CertificateStatus.REVOKED:
+            if not status_change_allowed(record.status, status):
                 return record
             record.status = status
             if status is CertificateStatus.REVOKED:
@@ -481,7 +482,7 @@ class TableLedger(_TableBase, CertificateLedger):
                 if serial not in current:
                     raise NotFoundError(f"device {device_id} has no certificate {serial}")
                 record = current[serial]
-                if record.status not in (CertificateStatus.REVOKED, status):
+                if record.status is not status and status_change_allowed(record.status, status):
                     record = dataclasses.replace(record, status=status)
                     writes.append(record)
                 out[serial] = record

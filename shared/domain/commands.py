@@ -80,11 +80,18 @@ class TwinReported:
 
     @classmethod
     def parse(
-        cls, device_id: str, section: Mapping[str, Any], twin_version: int | None = None
+        cls,
+        device_id: str,
+        section: Mapping[str, Any],
+        twin_version: int | None = None,
+        *,
+        csr_max_bytes: int = MAX_CSR_BYTES,
     ) -> TwinReported:
-        """From the raw section; InvalidRequestError (``malformed_report``) otherwise."""
+        """From the raw section; InvalidRequestError (``malformed_report``, or
+        ``csr_too_large`` above ``csr_max_bytes``) otherwise."""
         device_id = check_device_id(device_id)
-        return cls(device_id, parse_reported_x509(device_id, section), twin_version)
+        report = parse_reported_x509(device_id, section, csr_max_bytes=csr_max_bytes)
+        return cls(device_id, report, twin_version)
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,14 @@ ROTATE_KIND = "rotate"
 MAX_BATCH = 1000
 MAX_CSR_BYTES = 65536
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}$")
-_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
-_SERIAL_HEX = re.compile(r"^[0-9a-fA-F]{1,64}$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_DEVICE_ID = re.compile(r"[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}")
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+_SERIAL_HEX = re.compile(r"[0-9a-fA-F]{1,64}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def check_device_id(value: object, what: str = "device id") -> str:
-    if not isinstance(value, str) or not _DEVICE_ID.match(value):
+    if not isinstance(value, str) or not _DEVICE_ID.fullmatch(value):
         shown = value if isinstance(value, str) and len(value) <= 140 else type(value).__name__
         raise InvalidRequestError("device_id_invalid", f"{what} {shown!r} is not a device id")
     return value
@@ -95,13 +95,17 @@ class ReportedX509:
 
 
 def _request_id(value: object, what: str) -> str:
-    if not isinstance(value, str) or not _REQUEST_ID.match(value):
+    if not isinstance(value, str) or not _REQUEST_ID.fullmatch(value):
         raise InvalidRequestError("malformed_report", f"{what} {value!r} is not a request id")
     return value
 
 
-def parse_reported_x509(device_id: str, section: Mapping[str, Any]) -> ReportedX509:
-    """The reported ``x509`` section of ``device_id``'s twin.
+def parse_reported_x509(
+    device_id: str, section: Mapping[str, Any], *, csr_max_bytes: int = MAX_CSR_BYTES
+) -> ReportedX509:
+    """The reported ``x509`` section of ``device_id``'s twin. A CSR larger than
+    ``csr_max_bytes`` (the issuing policy's ``CERTROLL_CSR_MAX_BYTES``) is refused
+    (``csr_too_large``).
 
     Any of the three parts may be absent (a coalesced or partial patch); a part that is
     present must be complete and well-formed. ``None`` values (JSON merge deletes) count
@@ -114,13 +118,13 @@ def parse_reported_x509(device_id: str, section: Mapping[str, Any]) -> ReportedX
     certificate: ReportedCertificate | None = None
     if section.get("thumbprint") is not None:
         thumb = section.get("thumbprint")
-        if not isinstance(thumb, str) or not _SHA256_HEX.match(thumb):
+        if not isinstance(thumb, str) or not _SHA256_HEX.fullmatch(thumb):
             raise InvalidRequestError(
                 "malformed_report",
                 f"{device_id}: x509.thumbprint {thumb!r} is not a SHA-256 hex thumbprint",
             )
         serial = section.get("serialNumber")
-        if not isinstance(serial, str) or not _SERIAL_HEX.match(serial):
+        if not isinstance(serial, str) or not _SERIAL_HEX.fullmatch(serial):
             raise InvalidRequestError(
                 "malformed_report", f"{device_id}: x509.serialNumber {serial!r} is not hex"
             )
@@ -147,9 +151,14 @@ def parse_reported_x509(device_id: str, section: Mapping[str, Any]) -> ReportedX
             raise InvalidRequestError(
                 "malformed_report", f"{device_id}: x509.csr.pem is not a PEM certificate request"
             )
-        if len(pem) > MAX_CSR_BYTES:
+        size = len(pem.encode("utf-8"))
+        if size > min(csr_max_bytes, MAX_CSR_BYTES):
+            # refused here, typed and permanent: it would never be issued, and a record
+            # holding it could not even be written
             raise InvalidRequestError(
-                "malformed_report", f"{device_id}: x509.csr.pem has {len(pem)} characters"
+                "csr_too_large",
+                f"{device_id}: x509.csr.pem has {size} bytes; "
+                f"at most {min(csr_max_bytes, MAX_CSR_BYTES)} are accepted",
             )
         csr = CsrAnswer(request_id=request_id, pem=pem, sha256=csr_sha256(pem))
     renewal: RenewalResult | None = None

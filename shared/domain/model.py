@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from shared.domain.redact import redact
+
 T = TypeVar("T")
 
 
@@ -33,6 +35,17 @@ class CertificateStatus(enum.StrEnum):
     ACTIVE = "active"  # the device connected with it
     SUPERSEDED = "superseded"  # replaced by a newer certificate after confirmation
     REVOKED = "revoked"  # listed in the CRL
+    FAILED = "failed"  # its rotation failed: withdrawn from every slot, never admitted again
+
+
+def status_change_allowed(current: CertificateStatus, new: CertificateStatus) -> bool:
+    """Whether a ledger row in ``current`` may move to ``new``: revoked is final, and a
+    failed certificate may only be revoked (it is never admitted again)."""
+    if current is CertificateStatus.REVOKED:
+        return False
+    if current is CertificateStatus.FAILED:
+        return new is CertificateStatus.REVOKED
+    return True
 
 
 class RevocationReason(enum.StrEnum):
@@ -135,6 +148,10 @@ class AuditEvent:
     request_id: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     at: datetime | None = None  # filled by the store when None
+
+    def __post_init__(self) -> None:
+        # nothing audited carries a secret (a function key in a URL, a token, a PIN)
+        self.detail = redact(self.detail)
 
 
 # --------------------------------------------------------------------------- DPS

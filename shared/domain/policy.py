@@ -81,6 +81,9 @@ class RotationPolicy:
     #: none on the basic tiers): certroll never schedules beyond it
     max_concurrent_jobs: int = 1
     key_algorithm: str = "ec-p256"
+    #: the issuing policy's CSR size limit (``CERTROLL_CSR_MAX_BYTES``): a larger answer
+    #: fails its request at once instead of being bound to it
+    csr_max_bytes: int = 4096
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -107,6 +110,7 @@ class RotationPolicy:
             rotation_deadline=timedelta(hours=settings.float("CERTROLL_ROTATION_DEADLINE_HOURS")),
             ca_warning=timedelta(days=settings.int("CERTROLL_CA_WARNING_DAYS")),
             max_concurrent_jobs=concurrent_jobs_of_tier(settings.get("CERTROLL_IOTHUB_SKU")),
+            csr_max_bytes=settings.int("CERTROLL_CSR_MAX_BYTES"),
         )
 
     # ------------------------------------------------------------------ timing

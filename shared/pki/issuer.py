@@ -1,9 +1,12 @@
 """The issuer: CSR in, device certificate out, with ledger, audit and CRL.
 
 ``Issuer.issue`` runs, in order: CSR policy (size, parse, key, signature, subject,
-extensions, SAN) -> disallowed check -> idempotency lookup (same device + CSR returns
-the certificate already issued, no second signature) -> sign -> ledger -> audit. Every
-rejection leaves an ``issue_rejected`` audit entry and nothing in the ledger.
+extensions, SAN) -> disallowed check -> idempotency lookup (same device + CSR + request
+returns the certificate already issued, no second signature, never a retired one) ->
+key check (no key an earlier certificate of the device, or any revoked certificate,
+carried) -> sign -> ledger -> audit. Every rejection leaves an ``issue_rejected`` audit
+entry and nothing in the ledger. The rule is stated in
+``shared/domain/rotation/admissible.py`` and docs/issuing.md.
 """
 
 from __future__ import annotations
@@ -55,6 +58,25 @@ logger = logging.getLogger(__name__)
 
 PEM = serialization.Encoding.PEM
 DER = serialization.Encoding.DER
+
+
+#: ledger statuses whose certificate is never handed out again
+_RETIRED = frozenset(
+    {CertificateStatus.REVOKED, CertificateStatus.SUPERSEDED, CertificateStatus.FAILED}
+)
+
+
+def _record_spki(record: CertificateRecord) -> bytes:
+    return spki_der(x509.load_pem_x509_certificate(record.pem.encode("ascii")).public_key())
+
+
+def _refuse_retired(record: CertificateRecord) -> None:
+    if record.status in _RETIRED:
+        raise CsrRejectedError(
+            "key_reused",
+            f"this request's certificate {record.serial} is {record.status.value}; "
+            "a new certificate needs a new key",
+        )
 
 
 class IssuanceDisallowedError(CsrRejectedError, DeviceDisallowedError):
@@ -126,6 +148,8 @@ class Issuer:
         if not self._chain_pem:
             self._chain_pem = authority.certificate.public_bytes(PEM).decode("ascii")
         self._crl_lock = threading.Lock()
+        #: serial -> SubjectPublicKeyInfo of revoked certificates already looked at
+        self._revoked_spki: dict[str, bytes] = {}
         self._last_crl_number = 0
 
     # ------------------------------------------------------------------ issue
@@ -133,25 +157,48 @@ class Issuer:
     def check(
         self, device_id: str, csr_pem: str | bytes, *, request_id: str, trigger: str, actor: str
     ) -> None:
-        """Apply the CSR policy without issuing, and refuse a key the device's revoked
-        certificates held (``key_reused``): re-admitting a device needs a fresh key.
+        """Apply the CSR policy without issuing, and refuse a key that any earlier
+        certificate of the device, or any revoked certificate, carried (``key_reused``):
+        re-admitting a device needs a fresh key.
 
         A rejection is audited (``issue_rejected``) and raised as :class:`CsrRejectedError`;
         nothing else changes.
         """
         with self._audit_rejection(device_id, request_id, trigger, actor):
             accepted = check_csr(device_id, csr_pem, max_bytes=self.policy.csr_max_bytes)
-            spki = spki_der(accepted.csr.public_key())
-            for record in self.ledger.list_for_device(device_id):
-                if record.status is not CertificateStatus.REVOKED:
-                    continue
-                held = x509.load_pem_x509_certificate(record.pem.encode("ascii"))
-                if spki_der(held.public_key()) == spki:
-                    raise CsrRejectedError(
-                        "key_reused",
-                        f"the CSR's key is the key of revoked certificate {record.serial}; "
-                        "the device must make a new key",
-                    )
+            self._refuse_known_key(
+                device_id,
+                spki_der(accepted.csr.public_key()),
+                self.ledger.list_for_device(device_id),
+            )
+
+    def _refuse_known_key(
+        self,
+        device_id: str,
+        spki: bytes,
+        certs: list[CertificateRecord],
+    ) -> None:
+        """``key_reused`` when ``spki`` is the key of an earlier certificate of the device
+        (``certs``) or of any revoked certificate."""
+        for record in certs:
+            if _record_spki(record) == spki:
+                raise CsrRejectedError(
+                    "key_reused",
+                    f"the CSR's key is the key of certificate {record.serial} "
+                    f"({record.status.value}); a new certificate needs a new key",
+                )
+        for record in self.ledger.list_revoked():
+            if record.device_id == device_id:
+                continue
+            held = self._revoked_spki.get(record.serial)
+            if held is None:  # revoked is final: a revoked certificate's key is kept
+                held = self._revoked_spki[record.serial] = _record_spki(record)
+            if held == spki:
+                raise CsrRejectedError(
+                    "key_reused",
+                    f"the CSR's key is the key of revoked certificate {record.serial}; "
+                    "a new certificate needs a new key",
+                )
 
     def issue(
         self,
@@ -170,12 +217,15 @@ class Issuer:
         (ETag-checked) within this same operation, and it is not disallowed; the issuer
         does not read it again. Otherwise the issuer asks ``is_disallowed``.
 
-        ``first_attempt``: the caller has just bound this request to this CSR with an
-        ETag-checked write, so no attempt of the request can have issued yet; the ledger
-        look-up that spares a retry a second signature is skipped. A certificate already
-        recorded for the same device and CSR (an earlier request answered with the same
-        CSR, or a concurrent attempt) still wins at the ledger's create-only row and is
-        returned; the certificate signed here is then dropped unrecorded.
+        The device's certificates are listed once: a certificate already recorded for
+        the same device, CSR **and request** is returned (``reused=True``, no second
+        signature) unless it is revoked, superseded or failed; any other certificate of
+        the device carrying the CSR's key, and any revoked certificate carrying it,
+        refuses the CSR (``key_reused``). A certificate recorded concurrently for the same
+        CSR wins at the ledger's create-only row: returned to the same request, refused
+        (``key_reused``) to another; the certificate signed here is then dropped
+        unrecorded. ``first_attempt`` is accepted for the rotation service's call and
+        changes nothing (the listing is needed for the key check anyway).
 
         Raises :class:`CsrRejectedError` (``IssuanceDisallowedError`` for a disallowed
         device) after writing an ``issue_rejected`` audit entry; ``SigningError`` /
@@ -187,10 +237,19 @@ class Issuer:
                 raise IssuanceDisallowedError(
                     "device_disallowed", f"device {device_id!r} is disallowed; nothing is issued"
                 )
-
-        existing = (
-            None if first_attempt else self.ledger.find_by_csr(device_id, accepted.csr_sha256)
-        )
+            certs = self.ledger.list_for_device(device_id)
+            existing = next(
+                (
+                    c
+                    for c in certs
+                    if c.csr_sha256 == accepted.csr_sha256 and c.request_id == request_id
+                ),
+                None,
+            )
+            if existing is not None:
+                _refuse_retired(existing)
+            else:
+                self._refuse_known_key(device_id, spki_der(accepted.public_key), certs)
         if existing is not None:
             return self._reused(existing, request_id, trigger, actor)
 
@@ -227,6 +286,16 @@ class Issuer:
             issued_at=now,
         )
         stored = self.ledger.add(record)
+        if stored.serial != record.serial and (
+            stored.request_id != request_id or stored.status in _RETIRED
+        ):
+            # another request recorded this CSR first: its key is not certified again
+            with self._audit_rejection(device_id, request_id, trigger, actor):
+                raise CsrRejectedError(
+                    "key_reused",
+                    f"the CSR was already issued as {stored.serial} for another request "
+                    f"({record.serial} dropped); a new certificate needs a new key",
+                )
         if stored.serial != record.serial:
             # every signature is accounted for: the dropped one was never handed out
             return self._reused(stored, request_id, trigger, actor, discarded=record.serial)

@@ -90,3 +90,46 @@ def test_readme_pki_flow_issues_with_the_pkcs11_key_pki_init_made(
     leaf, issuing = x509.load_pem_x509_certificates(chain_file.read_bytes())
     leaf.verify_directly_issued_by(issuing)
     assert issuing == x509.load_pem_x509_certificate((home / "pki" / "issuing.pem").read_bytes())
+
+
+@pytest.mark.softhsm
+@pytest.mark.skipif(not SOFTHSM.exists(), reason="SoftHSM2 is not installed")
+def test_pki_init_never_puts_the_pins_on_a_command_line(
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The token's PIN and SO-PIN reach softhsm2-util through its terminal, not argv
+    (which every local user can read in the process list)."""
+    import subprocess
+
+    pin = "pin-4c1d9e7a0b"
+    monkeypatch.setenv("CERTROLL_PKCS11_PIN", pin)
+    monkeypatch.setenv("SOFTHSM2_CONF", str(softhsm_conf(tmp_path)))
+    monkeypatch.setenv("CERTROLL_PKCS11_TOKEN", f"p-{tmp_path.name[-20:]}")
+    seen: list[list[str]] = []
+    real_popen, real_run = subprocess.Popen, subprocess.run
+
+    def popen(cmd: list[str], *args: object, **kwargs: object) -> object:
+        seen.append(list(cmd))
+        return real_popen(cmd, *args, **kwargs)  # type: ignore[call-overload]
+
+    def run(cmd: list[str], *args: object, **kwargs: object) -> object:
+        seen.append(list(cmd))
+        return real_run(cmd, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr(subprocess, "run", run)
+    assert main(["pki", "init", "--backend", "pkcs11", "--json"]) == 0
+    capsys.readouterr()
+    assert any("--init-token" in cmd for cmd in seen)
+    for cmd in seen:
+        assert pin not in cmd
+        assert "--pin" not in cmd
+        assert "--so-pin" not in cmd
+    # and the token was made with that PIN: the issuing key signs with it
+    with override_services(Services(Settings.from_env())):
+        csr = tmp_path / "dev.csr"
+        csr.write_bytes(make_csr("dev-002"))
+        assert main(["issue", "--device-id", "dev-002", "--csr", str(csr)]) == 0

@@ -185,6 +185,27 @@ def test_ledger_revoked_is_final(ledger: CertificateLedger) -> None:
         assert rec.revoked_at == when
 
 
+def test_ledger_failed_is_final_but_for_revocation(ledger: CertificateLedger) -> None:
+    """A certificate whose rotation failed never becomes issued, active or superseded
+    again (never admitted); it may still be revoked."""
+    ledger.add(make_record(serial="f1", csr="1" * 64))
+    ledger.add(make_record(serial="f2", csr="2" * 64))
+    assert ledger.set_status("f1", CertificateStatus.FAILED).status is CertificateStatus.FAILED
+    assert ledger.set_status("f1", CertificateStatus.ACTIVE).status is CertificateStatus.FAILED
+    out = ledger.set_statuses(
+        "dev-1", {"f1": CertificateStatus.SUPERSEDED, "f2": CertificateStatus.ACTIVE}
+    )
+    assert out["f1"].status is CertificateStatus.FAILED
+    assert out["f2"].status is CertificateStatus.ACTIVE
+    assert ledger.get("f1").status is CertificateStatus.FAILED
+    assert list(ledger.list_revoked()) == []
+    revoked = ledger.set_status(
+        "f1", CertificateStatus.REVOKED, reason=RevocationReason.KEY_COMPROMISE, at=T0
+    )
+    assert revoked.status is CertificateStatus.REVOKED
+    assert [r.serial for r in ledger.list_revoked()] == ["f1"]
+
+
 def test_ledger_revoke_defaults_reason_and_time(ledger: CertificateLedger) -> None:
     ledger.add(make_record(serial="5a"))
     before = datetime.now(UTC)

@@ -148,3 +148,30 @@ def test_optional_route_segment_matches_with_and_without(host: tuple[DevHost, li
     with_action = client.post("/api/items/d1/go", headers=key).get_json()
     assert with_action == {"id": "d1", "action": "go"}
     assert client.get("/api/items/d1/go/more", headers=key).status_code == 404
+
+
+def test_function_key_is_compared_in_constant_time(
+    host: tuple[DevHost, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hmac
+
+    import local.devhost as devhost
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(devhost.hmac, "compare_digest", spy)
+    dev, _calls = host
+    client = Client(dev.wsgi)
+    assert client.post("/api/things/a1?code=k3x", json={}).status_code == 401
+    assert client.post("/api/things/a1?code=k3y", json={}).status_code == 201
+    assert compared == [(b"k3x", b"k3y"), (b"k3y", b"k3y")]
+    # a key that is not ASCII is refused like any other wrong key
+    assert (
+        client.post("/api/things/a1", json={}, headers={"x-functions-key": "k\u00e9y"}).status_code
+        == 401
+    )

@@ -1,7 +1,11 @@
-"""The certificates a device may hold in an enrollment slot or a hub thumbprint slot.
-
-The rule (docs/rotation.md, "What a slot may hold"), one place for every path that writes
-a slot (rotation, reconcile, allow, campaigns, CLI):
+"""Who may hold a slot: the one rule every slot write follows, whatever the path (twin
+report, HTTP API, Connections log, campaign, CLI). Its companion for issuance -- a new
+certificate is never issued for a public key that any earlier certificate of the device
+carried, nor for the key of any revoked certificate, whatever the reason (``compromise``,
+``allow`` and ``ca-roll`` included), and the issuer's idempotent look-up returns an
+earlier certificate only to the same open request -- is enforced by the issuer
+(``shared.pki.issuer``). docs/issuing.md ("The key and slot rule") states both for
+operators; docs/security.md lists the threats they stop and the tests that show it.
 
     A certificate may be in a device's DPS enrollment slots or self-signed hub identity
     only if, per the issuance ledger, it is
@@ -39,6 +43,10 @@ from shared.domain.rotation.states import IN_FLIGHT
 ADMISSIBLE_STATUSES: frozenset[CertificateStatus] = frozenset(
     {CertificateStatus.ISSUED, CertificateStatus.ACTIVE}
 )
+#: ledger statuses that never go into a slot again
+RETIRED: frozenset[CertificateStatus] = frozenset(
+    {CertificateStatus.REVOKED, CertificateStatus.SUPERSEDED, CertificateStatus.FAILED}
+)
 
 
 def open_request_serial(rec: RotationRecord | None) -> str | None:
@@ -67,6 +75,10 @@ def refusal(
     if cert.serial == open_request_serial(rec) and cert.request_id == rec.request_id:
         return None
     return "not_current_nor_requested"
+
+
+#: the name the slot-writing steps use
+slot_refusal = refusal
 
 
 def is_admissible(

@@ -13,9 +13,19 @@ from shared.domain.model import (
     Trigger,
 )
 from shared.domain.rotation import transitions
+from shared.domain.rotation.admissible import slot_refusal
 from shared.domain.rotation.context import RotationContext, iso
-from shared.domain.rotation.slots import hub_accept, keep_only_in_enrollment
+from shared.domain.rotation.slots import (
+    hub_accept,
+    keep_only_in_enrollment,
+    withdraw_from_enrollment,
+    withdraw_from_hub,
+)
 from shared.domain.rotation.states import trigger_of
+
+#: failure codes a device reports that mean the certificate's key is not the one it
+#: made for the request: someone else holds the key, so the certificate is revoked
+KEY_HELD_ELSEWHERE = frozenset({"key_mismatch", "request_unknown"})
 
 
 class Completion:
@@ -93,6 +103,7 @@ class Completion:
             if cert.serial == rec.new_serial or cert.status in (
                 CertificateStatus.REVOKED,
                 CertificateStatus.SUPERSEDED,
+                CertificateStatus.FAILED,
             ):
                 continue
             if compromise and cert.serial == rec.current_serial:
@@ -121,7 +132,11 @@ class Completion:
         return cert.issued_at if cert is not None else self.ctx.now()
 
     def fail(self, rec: RotationRecord, code: str, message: str) -> RotationRecord:
+        """-> failed: the request's certificate is withdrawn first (out of the enrollment
+        and the hub identity, ledger status ``failed``, revoked when the failure means
+        someone else holds its key). A failed ``allow`` goes back to ``disallowed``."""
         ctx = self.ctx
+        withdrawn, revoked = self.withdraw(rec, revoke=code in KEY_HELD_ELSEWHERE)
         ctx.audit(
             "rotation_failed",
             "failed",
@@ -130,6 +145,8 @@ class Completion:
             code=code,
             error=message,
             state=rec.state.value,
+            withdrawn=withdrawn,
+            revoked=revoked,
         )
         ctx.publish(
             "RotationFailed",
@@ -141,4 +158,52 @@ class Completion:
             state=rec.state.value,
         )
         ctx.metric("certroll.rotation_failed", code=code, reason=rec.reason or "")
+        if trigger_of(rec.reason) is Trigger.ALLOW:
+            return ctx.uow.save(rec, transitions.allow_failed(code, ctx.deps.actor))
         return ctx.uow.save(rec, transitions.failed(code, message))
+
+    def withdraw(self, rec: RotationRecord, *, revoke: bool) -> tuple[list[str], list[str]]:
+        """Withdraw every certificate issued for ``rec``'s request (never the current
+        one): out of the enrollment slot and the hub thumbprints, ledger status
+        ``failed`` (never admitted again), or revoked (keyCompromise) with ``revoke``.
+        Idempotent. Returns (the serials withdrawn, the serials revoked)."""
+        ctx = self.ctx
+        if rec.request_id is None:
+            return [], []
+        certs = [
+            c
+            for c in ctx.call(ctx.deps.ledger.list_for_device, rec.device_id)
+            if c.request_id == rec.request_id and c.serial != rec.current_serial
+        ]
+        withdrawn: list[str] = []
+        revoked: list[str] = []
+        # where the withdrawn certificate was the only one, the current one returns to
+        # its place if the slot rule admits it (a failed renewal leaves the device as it
+        # was before); otherwise (e.g. an allow: the current one is revoked) the
+        # enrollment or identity is disabled
+        current = ctx.ledger_get(rec.current_serial) if rec.current_serial else None
+        if current is not None and slot_refusal(current, rec.device_id, rec, ctx.now()):
+            current = None
+        for cert in certs:
+            withdraw_from_enrollment(ctx, rec.device_id, cert.thumbprint_sha256, current)
+            withdraw_from_hub(
+                ctx,
+                rec.device_id,
+                cert.thumbprint_sha256,
+                current.thumbprint_sha256 if current is not None else None,
+            )
+            withdrawn.append(cert.serial)
+            if revoke and cert.status is not CertificateStatus.REVOKED:
+                ctx.call(
+                    ctx.deps.issuer.revoke,
+                    cert.serial,
+                    RevocationReason.KEY_COMPROMISE,
+                    ctx.deps.actor,
+                )
+                revoked.append(cert.serial)
+            elif cert.status not in (CertificateStatus.REVOKED, CertificateStatus.FAILED):
+                ctx.call(ctx.deps.ledger.set_status, cert.serial, CertificateStatus.FAILED)
+        if revoked:
+            ctx.call(ctx.deps.issuer.publish_crl)
+        ctx.forget_issued(rec)
+        return withdrawn, revoked

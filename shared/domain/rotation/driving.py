@@ -156,6 +156,15 @@ class Driver:
             )
             return None
         if rec.state is RotationState.CSR_REQUESTED:
+            size = len(csr.pem.encode("utf-8"))
+            if size > ctx.policy.csr_max_bytes:
+                # never bound to the request (nor written): the request fails, and the
+                # next one asks the device again
+                return self.completion.fail(
+                    rec,
+                    "csr_too_large",
+                    f"the CSR has {size} bytes; at most {ctx.policy.csr_max_bytes}",
+                )
             deadline = ctx.now() + ctx.policy.work_timeout
             saved = ctx.uow.save(rec, transitions.csr_received(csr, deadline))
             return self.run_until_waiting(saved, first_attempt=True)

@@ -17,6 +17,7 @@ from shared.domain.model import (
 )
 from shared.domain.policy import Renewal
 from shared.domain.rotation import transitions
+from shared.domain.rotation.admissible import RETIRED
 from shared.domain.rotation.completion import Completion
 from shared.domain.rotation.context import RotationContext
 from shared.domain.rotation.driving import Driver
@@ -80,7 +81,7 @@ class DeviceReports:
             if (
                 cert is not None
                 and cert.device_id == device_id
-                and cert.status is not CertificateStatus.REVOKED
+                and cert.status not in RETIRED
             ):
                 new.current_serial = cert.serial
                 new.current_thumbprint = cert.thumbprint_sha256
@@ -159,22 +160,33 @@ class DeviceReports:
             )
             ctx.metric("certroll.foreign_certificate")
             return None
-        if known is not None and known.status is CertificateStatus.REVOKED:
+        if known is not None and known.status is CertificateStatus.SUPERSEDED:
+            # retired by a finished rotation: never current again (the slot rule)
+            logger.info(
+                "device %s: report of superseded %s ignored (current %s)",
+                device_id,
+                known.serial,
+                rec.current_serial,
+            )
+            return None
+        if known is not None and known.status in (
+            CertificateStatus.REVOKED,
+            CertificateStatus.FAILED,
+        ):
+            # a revoked certificate, or one whose rotation failed, is never taken back
             ctx.audit(
                 "unexpected_certificate",
                 "rejected",
                 device_id,
                 thumbprint=cert.thumbprint_sha256,
                 serial=known.serial,
-                status="revoked",
+                status=known.status.value,
             )
-            ctx.metric("certroll.revoked_certificate_reported")
+            ctx.metric(f"certroll.{known.status.value}_certificate_reported")
             return None
         if known is not None and rec.current_serial and rec.current_serial != known.serial:
             current = ctx.ledger_get(rec.current_serial)
-            if known.status is CertificateStatus.SUPERSEDED or (
-                current is not None and known.issued_at < current.issued_at
-            ):
+            if current is not None and known.issued_at < current.issued_at:
                 logger.info(
                     "device %s: stale report of %s ignored (current %s)",
                     device_id,

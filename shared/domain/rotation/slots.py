@@ -209,3 +209,85 @@ def hub_accept(
             continue
         return True
     raise ConcurrencyError(f"{device_id}: the hub identity kept changing")
+
+
+def withdraw_from_enrollment(
+    ctx: RotationContext,
+    device_id: str,
+    thumbprint: str,
+    fallback: CertificateRecord | None = None,
+) -> str:
+    """Take thumbprint ``thumbprint`` out of the device's individual enrollment. When it is
+    the only certificate there (DPS needs one), ``fallback`` (the device's current
+    certificate, when the slot rule admits it) takes its place, else the enrollment is
+    disabled. Returns what was done: "none", "cleared", "restored" or "disabled"."""
+    gone = thumbprint.lower()
+    for _ in range(MAX_ATTEMPTS):
+        enr = ctx.individual(device_id)
+        if enr is None:
+            return "none"
+        held = [name for name in ("primary", "secondary") if thumb(getattr(enr, name)) == gone]
+        if not held:
+            return "none"
+        others = [
+            getattr(enr, name)
+            for name in ("primary", "secondary")
+            if name not in held and getattr(enr, name) is not None
+        ]
+        if others:
+            updated = dataclasses.replace(enr, primary=others[0], secondary=None)
+            done = "cleared"
+        elif fallback is not None:
+            updated = dataclasses.replace(enr, primary=slot_of(device_id, fallback), secondary=None)
+            done = "restored"
+        elif enr.provisioning_status is ProvisioningStatus.DISABLED:
+            return "disabled"
+        else:
+            updated = dataclasses.replace(enr, provisioning_status=ProvisioningStatus.DISABLED)
+            done = "disabled"
+        try:
+            ctx.call(ctx.deps.enrollments.put_individual, updated)
+        except ConcurrencyError:
+            continue
+        return done
+    raise ConcurrencyError(f"{device_id}: the enrollment kept changing")
+
+
+def withdraw_from_hub(
+    ctx: RotationContext, device_id: str, thumbprint: str, fallback: str | None = None
+) -> str:
+    """Take thumbprint ``thumbprint`` off the device's self-signed hub identity. When it
+    is the only thumbprint there (the hub needs one), ``fallback`` (the current
+    certificate's thumbprint, when the slot rule admits it) takes its place, else the
+    identity is disabled. Returns "none", "cleared", "restored" or "disabled"."""
+    gone = thumbprint.lower()
+    for _ in range(MAX_ATTEMPTS):
+        ident = ctx.identity(device_id)
+        if ident is None or ident.auth_type is not AuthType.SELF_SIGNED:
+            return "none"
+        p, s = lower(ident.primary_thumbprint), lower(ident.secondary_thumbprint)
+        if gone not in (p, s):
+            return "none"
+        rest = [t for t in (p, s) if t is not None and t != gone]
+        if rest or fallback:
+            updated = dataclasses.replace(
+                ident,
+                primary_thumbprint=rest[0] if rest else lower(fallback),
+                secondary_thumbprint=None,
+            )
+            done = "cleared" if rest else "restored"
+        elif ident.status is DeviceStatus.DISABLED:
+            return "disabled"
+        else:
+            updated = dataclasses.replace(
+                ident,
+                status=DeviceStatus.DISABLED,
+                status_reason="its only certificate was withdrawn (failed rotation)",
+            )
+            done = "disabled"
+        try:
+            ctx.call(ctx.deps.registry.update_device, updated)
+        except ConcurrencyError:
+            continue
+        return done
+    raise ConcurrencyError(f"{device_id}: the hub identity kept changing")

@@ -13,6 +13,7 @@ from shared.domain.messages import format_time
 from shared.domain.model import CertificateRecord, RotationRecord, Trigger
 from shared.domain.retry import backoff
 from shared.domain.rotation import transitions
+from shared.domain.rotation.admissible import slot_refusal
 from shared.domain.rotation.completion import Completion
 from shared.domain.rotation.context import RotationContext, iso
 from shared.domain.rotation.slots import hub_accept, place_in_enrollment
@@ -107,6 +108,11 @@ class ForwardSteps:
             raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
         if cert is None or cert.serial != rec.new_serial:
             cert = ctx.call(ctx.deps.ledger.get, rec.new_serial)
+        refusal = slot_refusal(cert, rec.device_id, rec, ctx.now())
+        if refusal is not None:  # the slot rule (admissible.py): nothing is written
+            return self.completion.fail(
+                rec, refusal, f"certificate {cert.serial} may not be enrolled ({refusal})"
+            )
         reason = trigger_of(rec.reason)
         clear_old = reason in (Trigger.COMPROMISE, Trigger.ALLOW)
         enable = reason is Trigger.ALLOW

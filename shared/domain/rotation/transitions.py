@@ -145,6 +145,16 @@ def failed(code: str, message: str) -> Changes:
     return {"state": RotationState.FAILED, "last_error": f"{code}: {message}", "deadline": None}
 
 
+def allow_failed(code: str, actor: str) -> Changes:
+    """A request letting a disallowed device back in failed -> disallowed again (the
+    operator may allow it again with a new CSR)."""
+    return dict(NO_REQUEST) | {
+        "state": RotationState.DISALLOWED,
+        "disallowed_by": actor,
+        "disallowed_reason": f"the allow failed ({code}); allow again with a new CSR",
+    }
+
+
 # --------------------------------------------------------------------------- current certificate
 
 

@@ -18,7 +18,12 @@ from shared.domain.errors import (
 from shared.domain.model import CertificateStatus, RevocationReason
 from shared.pki.issuer import Issuer, parse_serial
 from shared.pki.profile import IssuancePolicy
-from tests.support.pki import assert_is_device_leaf, make_csr, make_test_authority
+from tests.support.pki import (
+    assert_is_device_leaf,
+    make_csr,
+    make_device_key,
+    make_test_authority,
+)
 
 START = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -70,49 +75,80 @@ def test_issue_records_and_audits(env: Env) -> None:
     assert event.detail["thumbprint"] == rec.thumbprint_sha256
 
 
-def test_same_csr_is_idempotent(env: Env) -> None:
+def test_same_csr_is_idempotent_for_the_same_request_only(env: Env) -> None:
     csr = make_csr("dev-1")
     first = env.issue("dev-1", csr)
-    again = env.issue("dev-1", csr, request_id="r2")
+    again = env.issue("dev-1", csr)
     assert again.reused is True
     assert again.record.serial == first.record.serial
     assert again.certificate == first.certificate
     assert again.chain_pem == first.chain_pem
+    # another request answered with the same CSR gets nothing: its key is certified already
+    with pytest.raises(CsrRejectedError) as info:
+        env.issue("dev-1", csr, request_id="r2")
+    assert info.value.code == "key_reused"
     assert len(env.ledger.list_for_device("dev-1")) == 1
-    assert [e.outcome for e in env.audit.list("dev-1")] == ["noop", "ok"]
+    assert [(e.action, e.outcome) for e in env.audit.list("dev-1")] == [
+        ("issue_rejected", "rejected"),
+        ("issue", "noop"),
+        ("issue", "ok"),
+    ]
 
 
-def test_a_first_attempt_skips_the_look_up_and_still_returns_the_recorded_certificate(
-    env: Env,
-) -> None:
+def test_a_retired_certificate_is_not_returned_even_to_its_own_request(env: Env) -> None:
     csr = make_csr("dev-1")
     first = env.issue("dev-1", csr)
-    looked_up: list[str] = []
-    inner = env.ledger.find_by_csr
+    env.issuer.revoke(first.record.serial, "keyCompromise", "t")
+    with pytest.raises(CsrRejectedError) as info:
+        env.issue("dev-1", csr)
+    assert info.value.code == "key_reused"
 
-    def find_by_csr(device_id: str, csr_sha256: str):  # type: ignore[no-untyped-def]
-        looked_up.append(device_id)
-        return inner(device_id, csr_sha256)
 
-    env.ledger.find_by_csr = find_by_csr  # type: ignore[method-assign]
-    # a device answering a new request with the CSR of an earlier one
-    again = env.issuer.issue(
-        "dev-1", csr, request_id="r2", trigger="manual", actor="t", first_attempt=True
-    )
-    assert looked_up == []
+def test_a_new_csr_for_a_key_an_earlier_certificate_carried_is_refused(env: Env) -> None:
+    key = make_device_key()
+    first = env.issue("dev-1", make_csr("dev-1", key))
+    # a fresh CSR (other bytes) for the same key, in another request, and on re-admission
+    with pytest.raises(CsrRejectedError) as info:
+        env.issue("dev-1", make_csr("dev-1", key), request_id="r2")
+    assert info.value.code == "key_reused"
+    with pytest.raises(CsrRejectedError):
+        env.issuer.check(
+            "dev-1", make_csr("dev-1", key), request_id="op", trigger="allow", actor="t"
+        )
+    assert [c.serial for c in env.ledger.list_for_device("dev-1")] == [first.record.serial]
+
+
+def test_the_key_of_any_revoked_certificate_is_refused_for_every_device(env: Env) -> None:
+    key = make_device_key()
+    other = env.issue("dev-2", make_csr("dev-2", key))
+    env.issuer.revoke(other.record.serial, "keyCompromise", "t")
+    with pytest.raises(CsrRejectedError) as info:
+        env.issue("dev-1", make_csr("dev-1", key))
+    assert info.value.code == "key_reused"
+    assert env.ledger.list_for_device("dev-1") == []
+
+
+def test_a_concurrent_record_of_the_same_csr_wins_at_the_ledger(env: Env) -> None:
+    csr = make_csr("dev-1")
+    first = env.issue("dev-1", csr)
+    inner = env.ledger.list_for_device
+    # as if the look-up ran before a concurrent attempt recorded the CSR
+    env.ledger.list_for_device = lambda device_id: []  # type: ignore[method-assign]
+    again = env.issue("dev-1", csr)
     assert again.reused is True
     assert again.record.serial == first.record.serial
-    assert again.certificate == first.certificate
-    assert len(env.ledger.list_for_device("dev-1")) == 1
+    assert len(inner("dev-1")) == 1
     # the certificate signed meanwhile is not recorded; the audit names it as dropped
     newest, oldest = env.audit.list("dev-1")
     assert (newest.action, newest.outcome) == ("issue", "noop")
     assert newest.detail["serial"] == first.record.serial
     assert newest.detail["discardedSerial"] not in (first.record.serial, None)
     assert (oldest.action, oldest.outcome) == ("issue", "ok")
-    # a later attempt of any request looks the CSR up again
-    env.issue("dev-1", csr, request_id="r2")
-    assert looked_up == ["dev-1"]
+    # another request racing with the same CSR is refused, its signature dropped
+    with pytest.raises(CsrRejectedError) as info:
+        env.issue("dev-1", csr, request_id="r2")
+    assert info.value.code == "key_reused"
+    assert len(inner("dev-1")) == 1
 
 
 def test_disallow_check_is_skipped_only_when_the_caller_knows() -> None:

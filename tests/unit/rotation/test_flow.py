@@ -242,6 +242,23 @@ def test_rejected_csr_fails_without_issuing(world: World) -> None:
     assert len(world.ledger.list_for_device("dev-1")) == 1
 
 
+def test_a_csr_over_the_policy_limit_fails_its_request_unbound(world: World) -> None:
+    """Found on the twin by the driver (the trigger refuses it at parse): the request
+    fails with csr_too_large, the CSR is never written into the record."""
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    started = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
+    pem = dev.new_csr(started.request_id or "")
+    big = pem.replace("-----END", "\n" * 9000 + "-----END")
+    answer = {"csr": {"requestId": started.request_id, "pem": big}}
+    rec = svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    assert rec.state is RotationState.FAILED
+    assert (rec.last_error or "").startswith("csr_too_large")
+    assert rec.csr_pem is None
+    assert len(world.ledger.list_for_device("dev-1")) == 1
+
+
 def test_start_renewal_coalesces_and_refuses(world: World) -> None:
     dev = world.add_device("dev-1")
     svc = world.service()
@@ -462,9 +479,9 @@ def test_a_rotation_reads_back_nothing_it_just_wrote(world: World) -> None:
         setattr(world.ledger, name, counted)
     done = rotate(svc, dev)
     assert done.state is RotationState.IDLE
-    # one listing and one status change at the finish; the request's first issuance
-    # needs no idempotency look-up (its CSR was bound to it by the write just made)
-    assert sorted(calls) == ["list_for_device", "set_statuses"]
+    # the issuance lists the device's certificates once (the key check and the
+    # idempotent look-up in one); the finish lists them once and changes them in one call
+    assert sorted(calls) == ["list_for_device", "list_for_device", "set_statuses"]
     statuses = [c.status for c in world.ledger.list_for_device("dev-1")]
     assert statuses == [CertificateStatus.SUPERSEDED, CertificateStatus.ACTIVE]
 
