@@ -312,8 +312,10 @@ class CaCertificateService(Protocol):
     def get(self, name: str) -> CaCertificateInfo:
         """NotFoundError when absent."""
 
-    def upload(self, name: str, certificate_pem: str) -> CaCertificateInfo:
-        """Create or replace the certificate ``name`` (unverified)."""
+    def upload(self, name: str, certificate_pem: str, etag: str | None = None) -> CaCertificateInfo:
+        """Create (``etag`` None) or replace (If-Match ``etag``) the certificate ``name``;
+        it is unverified until :meth:`verify`. ``thumbprint_sha256`` of the answer may be
+        the SHA-1 thumbprint where the service reports only that (ARM ``thumbprint``)."""
 
     def generate_verification_code(self, name: str, etag: str) -> CaCertificateInfo:
         """A fresh verification code (``verification_code``) for ``name``."""

@@ -63,7 +63,7 @@ from shared.domain.ca_roll import (
     check_step,
 )
 from shared.domain.campaign import Campaign
-from shared.domain.certs import sha256_thumbprint, spki_der
+from shared.domain.certs import sha1_thumbprint, sha256_thumbprint, spki_der
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
@@ -712,8 +712,11 @@ class CaRoll:
         cert = _certificate(pem, entry.ca_id)
         try:
             info = service.get(entry.service_name)
-            if info.thumbprint_sha256 != sha256_thumbprint(cert):
-                info = service.upload(entry.service_name, pem)
+            if info.thumbprint_sha256.lower() not in (
+                sha256_thumbprint(cert),
+                sha1_thumbprint(cert),
+            ):
+                info = service.upload(entry.service_name, pem, etag=info.etag)
         except NotFoundError:
             info = service.upload(entry.service_name, pem)
         if info.verified:
