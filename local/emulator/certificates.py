@@ -83,7 +83,7 @@ class EmulatedCaCertificates(CaCertificateService):
         with self._core.txn():
             return [_info(r) for _, r in sorted(self._table.items())]
 
-    def upload(self, name: str, certificate_pem: str) -> CaCertificateInfo:
+    def upload(self, name: str, certificate_pem: str, etag: str | None = None) -> CaCertificateInfo:
         if not isinstance(name, str) or not name or len(name) > 64:
             raise InvalidRequestError("certificate_name_invalid", "1-64 characters")
         stored = StoredCert(parse_pem(certificate_pem, "certificate"))
@@ -97,6 +97,8 @@ class EmulatedCaCertificates(CaCertificateService):
             current = self._table.get(name)
             if current is not None and current.cert.sha256 == stored.sha256:
                 return _info(current)  # the same certificate again: nothing changes
+            if current is not None:
+                self._check_etag(current, etag or "")
             rec = CaCertificateRecord(name=name, cert=stored, verified=False, etag=new_etag())
             self._table[name] = rec
             return _info(rec)

@@ -173,6 +173,7 @@ class CaRollRecord:
     groups: list[str] = field(default_factory=list)  # enrollment groups that trust the CAs
     verified_in: list[str] = field(default_factory=list)  # "dps", "hub"
     rolls_completed: int = 0
+    pending_key: str | None = None  # the name ``prepare`` reserved for the new key
     updated_at: datetime | None = None
     updated_by: str | None = None
     etag: str | None = None

@@ -38,6 +38,7 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -163,10 +164,10 @@ class IssuingKeys:
     def backend(self) -> str:
         return configured_key_backend(self.settings)
 
-    def create(self, generation: int) -> tuple[CertificateIssuerPrivateKeyTypes, str, str]:
-        """A new key pair for CA ``generation``: ``(key, backend, key_ref)``. For file and
-        PKCS#11 the reference is fixed by the generation, so a retried ``prepare`` finds
-        the key it made (the token's key is reused; the file is made again)."""
+    def create(self, name: str) -> tuple[CertificateIssuerPrivateKeyTypes, str, str]:
+        """A new key pair named after ``name`` (reserved in the roll record before the key
+        is made): ``(key, backend, key_ref)``. For file and PKCS#11 the reference follows
+        from the name, so a ``prepare`` retried after a crash finds the key it made."""
         backend = self.backend
         home = self.settings.home
         if backend == "file":
@@ -174,14 +175,16 @@ class IssuingKeys:
             from shared.pki.local_ca import _encrypted_pem, _write_private, file_key_password
 
             password = file_key_password(home, self.settings, create=True)
-            path = self.settings.pki_dir / f"issuing-key-{generation}.pem"
-            _write_private(path, _encrypted_pem(ec.generate_private_key(ec.SECP384R1()), password))
+            path = self.settings.pki_dir / f"issuing-key-{name}.pem"
+            if not path.is_file():
+                fresh = ec.generate_private_key(ec.SECP384R1())
+                _write_private(path, _encrypted_pem(fresh, password))
             return load_file_key(path, password), backend, str(path)
         if backend == "pkcs11":
             from shared.adapters import pkcs11 as p11
             from shared.pki.local_ca import pkcs11_pin
 
-            label = f"{self.settings.get('CERTROLL_PKCS11_KEY_LABEL')}-{generation}"
+            label = f"{self.settings.get('CERTROLL_PKCS11_KEY_LABEL')}-{name}"
             try:
                 key = p11.create_issuing_key(
                     module=p11.module_path(self.settings.get("CERTROLL_PKCS11_MODULE")),
@@ -491,7 +494,7 @@ class LocalRoot:
 
     @classmethod
     def from_pki_dir(cls, settings: Settings) -> LocalRoot | None:
-        from shared.adapters.filekey import _load
+        from shared.pki.ceremony import load_private_key
         from shared.pki.local_ca import file_key_password
 
         cert_path = settings.pki_dir / ROOT_CERT_FILE
@@ -499,7 +502,8 @@ class LocalRoot:
         if not (cert_path.is_file() and key_path.is_file()):
             return None
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = _load(key_path, file_key_password(settings.home, settings))
+        password = file_key_password(settings.home, settings)
+        key = load_private_key(key_path.read_bytes(), password, "root key")
         return cls(cert, key)
 
 
@@ -612,7 +616,10 @@ class CaRoll:
         check_step(record, RollStep.PREPARE)
         old = record.entry(self._current_ca_id(record))
         generation = max(ca.generation for ca in record.cas) + 1
-        key, backend, key_ref = self.deps.keys.create(generation)
+        if not record.pending_key:  # reserve the key's name first: a retry finds the key
+            record.pending_key = f"{generation}-{uuid.uuid4().hex[:8]}"
+            record = self._save(record, actor)
+        key, backend, key_ref = self.deps.keys.create(_required(record.pending_key, "key"))
         old_cert = _certificate(old.certificate_pem, old.ca_id)
         name = parse_subject(subject) if subject else old_cert.subject
         csr = build_issuing_csr(key, name)
@@ -640,6 +647,7 @@ class CaRoll:
         record.campaign_ids = []
         record.groups = []
         record.verified_in = []
+        record.pending_key = None
         saved = self._save(record, actor)
         self._audit(RollStep.PREPARE, "ok", actor, ca=entry.ca_id, keyId=entry.key_id, mode=mode)
         logger.info("CA roll: %s prepared (%s key %s)", entry.ca_id, backend, entry.key_id)
