@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cryptography import x509
 
@@ -271,13 +271,13 @@ class Services:
                 store=self.ca_rolls,
                 keys=IssuingKeys(settings),
                 issuer=self.issuer,
-                enrollments=self.enrollments,
-                registry=self.registry,
+                enrollments=cast("EnrollmentStore", _Lazy(lambda: self.enrollments)),
+                registry=cast("DeviceRegistry", _Lazy(lambda: self.registry)),
                 ledger=self.ledger,
                 audit=self.audit,
                 crl_publisher=self.crl_publisher,
                 clock=self.clock,
-                campaigns=self.reissue_campaigns,
+                campaigns=cast("CampaignRunner", _Lazy(lambda: self.reissue_campaigns)),
                 dps_certificates=dps,
                 hub_certificates=hub,
                 local_root=lambda: LocalRoot.from_pki_dir(settings),
@@ -375,6 +375,20 @@ class Services:
         root = self.authority.root
         chain = self.authority.chain or (self.authority.certificate,)
         return (*chain, root) if root is not None else chain
+
+
+class _Lazy:
+    """Builds the object on first use (the CA roll's steps that never reach DPS or the
+    hub run where neither is configured)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._built: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._built is None:
+            self._built = self._make()
+        return getattr(self._built, name)
 
 
 def _memory_types() -> tuple[type, ...]:
