@@ -418,6 +418,7 @@ class RollingIssuer(Issuer):
 
     def publish_crl(self, next_update_hours: int = 24) -> str:
         """Publish the CRL (and certificate) of every CA in use; the active CA's CRL URL."""
+        self.refresh()
         url = self._publish(self.cas.active, self.build_crl(next_update_hours))
         for other in self.cas.others:
             self._publish(other, self.build_crl(next_update_hours, ca=other))
@@ -928,6 +929,7 @@ class CaRoll:
         if compromise:
             root_crl_url = self._revoke_in_root(old, root_crl_der)
         changed = [g for g in record.groups if self._set_group(g, new, None)]
+        removed = self._forget(old)
         old_ca = next(
             (
                 p
@@ -954,10 +956,32 @@ class CaRoll:
             rootCrl=root_crl_url,
             remaining=len(left),
         )
-        detail: dict[str, Any] = {"groups": changed, "finalCrl": final_url, "remaining": len(left)}
+        detail: dict[str, Any] = {
+            "groups": changed,
+            "finalCrl": final_url,
+            "remaining": len(left),
+            "removedFrom": removed,
+        }
         if root_crl_url:
             detail["rootCrl"] = root_crl_url
         return RollResult(RollStep.RETIRE, True, saved, detail)
+
+    def _forget(self, old: CaEntry) -> list[str]:
+        """Delete the old CA from DPS and the hub where this process may (after the groups
+        no longer reference it): no CA-authenticated identity accepts its leaves any
+        more. Where it may not (the API in Azure), the operator deletes it (docs)."""
+        removed: list[str] = []
+        services = {"dps": self.deps.dps_certificates, "hub": self.deps.hub_certificates}
+        for name, service in services.items():
+            if service is None:
+                continue
+            try:
+                info = service.get(old.service_name)
+                service.delete(old.service_name, info.etag)
+            except NotFoundError:
+                continue
+            removed.append(name)
+        return removed
 
     def _revoke_in_root(self, old: CaEntry, root_crl_der: bytes | None) -> str:
         """Publish a root CRL listing the old issuing CA: the one given (signed offline by

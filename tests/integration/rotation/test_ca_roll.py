@@ -18,6 +18,7 @@ from shared.domain.ca_roll import (
     RollStep,
 )
 from shared.domain.certs import sha256_thumbprint
+from shared.domain.errors import NotFoundError
 from shared.domain.messages import parse_rotate_message
 from shared.domain.model import CertificateStatus, RevocationReason
 from shared.domain.reissue import QueueReissue
@@ -234,3 +235,31 @@ def test_compromise_mode_revokes_the_old_ca_in_the_root_crl(roll_stack: Stack) -
         assert old[0].status is CertificateStatus.REVOKED
         assert old[0].revocation_reason is RevocationReason.KEY_COMPROMISE
         assert final.get_revoked_certificate_by_serial_number(old_serials[device_id]) is not None
+
+
+def test_a_second_roll_retires_the_first_new_ca_from_dps_and_the_hub(roll_stack: Stack) -> None:
+    stack = roll_stack
+    sim = provision(stack, 3)
+    ids = sorted(sim.agents)
+    roll = stack.services.ca_roll
+    for _generation in (2, 3):
+        roll_to_trusted(roll)
+        roll.reissue(ACTOR)
+        drain_queue(stack, sim, ids)
+        roll.retire(ACTOR)
+    record = roll.status()
+    assert [ca.status for ca in record.cas] == [
+        CaStatus.RETIRED,
+        CaStatus.RETIRED,
+        CaStatus.ACTIVE,
+    ]
+    assert record.rolls_completed == 2
+    second = record.entry("issuing-2")
+    for certs in (stack.emulator.dps_certificates, stack.emulator.hub_certificates):
+        with pytest.raises(NotFoundError):
+            certs.get(second.service_name)
+        assert certs.get(record.entry("issuing-3").service_name).verified
+    third_pem = record.entry("issuing-3").certificate_pem or ""
+    third = x509.load_pem_x509_certificate(third_pem.encode())
+    for device_id in ids:
+        assert chain_issuer(sim, device_id) == third
