@@ -57,10 +57,12 @@ def _api_version(resource_id: str) -> str:
 class ArmCaCertificates:
     """The CA certificates of one hub or DPS (``resource_id``: its ARM id)."""
 
-    def __init__(self, resource_id: str, credential: Any, *, transport: Any = None) -> None:
+    def __init__(
+        self, resource_id: str, credential: Any, *, endpoint: str = ARM, transport: Any = None
+    ) -> None:
         self.resource_id = "/" + resource_id.strip("/")
         self.api_version = _api_version(self.resource_id)
-        self._client = ServiceClient(ARM, credential, ARM_SCOPE, transport=transport)
+        self._client = ServiceClient(endpoint, credential, ARM_SCOPE, transport=transport)
 
     def _path(self, name: str, action: str = "") -> str:
         return f"{self.resource_id}/certificates/{path_id(name)}" + (f"/{action}" if action else "")
