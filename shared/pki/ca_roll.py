@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -75,9 +75,11 @@ from shared.domain.messages import format_time
 from shared.domain.model import (
     AuditEvent,
     CertificateSlot,
+    CertificateStatus,
     EnrollmentGroup,
     RevocationReason,
     Trigger,
+    Twin,
 )
 from shared.pki.algorithms import signature_hash
 from shared.pki.authority import authority_from_parts, configured_key_backend, load_authority
@@ -886,29 +888,46 @@ class CaRoll:
             RollStep.REISSUE, True, saved, {"campaign": campaign_id, "devices": len(left)}
         )
 
+    #: devices that do not report a certificate in their twin (offline since they were
+    #: provisioned, or an agent that does not report): judged from the ledger
+    SILENT_QUERY = "SELECT * FROM devices WHERE NOT IS_DEFINED(properties.reported.x509.thumbprint)"
+
+    def _twins(self, query: str) -> Iterator[Twin]:
+        continuation: str | None = None
+        while True:
+            page = self.deps.registry.query_twins(query, 1000, continuation)
+            yield from page.items
+            continuation = page.continuation
+            if not continuation:
+                return
+
     def remaining(self, record: CaRollRecord | None = None) -> list[str]:
-        """Devices whose reported certificate is not one the new CA signed."""
+        """Devices still on the old CA: those whose reported certificate the new key did
+        not sign, and those reporting none whose ledger still holds a valid certificate
+        of another key (so a device that never reported cannot slip past ``retire``)."""
         rec = record or self.status()
         if not rec.selection or not rec.new_ca_id:
             return []
         new_key = rec.new.key_id
+        ledger = self.deps.ledger
         left: list[str] = []
-        continuation: str | None = None
-        while True:
-            page = self.deps.registry.query_twins(rec.selection, 1000, continuation)
-            for twin in page.items:
-                reported = twin.reported.get("x509") if isinstance(twin.reported, dict) else None
-                thumbprint = reported.get("thumbprint") if isinstance(reported, dict) else None
-                found = (
-                    self.deps.ledger.find_by_thumbprint(str(thumbprint).lower())
-                    if thumbprint
-                    else None
-                )
-                if found is None or found.issuer_key_id != new_key:
-                    left.append(twin.device_id)
-            continuation = page.continuation
-            if not continuation:
-                return left
+        for twin in self._twins(rec.selection):
+            reported = twin.reported.get("x509") if isinstance(twin.reported, dict) else None
+            thumbprint = reported.get("thumbprint") if isinstance(reported, dict) else None
+            found = ledger.find_by_thumbprint(str(thumbprint).lower()) if thumbprint else None
+            if found is None or found.issuer_key_id != new_key:
+                left.append(twin.device_id)
+        now = self.deps.clock.now()
+        usable = (CertificateStatus.ISSUED, CertificateStatus.ACTIVE)
+        for twin in self._twins(self.SILENT_QUERY):
+            held = [
+                r
+                for r in ledger.list_for_device(twin.device_id)
+                if r.status in usable and r.not_after > now
+            ]
+            if held and not any(r.issuer_key_id == new_key for r in held):
+                left.append(twin.device_id)
+        return left
 
     def retire(
         self,

@@ -263,3 +263,19 @@ def test_a_second_roll_retires_the_first_new_ca_from_dps_and_the_hub(roll_stack:
     third = x509.load_pem_x509_certificate(third_pem.encode())
     for device_id in ids:
         assert chain_issuer(sim, device_id) == third
+
+
+def test_a_device_that_reports_no_certificate_still_blocks_retire(roll_stack: Stack) -> None:
+    stack = roll_stack
+    sim = provision(stack, 3)
+    quiet = sorted(sim.agents)[0]
+    stack.emulator.session(quiet).report({"x509": None})  # type: ignore[union-attr]
+    roll = stack.services.ca_roll
+    roll_to_trusted(roll)
+    roll.reissue(ACTOR)
+    assert quiet in roll.remaining()
+    with pytest.raises(CaRollIncompleteError) as err:
+        roll.retire(ACTOR)
+    assert quiet in err.value.sample
+    forced = roll.retire(ACTOR, force=True)
+    assert forced.detail["remaining"] >= 1
