@@ -279,3 +279,32 @@ def test_a_device_that_reports_no_certificate_still_blocks_retire(roll_stack: St
     assert quiet in err.value.sample
     forced = roll.retire(ACTOR, force=True)
     assert forced.detail["remaining"] >= 1
+
+
+def test_during_the_overlap_each_ca_publishes_its_own_crl(roll_stack: Stack) -> None:
+    stack = roll_stack
+    sim = provision(stack, 2)
+    old_device, other = sorted(sim.agents)
+    old_serial = sim.agents[old_device].certificate.serial_number
+    old_issuing = stack.services.authority.certificate
+    roll = stack.services.ca_roll
+    roll_to_trusted(roll)
+    record = roll.status()
+    issuer = stack.services.issuer
+    issuer.revoke(format(old_serial, "x"), RevocationReason.KEY_COMPROMISE, ACTOR)
+    issuer.publish_crl()
+    publisher = stack.services.crl_publisher
+    old_crl = x509.load_der_x509_crl(publisher.fetch(record.old.crl_name))
+    new_crl = x509.load_der_x509_crl(publisher.fetch(record.new.crl_name))
+    new_cert = x509.load_pem_x509_certificate((record.new.certificate_pem or "").encode())
+    assert old_crl.is_signature_valid(old_issuing.public_key())  # type: ignore[arg-type]
+    assert new_crl.is_signature_valid(new_cert.public_key())  # type: ignore[arg-type]
+    assert old_crl.get_revoked_certificate_by_serial_number(old_serial) is not None
+    assert new_crl.get_revoked_certificate_by_serial_number(old_serial) is None
+    # leaves of the new CA point at the new CA's CRL
+    roll.reissue(ACTOR)
+    drain_queue(stack, sim, [old_device, other])
+    leaf = sim.agents[other].certificate
+    points = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    uri = points[0].full_name[0].value  # type: ignore[index]
+    assert uri == publisher.url_for(record.new.crl_name)
