@@ -122,6 +122,18 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
         help="lower-case letters/digits naming this run's tables (default: random)",
     )
     parser.add_argument("--seed", type=int, default=7, help="random seed of the fleet")
+    parser.add_argument(
+        "--ca-roll",
+        action="store_true",
+        help="move the fleet to a new issuing CA end to end (docs/ca-roll.md) instead of "
+        "renewing expiring certificates",
+    )
+    parser.add_argument(
+        "--ca-roll-mode",
+        choices=("normal", "compromise"),
+        default="normal",
+        help="with --ca-roll: compromise mode revokes the old CA in the root CRL",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -137,6 +149,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         key_backend=args.key_backend,
         seed=args.seed,
         progress=not args.no_progress,
+        ca_roll=args.ca_roll,
+        ca_roll_mode=args.ca_roll_mode,
     )
     quiet = args.json
 
@@ -278,7 +292,6 @@ def _run_token(args: argparse.Namespace) -> int:
         )
     )
     return ExitCode.OK
-
 
 
 COMMANDS: tuple[Command, ...] = (

@@ -99,6 +99,8 @@ def run_pki(args: argparse.Namespace) -> int:
         )
     if args.pki_command == "sign-issuing":
         return cmd_sign_issuing(args)
+    if args.pki_command == "revoke-issuing":
+        return cmd_revoke_issuing(args)
     if args.pki_command == "verification-cert":
         ceremony.check_verification_code(args.code)
         ca_cert = _read_certificate(args.ca_cert, "CA certificate")
@@ -150,6 +152,21 @@ def _configure_ceremony(sub: Any) -> None:
         "<base>/crl/root.crl",
     )
     sign.add_argument("--out", required=True, help="where to write the issuing CA certificate")
+
+    rev = sub.add_parser(
+        "revoke-issuing",
+        help="offline root: a root CRL revoking an issuing CA (CA-roll compromise mode)",
+        description="On the offline root machine: sign a new root CRL that keeps the "
+        "entries of the current one and lists the issuing CA (reason cACompromise).",
+    )
+    rev.add_argument("--issuing-cert", required=True, help="the issuing CA to revoke (PEM)")
+    rev.add_argument("--root-cert", required=True, help="the root CA certificate (PEM)")
+    rev.add_argument("--root-key", required=True, help="the root CA private key (PEM)")
+    rev.add_argument(
+        "--root-key-password-file", default=None, help="file holding the root key's password"
+    )
+    rev.add_argument("--root-crl", default=None, help="the current root CRL (DER or PEM)")
+    rev.add_argument("--out", required=True, help="where to write the new root CRL (DER)")
 
     ver = sub.add_parser(
         "verification-cert",
@@ -247,6 +264,35 @@ def cmd_sign_issuing(args: argparse.Namespace, now: datetime | None = None) -> i
         f"{issuing.not_valid_after_utc.isoformat()}"
     )
     print(f"  sha256   {_fingerprint(issuing)}")
+    return ExitCode.OK
+
+
+def cmd_revoke_issuing(args: argparse.Namespace, now: datetime | None = None) -> int:
+    from shared.pki.ca_roll import build_root_crl
+
+    issuing = _read_certificate(args.issuing_cert, "issuing CA certificate")
+    root_cert = _read_certificate(args.root_cert, "root certificate")
+    password = None
+    if args.root_key_password_file:
+        password = _read_input(args.root_key_password_file, "password file").rstrip(b"\r\n")
+    root_key = ceremony.load_private_key(_read_input(args.root_key, "root key"), password)
+    ceremony.check_root(root_cert, root_key, now or datetime.now(UTC))
+    previous = None
+    if args.root_crl:
+        data = _read_input(args.root_crl, "root CRL")
+        try:
+            previous = (
+                x509.load_pem_x509_crl(data)
+                if data.lstrip().startswith(b"-----BEGIN")
+                else x509.load_der_x509_crl(data)
+            )
+        except ValueError as exc:
+            raise InvalidRequestError("crl_malformed", "the root CRL is not a CRL") from exc
+    when = now or datetime.now(UTC)
+    crl = build_root_crl(root_cert, root_key, [(issuing, when)], now=when, previous=previous)
+    _write_new_file(args.out, crl.public_bytes(serialization.Encoding.DER))
+    print(f"root CRL revoking {issuing.subject.rfc4514_string()} ({issuing.serial_number:x})")
+    print(f"  -> {args.out}: give it to `certroll ca roll retire --root-crl {args.out}`")
     return ExitCode.OK
 
 

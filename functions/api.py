@@ -6,6 +6,9 @@ Routes (under ``/api``; see docs/api.md and ``functions/openapi.json``):
 - ``POST devices/{id}/allow`` optional body ``{"csr": "<PEM CSR made on the device>"}``
 - ``POST devices/{id}/renew`` optional body ``{"reason": "manual|compromise|ca-roll|expiring"}``
 - ``GET  devices/{id}``
+- ``GET  ca/roll`` the issuing CA's roll (record, campaign)
+- ``POST ca/roll/{step}`` one step of the roll: prepare, install, verify, trust, reissue,
+  retire (docs/ca-roll.md)
 - ``GET  openapi.json``
 
 The function key is enforced by the host (``AuthLevel.FUNCTION``). The device routes
@@ -50,6 +53,7 @@ OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 #: what a device route is parsed into
 OperatorCommand = Disallow | Allow | StartRenewal | Status
 DEVICES_ROUTE = "devices/{id}/{action?}"
+CA_ROLL_ROUTE = "ca/roll/{step?}"
 OPENAPI_ROUTE = "openapi.json"
 
 #: (HTTP method, action segment or None) -> operation name; the only combinations served.
@@ -68,6 +72,8 @@ def documented_routes() -> set[tuple[str, str]]:
         for method, action in OPERATIONS
     }
     routes.add(("GET", "/" + OPENAPI_ROUTE))
+    routes.add(("GET", "/ca/roll"))
+    routes.add(("POST", "/ca/roll/{step}"))
     return routes
 
 
@@ -269,27 +275,41 @@ class DevicesApi:
         message: str,
         context: dict[str, Any],
     ) -> None:
-        logger.warning(
-            "devices_api: %s %s refused %d %s for %s: %s",
-            context["method"],
-            device_id or "-",
-            status,
-            code,
-            actor,
-            message,
-        )
-        try:
-            self._audit().append(
-                AuditEvent(
-                    action=f"api_{operation or 'unknown'}",
-                    outcome="rejected",
-                    actor=actor,
-                    device_id=device_id,
-                    detail={"status": status, "code": code, "message": message, **context},
-                )
+        record_rejection(self._audit, operation, actor, device_id, status, code, message, context)
+
+
+def record_rejection(
+    audit: Callable[[], AuditLog],
+    operation: str | None,
+    actor: str,
+    device_id: str | None,
+    status: int,
+    code: str,
+    message: str,
+    context: dict[str, Any],
+) -> None:
+    """Log and audit a refused API request (outcome ``rejected``, never the token)."""
+    logger.warning(
+        "devices_api: %s %s refused %d %s for %s: %s",
+        context["method"],
+        device_id or "-",
+        status,
+        code,
+        actor,
+        message,
+    )
+    try:
+        audit().append(
+            AuditEvent(
+                action=f"api_{operation or 'unknown'}",
+                outcome="rejected",
+                actor=actor,
+                device_id=device_id,
+                detail={"status": status, "code": code, "message": message, **context},
             )
-        except Exception:
-            logger.exception("devices_api: the rejection could not be audited")
+        )
+    except Exception:
+        logger.exception("devices_api: the rejection could not be audited")
 
 
 class _Actor:
@@ -308,12 +328,97 @@ def _is_device_id(value: str) -> bool:
     return True
 
 
+class CaRollApi:
+    """``ca/roll[/{step}]``: the CA roll's record (GET) and its steps (POST), for an
+    authenticated operator; refusals are audited as for the device routes."""
+
+    def __init__(
+        self,
+        roll: Callable[[], Any] = lambda: services().ca_roll,
+        audit: Callable[[], AuditLog] = audit_log,
+        authenticator: Callable[[], OperatorAuthenticator] = lambda: services().authenticator,
+    ) -> None:
+        self._roll = roll
+        self._audit = audit
+        self._authenticator = authenticator
+
+    def handle(self, req: func.HttpRequest) -> func.HttpResponse:
+        from functions.parsing.ca_roll import parse_ca_roll
+
+        method = (req.method or "").upper()
+        step_text = req.route_params.get("step") or None
+        operation = f"ca_roll_{step_text or 'status'}"
+        context = {"method": method, "route": req.url, "operation": operation}
+
+        def refuse(
+            status: int, code: str, message: str, actor: str, retry_after: int | None = None
+        ) -> func.HttpResponse:
+            record_rejection(
+                self._audit,
+                operation,
+                actor,
+                None,
+                status,
+                code,
+                message,
+                context,
+            )
+            return error_response(HttpError(status, code, message, retry_after))
+
+        try:
+            authenticator = self._authenticator()
+            caller = authenticator.authenticate(
+                req.headers.get("authorization"), req.headers.get("x-ms-client-principal")
+            )
+        except AuthError as exc:
+            if isinstance(exc, AuthUnavailableError):
+                return refuse(503, "auth_unavailable", exc.message, "anonymous", 30)
+            return refuse(401, "unauthenticated", f"not authenticated: {exc.message}", "anonymous")
+        try:
+            authenticator.authorize(caller)
+        except AuthError as exc:
+            return refuse(403, "forbidden", exc.message, caller.actor)
+        if (method, step_text is None) not in (("GET", True), ("POST", False)):
+            allowed = "GET" if step_text is None else "POST"
+            return refuse(405, "method_not_allowed", f"use {allowed} here", caller.actor)
+        try:
+            roll = self._roll()
+            if method == "GET":
+                record = roll.status()
+                out: dict[str, Any] = {"roll": record.to_dict()}
+                campaign = roll.campaign(record)
+                if campaign is not None:
+                    out["campaign"] = campaign.to_dict()
+                return _json_response(200, to_jsonable(out))
+            step, options = parse_ca_roll(step_text, req.get_body() or b"")
+            result = roll.run(step, caller.actor, **options)
+        except InvalidRequestError as exc:
+            return refuse(400, exc.code, exc.message, caller.actor)
+        except CertrollError as exc:
+            error = http_error_for(exc)
+            code = getattr(exc, "code", None)
+            if error.status == 409 and isinstance(code, str):
+                error = HttpError(409, code, str(exc))
+            logger.warning(
+                "ca_roll_api: %s by %s answered %d: %s", operation, caller.actor, error.status, exc
+            )
+            return error_response(error)
+        logger.info("ca_roll_api: %s by %s done", operation, caller.actor)
+        return _json_response(200, to_jsonable(result.to_dict()))
+
+
 _api = DevicesApi()
+_ca_roll_api = CaRollApi()
 
 
 @bp.route(route=DEVICES_ROUTE, methods=[func.HttpMethod.GET, func.HttpMethod.POST])
 def devices_api(req: func.HttpRequest) -> func.HttpResponse:
     return _api.handle(req)
+
+
+@bp.route(route=CA_ROLL_ROUTE, methods=[func.HttpMethod.GET, func.HttpMethod.POST])
+def ca_roll_api(req: func.HttpRequest) -> func.HttpResponse:
+    return _ca_roll_api.handle(req)
 
 
 @bp.route(route=OPENAPI_ROUTE, methods=[func.HttpMethod.GET])

@@ -116,6 +116,9 @@ class DemoOptions:
     # IoT Hub units: one S1 unit per 1,000 devices, as an operator sizes a hub (identity
     # operations are 100/min per S1 unit; one unit for 10,000 devices would need hours)
     hub_units: int = 0  # 0: sized from the fleet
+    # ``--ca-roll``: move the fleet to a new issuing CA instead (local/demo_ca_roll.py)
+    ca_roll: bool = False
+    ca_roll_mode: str = "normal"  # or "compromise"
 
     @property
     def units(self) -> int:
@@ -131,6 +134,10 @@ class DemoOptions:
         if self.transport not in ("inproc", "http"):
             raise InvalidRequestError(
                 "transport_invalid", f"transport {self.transport!r} is not one of inproc, http"
+            )
+        if self.ca_roll_mode not in ("normal", "compromise"):
+            raise InvalidRequestError(
+                "ca_roll_mode_invalid", "the CA-roll mode is normal or compromise"
             )
         for name in ("group_fraction", "offline_fraction", "duplicate_fraction"):
             value = getattr(self, name)
@@ -299,7 +306,65 @@ def run_demo(
             f"local stack {stack.run_id}: {stack.transport} transport, dev host {stack.url}, "
             f"{stack.backend_note}"
         )
+        if options.ca_roll:
+            return _run_ca_roll(stack, options, clock, real_now, started, say)
         return _run(stack, options, clock, rotation_start, real_now, started, say)
+
+
+def _run_ca_roll(
+    stack: LocalStack,
+    options: DemoOptions,
+    clock: ManualClock,
+    real_now: datetime,
+    started: float,
+    say: Callable[[str], None],
+) -> DemoResult:
+    """The ``--ca-roll`` demo (local/demo_ca_roll.py) as a :class:`DemoResult`."""
+    from local.demo_ca_roll import run_ca_roll
+
+    with _frozen_heap():
+        calls_before = STORAGE_CALLS.value
+        cpu_before = cpu_seconds()
+        parts = run_ca_roll(
+            stack,
+            options,
+            clock,
+            real_now,
+            started,
+            say,
+            rotate=_rotate,
+            drain=_drain,
+            progress=_progress,
+            call_api=call_api,
+            check=Check,
+        )
+        cpu_after = cpu_seconds()
+    from shared.observability import record_fleet
+
+    record_fleet(stack.services, clock.now())
+    return DemoResult(
+        summary=parts["summary"],
+        checks=parts["checks"],
+        run_id=stack.run_id,
+        backend=stack.backend,
+        backend_note=stack.backend_note,
+        transport=stack.transport,
+        url=stack.url,
+        home=stack.home,
+        table_prefix=stack.settings.get("CERTROLL_TABLE_PREFIX"),
+        pki_container=stack.settings.get("CERTROLL_PKI_CONTAINER"),
+        disallowed_device="",
+        before=parts["before"],
+        before_at=parts["before_at"],
+        after=parts["after"],
+        after_at=clock.now(),
+        rotation_seconds=parts["rotation_seconds"],
+        rotation_storage_calls=STORAGE_CALLS.value - calls_before,
+        rotation_cpu_seconds={
+            k: cpu_after[k] - cpu_before[k] for k in cpu_after if k in cpu_before
+        },
+        metrics=stack.services.instrumentation.metrics(),
+    )
 
 
 @contextlib.contextmanager

@@ -200,7 +200,9 @@ def drop_run_storage(settings: Settings) -> None:
 
     conn = settings.get("CERTROLL_STORAGE")
     tables = TableServiceClient.from_connection_string(conn, transport=loopback_transport())
-    for name in table_names(settings):
+    from shared.adapters.ca_roll_store import ca_roll_table_name
+
+    for name in (*table_names(settings), ca_roll_table_name(settings)):
         tables.delete_table(name)  # no error when absent
     queues = QueueServiceClient.from_connection_string(conn, transport=loopback_transport())
     queue = settings.get("CERTROLL_WORK_QUEUE")
@@ -450,6 +452,10 @@ class LocalStack:
             registry=fleet.registry,
             events=MemoryEventSink(),
             storage=storage,
+            ca_certificate_services=(
+                self.emulator.dps_certificates,
+                self.emulator.hub_certificates,
+            ),
         )
         # wire and check storage and the issuing key now, not on the first event
         self.services.issuer.publish_crl()

@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cryptography import x509
 
@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 
     from shared.adapters.otel import Instrumentation
     from shared.domain.auth import OperatorAuthenticator
+    from shared.domain.ca_roll import CaCertificateService, CampaignRunner, CaRollStore
     from shared.domain.rotation import RotationService
-    from shared.pki.issuer import Issuer
+    from shared.pki.ca_roll import CaRoll, CaSet, RollingIssuer
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class Services:
             raise TypeError(f"unknown service overrides: {sorted(unknown)}")
         for name, value in overrides.items():
             self.__dict__[name] = value  # pre-fills the cached_property
+        self._given = frozenset(overrides)
 
     # ----------------------------------------------------------------- storage
     @cached_property
@@ -170,15 +172,39 @@ class Services:
 
     # ----------------------------------------------------------------- PKI
     @cached_property
-    def authority(self) -> IssuingAuthority:
-        from shared.pki.authority import load_authority
+    def ca_rolls(self) -> CaRollStore:
+        """The CA-roll record (docs/ca-roll.md): which issuing CA is active."""
+        from shared.adapters.ca_roll_store import (
+            MemoryCaRollStore,
+            TableCaRollStore,
+            ca_roll_table_name,
+        )
 
-        return load_authority(self.settings, crl_url=self.crl_publisher.url_for(CRL_NAME))
+        if self.settings.get("CERTROLL_STORAGE") == "memory" or isinstance(
+            self.ledger, _memory_types()
+        ):
+            return MemoryCaRollStore()
+        from shared.adapters.storage_clients import table_service
+
+        return TableCaRollStore(table_service(self.settings), ca_roll_table_name(self.settings))
 
     @cached_property
-    def issuer(self) -> Issuer:
+    def ca_set(self) -> CaSet:
+        """The active issuing CA and the older ones still publishing a CRL."""
+        from shared.pki.ca_roll import CaSet, PublishedCa, load_ca_set
+
+        if "authority" in self._given:  # given ready: no roll record consulted
+            return CaSet(PublishedCa(self.__dict__["authority"], CRL_NAME, "ca/issuing.pem"))
+        return load_ca_set(self.settings, self.crl_publisher, self.ca_rolls)
+
+    @cached_property
+    def authority(self) -> IssuingAuthority:
+        return self.ca_set.active.authority
+
+    @cached_property
+    def issuer(self) -> RollingIssuer:
         from shared.domain.model import RotationState
-        from shared.pki.issuer import Issuer
+        from shared.pki.ca_roll import RollingIssuer, load_ca_set, roll_fingerprint
         from shared.pki.profile import IssuancePolicy
 
         state = self.state
@@ -187,14 +213,76 @@ class Services:
             record = state.get(device_id)
             return record is not None and record.state is RotationState.DISALLOWED
 
-        return Issuer(
-            self.authority,
+        reload = watch = None
+        if not {"authority", "ca_set"} & self._given:
+            settings, publisher, store = self.settings, self.crl_publisher, self.ca_rolls
+
+            def reload() -> CaSet:
+                return load_ca_set(settings, publisher, store)
+
+            def watch() -> object:
+                return roll_fingerprint(store)
+
+        return RollingIssuer(
+            self.ca_set,
             self.ledger,
             self.audit,
             IssuancePolicy.from_settings(self.settings),
             self.clock,
             crl_publisher=self.crl_publisher,
             is_disallowed=is_disallowed,
+            reload=reload,
+            watch=watch,
+        )
+
+    @cached_property
+    def ca_certificate_services(self) -> tuple[CaCertificateService | None, ...]:
+        """(DPS, IoT Hub) CA certificates for the roll's proof of possession: none by
+        default (an operator's step with ARM rights, docs/ca-roll.md); the local stack
+        gives the emulator's."""
+        return (None, None)
+
+    @cached_property
+    def reissue_campaigns(self) -> CampaignRunner:
+        """What the CA roll starts its re-issue step through: the work-queue stand-in
+        (``shared.domain.reissue``) until the campaign engine takes its place."""
+        from shared.domain.reissue import QueueReissue
+
+        if isinstance(self.ledger, _memory_types()):
+            from shared.adapters.memory import MemoryCampaignStore
+
+            store: Any = MemoryCampaignStore()
+        else:
+            from shared.adapters.campaigns import TableCampaignStore
+            from shared.adapters.storage_clients import table_names, table_service
+
+            store = TableCampaignStore(table_service(self.settings), table_names(self.settings)[4])
+        return QueueReissue(self.registry, self.queue, store, self.clock)
+
+    @cached_property
+    def ca_roll(self) -> CaRoll:
+        from shared.pki.ca_roll import CaRoll, CaRollDeps, IssuingKeys, LocalRoot
+        from shared.pki.profile import IssuancePolicy
+
+        dps, hub = self.ca_certificate_services
+        settings = self.settings
+        return CaRoll(
+            CaRollDeps(
+                store=self.ca_rolls,
+                keys=IssuingKeys(settings),
+                issuer=self.issuer,
+                enrollments=cast("EnrollmentStore", _Lazy(lambda: self.enrollments)),
+                registry=cast("DeviceRegistry", _Lazy(lambda: self.registry)),
+                ledger=self.ledger,
+                audit=self.audit,
+                crl_publisher=self.crl_publisher,
+                clock=self.clock,
+                campaigns=cast("CampaignRunner", _Lazy(lambda: self.reissue_campaigns)),
+                dps_certificates=dps,
+                hub_certificates=hub,
+                local_root=lambda: LocalRoot.from_pki_dir(settings),
+                backdate=IssuancePolicy.from_settings(settings).backdate,
+            )
         )
 
     # ----------------------------------------------------------------- fleet
@@ -287,6 +375,26 @@ class Services:
         root = self.authority.root
         chain = self.authority.chain or (self.authority.certificate,)
         return (*chain, root) if root is not None else chain
+
+
+class _Lazy:
+    """Builds the object on first use (the CA roll's steps that never reach DPS or the
+    hub run where neither is configured)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._built: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._built is None:
+            self._built = self._make()
+        return getattr(self._built, name)
+
+
+def _memory_types() -> tuple[type, ...]:
+    from shared.adapters.memory import MemoryLedger
+
+    return (MemoryLedger,)
 
 
 _OVERRIDABLE = {

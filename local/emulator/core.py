@@ -278,7 +278,10 @@ class Core:
     registrations: dict[str, Any] = field(default_factory=dict)  # id -> RegistrationState
     # registration id -> the enrollment that admitted it ("individual:<id>" | "group:<id>")
     registration_sources: dict[str, str] = field(default_factory=dict)
-    verified_cas: dict[str, StoredCert] = field(default_factory=dict)
+    verified_cas: dict[str, StoredCert] = field(default_factory=dict)  # in DPS and hub
+    # name -> CaCertificateRecord (local/emulator/certificates.py), per service
+    dps_certificates: dict[str, Any] = field(default_factory=dict)
+    hub_certificates: dict[str, Any] = field(default_factory=dict)
     # hub
     devices: dict[str, DeviceRecord] = field(default_factory=dict)
     order: list[DeviceRecord | None] = field(default_factory=list)
@@ -289,6 +292,21 @@ class Core:
     _snap_dirty: dict[str, DeviceRecord] = field(default_factory=dict)
     _snap_published: dict[str, bool] = field(default_factory=dict)
     _snap_next: datetime | None = None
+
+    def verified_ca(self, service: str, name: str) -> StoredCert | None:
+        """The CA certificate ``name`` if ``service`` (dps | hub) holds it verified."""
+        found = self.verified_cas.get(name)
+        if found is not None:
+            return found
+        rec = getattr(self, f"{service}_certificates").get(name)
+        return rec.cert if rec is not None and rec.verified else None
+
+    def verified_anchors(self, service: str) -> list[x509.Certificate]:
+        """Every CA certificate ``service`` holds verified."""
+        anchors = [c.cert for c in self.verified_cas.values()]
+        table = getattr(self, f"{service}_certificates")
+        anchors.extend(r.cert.cert for r in table.values() if r.verified)
+        return anchors
 
     @property
     def hub_name(self) -> str:

@@ -197,7 +197,7 @@ class EmulatedDps(EnrollmentStore):
             )
             refs = [r for r in (group.ca_primary, group.ca_secondary) if r is not None]
             for ref in refs:
-                if ref not in self._core.verified_cas:
+                if self._core.verified_ca("dps", ref) is None:
                     raise InvalidRequestError(
                         "ca_reference_invalid", f"{ref} is not a verified CA certificate"
                     )

@@ -19,6 +19,7 @@ from cryptography import x509
 
 from local.emulator import events as topics
 from local.emulator import limits
+from local.emulator.certificates import EmulatedCaCertificates
 from local.emulator.core import (
     Core,
     DeviceHandler,
@@ -128,6 +129,9 @@ class FleetEmulator:
         )
         self.dps = EmulatedDps(self._core)
         self.hub = EmulatedHub(self._core)
+        #: the services' CA certificates with proof of possession (certificates.py)
+        self.dps_certificates = EmulatedCaCertificates(self._core, "dps")
+        self.hub_certificates = EmulatedCaCertificates(self._core, "hub")
 
     @property
     def hub_host(self) -> str:
@@ -236,7 +240,7 @@ class FleetEmulator:
     ) -> bool:
         anchors = [s.cert for s in (grp.primary, grp.secondary) if s is not None]
         for ref in (grp.view.ca_primary, grp.view.ca_secondary):
-            ca = self._core.verified_cas.get(ref) if ref else None
+            ca = self._core.verified_ca("dps", ref) if ref else None
             if ca is not None:
                 anchors.append(ca.cert)
         return chains_to(certs, anchors, now) is not None
@@ -360,7 +364,7 @@ class FleetEmulator:
                 elif not is_valid_at(leaf, now):
                     self._refuse(post, device_id, HUB_UNAUTHORIZED, leaf, "certificate expired")
             else:
-                anchors = [c.cert for c in core.verified_cas.values()]
+                anchors = core.verified_anchors("hub")
                 if common_name(leaf) != device_id or chains_to(certs, anchors, now) is None:
                     self._refuse(
                         post,

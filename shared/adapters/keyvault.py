@@ -203,3 +203,47 @@ def open_keyvault_key(
     if client.jwk.crv:
         return KeyVaultSigningKey(key_id, _client=client)
     return KeyVaultRsaSigningKey(key_id, _client=client)
+
+
+def create_key_version(key_id: str, credential: Any | None = None, **client_kwargs: Any) -> str:
+    """A new version of the key ``key_id`` names (same name, same curve or size, an HSM
+    key that cannot be exported, sign/verify only); its versioned key id.
+
+    A new version keeps the role assignments made on the key (``Key Vault Crypto User``
+    on ``keys/<name>``), so the Function App can sign with it at once. Creating it needs
+    ``Key Vault Crypto Officer`` (or Managed HSM Crypto Officer): an operator's step.
+    """
+    from azure.keyvault.keys import KeyClient, KeyOperation
+
+    client = _KeyVaultClient(key_id, credential, **client_kwargs)
+    vault_url, name, _version = parse_key_id(key_id)
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    keys = KeyClient(vault_url, credential, **client_kwargs)
+    operations: list[str | KeyOperation] = [KeyOperation.sign, KeyOperation.verify]
+    try:
+        if client.jwk.crv:
+            made = keys.create_ec_key(
+                name,
+                curve=client.jwk.crv,
+                hardware_protected=True,
+                key_operations=operations,
+                exportable=False,
+            )
+        else:
+            size = len(_b64url(client.jwk.n)) * 8
+            made = keys.create_rsa_key(
+                name,
+                size=size,
+                hardware_protected=True,
+                key_operations=operations,
+                exportable=False,
+            )
+    except AzureError as exc:
+        raise _translate(exc, key_id, "creating a key version") from exc
+    new_id: str = made.id or ""
+    if not new_id:
+        raise SigningError(f"Key Vault returned no id for the new version of {name}")
+    return new_id

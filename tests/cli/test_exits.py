@@ -75,7 +75,7 @@ def test_one_parser_over_the_listed_modules() -> None:
     names = [c.name for module in COMMAND_MODULES for c in module.COMMANDS]
     assert len(names) == len(set(names))
     assert set(commands()) == set(names) == {
-        "pki", "issue", "revoke", "crl",
+        "pki", "issue", "revoke", "crl", "ca",
         "disallow", "allow", "renew", "status", "sweep", "campaign",
         "serve", "demo", "report", "token",
     }  # fmt: skip
