@@ -43,9 +43,10 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7071, help="dev host port (0: any free)")
     parser.add_argument(
         "--transport",
-        choices=("inproc", "http"),
+        choices=("inproc", "http", "https"),
         default="inproc",
-        help="emulator in process, or production adapters over its REST API",
+        help="emulator in process, or production adapters over its REST API (http, or https "
+        "with a loopback server certificate the adapters trust)",
     )
     parser.add_argument(
         "--key-backend",
@@ -98,9 +99,10 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
         "--transport",
-        choices=("inproc", "http"),
+        choices=("inproc", "http", "https"),
         default="inproc",
-        help="emulator in process, or production adapters over its REST API",
+        help="emulator in process, or production adapters over its REST API (http, or https "
+        "with a loopback server certificate the adapters trust)",
     )
     parser.add_argument(
         "--report",

@@ -131,9 +131,10 @@ class DemoOptions:
     def __post_init__(self) -> None:
         if self.devices < 2:
             raise InvalidRequestError("devices_invalid", "the demo needs at least 2 devices")
-        if self.transport not in ("inproc", "http"):
+        if self.transport not in ("inproc", "http", "https"):
             raise InvalidRequestError(
-                "transport_invalid", f"transport {self.transport!r} is not one of inproc, http"
+                "transport_invalid",
+                f"transport {self.transport!r} is not one of inproc, http, https",
             )
         if self.ca_roll_mode not in ("normal", "compromise"):
             raise InvalidRequestError(

@@ -135,6 +135,8 @@ def _serve_banner(stack: Any, sim: Any) -> str:
     ]
     if stack.fleet_server is not None:
         lines.append(f"  DPS/hub REST: {stack.fleet_server.url}")
+        if stack.fleet_ca_file is not None:
+            lines.append(f"  REST CA file: {stack.fleet_ca_file} (azure-core connection_verify)")
     if sim is not None:
         lines.append(f"  devices:      {len(sim.device_ids)} simulated ({sim.device_ids[0]} ...)")
     lines.append("Ctrl-C stops.")

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TRANSPORTS = ("inproc", "http")
+TRANSPORTS = ("inproc", "http", "https")
 KEY_BACKENDS = ("pkcs11", "file")
 FUNCTION_KEY_FILE = "function-key"
 #: the Event Grid subscription in infra/ delivers only these system events
@@ -245,7 +245,8 @@ class FleetPorts:
 
     enrollments: EnrollmentStore
     registry: DeviceRegistry
-    server: RunningServer | None = None  # the REST front end (``http`` transport only)
+    server: RunningServer | None = None  # the REST front end (``http``/``https`` only)
+    ca_file: Path | None = None  # what a client of the ``https`` front end trusts
 
     def close(self) -> None:
         """Close the REST adapters' clients and stop the front end (``http``); the
@@ -264,23 +265,55 @@ def fleet_ports(
 ) -> FleetPorts:
     """The fleet ports the rotation service uses, over ``emulator``: its own objects
     (``inproc``), or the production DPS and IoT Hub adapters against its REST front end
-    on a loopback port (``http``; ``retry_total`` goes to their azure-core retry policy)."""
+    on a loopback port (``http``, or ``https`` with a server certificate from a PKI of
+    its own that the adapters trust, as Microsoft's SDKs need; ``retry_total`` goes to
+    their azure-core retry policy)."""
     if transport == "inproc":
         return FleetPorts(emulator.dps, emulator.hub)
-    if transport != "http":
+    if transport not in TRANSPORTS:
         raise InvalidRequestError(
-            "transport_invalid", f"transport {transport!r} is not one of inproc, http"
+            "transport_invalid", f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}"
         )
     from local.emulator.http import serve
     from shared.adapters.dps import DpsEnrollmentStore
     from shared.adapters.iothub import IotHubRegistry
 
-    server = serve(emulator)
     token = StaticToken()
+    if transport == "http":
+        server = serve(emulator)
+        return FleetPorts(
+            DpsEnrollmentStore(server.url, token, retry_total=retry_total),
+            IotHubRegistry(
+                server.host, token, scheme="http", clock=clock, retry_total=retry_total
+            ),
+            server,
+        )
+    from azure.core.pipeline.transport import RequestsTransport
+
+    from local.emulator.http.tls import loopback_tls
+    from shared.pki.local_ca import generate_pki
+
+    # TLS clients check validity against the machine's time, not the stack's clock
+    pki = generate_pki()
+    tls = loopback_tls(pki.issuing_certificate, pki.issuing_key, root=pki.root_certificate)
+    server = serve(emulator, ssl_context=tls.context)
+    verify = str(tls.ca_file)
     return FleetPorts(
-        DpsEnrollmentStore(server.url, token, retry_total=retry_total),
-        IotHubRegistry(server.host, token, scheme="http", clock=clock, retry_total=retry_total),
+        DpsEnrollmentStore(
+            server.url,
+            token,
+            transport=RequestsTransport(connection_verify=verify),
+            retry_total=retry_total,
+        ),
+        IotHubRegistry(
+            server.host,
+            token,
+            clock=clock,
+            transport=RequestsTransport(connection_verify=verify),
+            retry_total=retry_total,
+        ),
         server,
+        tls.ca_file,
     )
 
 
@@ -411,6 +444,7 @@ class LocalStack:
         self.services: Services
         self.devhost: DevHost
         self.fleet_server: Any = None
+        self.fleet_ca_file: Path | None = None  # trust anchor of the https front end
         self._client: Client
 
     # ----------------------------------------------------------------- life cycle
@@ -438,6 +472,7 @@ class LocalStack:
         self._exit.callback(fleet.close)
         if fleet.server is not None:
             self.fleet_server = fleet.server
+            self.fleet_ca_file = fleet.ca_file
             values = dict(self.settings.values)
             values["CERTROLL_DPS_ENDPOINT"] = fleet.server.url
             values["CERTROLL_IOTHUB_HOST"] = fleet.server.host

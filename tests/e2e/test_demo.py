@@ -110,19 +110,21 @@ def test_demo_rotates_1000_devices(tmp_path: Path) -> None:
 
 
 @pytest.mark.azurite
-def test_demo_over_the_production_adapters(tmp_path: Path) -> None:
-    """A small fleet with --transport http: DPS/IoT Hub adapters over the emulator's REST."""
+@pytest.mark.parametrize("transport", ["http", "https"])
+def test_demo_over_the_production_adapters(tmp_path: Path, transport: str) -> None:
+    """A small fleet with --transport http or https: DPS/IoT Hub adapters over the
+    emulator's REST front end (https: a loopback server certificate they trust)."""
     run_id = uuid.uuid4().hex[:12]
     base = Settings.from_env({"CERTROLL_HOME": str(tmp_path / "home")})
     try:
         result = run_demo(
             base,
-            DemoOptions(devices=12, transport="http", key_backend="file", run_id=run_id,
+            DemoOptions(devices=12, transport=transport, key_backend="file", run_id=run_id,
                         progress=False, offline_fraction=0.2),
         )
         failed = [c for c in result.checks if not c.ok]
         assert failed == []
-        assert result.transport == "http"
+        assert result.transport == transport
         assert result.summary["renewed"] == 11
         assert result.summary["failed"] == 0
         assert result.summary["disallowed"] == 1

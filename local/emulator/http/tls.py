@@ -18,10 +18,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shared.pki.algorithms import signature_hash
 
 LOOPBACK_NAMES = ("localhost",)
 LOOPBACK_IPS = ("127.0.0.1", "::1")
@@ -32,12 +34,6 @@ class LoopbackTls:
     context: ssl.SSLContext  # the server's
     certificate: x509.Certificate  # the server's leaf
     ca_file: Path  # PEM of the root (and the issuer): what clients trust
-
-
-def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.HashAlgorithm:
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
-        return hashes.SHA384()
-    return hashes.SHA256()
 
 
 def server_certificate(
@@ -85,7 +81,7 @@ def server_certificate(
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(issuer_key, _hash_for(issuer_key))
+        .sign(issuer_key, signature_hash(issuer_key))
     )
 
 
