@@ -12,17 +12,9 @@ import copy
 import threading
 import uuid
 
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    AzureError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
-from azure.data.tables import TableServiceClient, UpdateMode
+from azure.data.tables import TableServiceClient
 
-from shared.adapters.storage_clients import raise_storage_error
-from shared.adapters.tables import _NO_ECHO, MAX_STRING_CHARS, _TableBase
+from shared.adapters.tables._common import MAX_STRING_CHARS, _TableBase
 from shared.domain.ca_roll import CaRollRecord
 from shared.domain.errors import ConcurrencyError, ConflictError
 from shared.settings import Settings
@@ -52,22 +44,13 @@ class TableCaRollStore(_TableBase):
         if len(doc) > MAX_STRING_CHARS:
             raise ValueError(f"the CA-roll record ({len(doc)} characters) is too large")
         entity = {"PartitionKey": ROW_KEY, "RowKey": ROW_KEY, "doc": doc}
-        try:
-            if record.etag is None:
-                meta = self._table.create_entity(entity, **_NO_ECHO)
-            else:
-                meta = self._table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=record.etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )
-        except ResourceExistsError as exc:
-            raise ConflictError("the CA-roll record exists; read it first") from exc
-        except (ResourceModifiedError, ResourceNotFoundError) as exc:
-            raise ConcurrencyError("the CA-roll record changed since it was read") from exc
-        except AzureError as exc:
-            raise_storage_error(exc, "the CA-roll record")
+        meta = self._create_or_replace(
+            entity,
+            record.etag,
+            "the CA-roll record",
+            exists="the CA-roll record exists; read it first",
+            changed="the CA-roll record changed since it was read",
+        )
         saved = CaRollRecord.from_json(doc, str(meta.get("etag")) if meta else None)
         return saved
 

@@ -11,18 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    AzureError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
-from azure.data.tables import TableEntity, TableServiceClient, UpdateMode
+from azure.data.tables import TableEntity, TableServiceClient
 
-from shared.adapters.storage_clients import raise_storage_error
-from shared.adapters.tables import (
-    _NO_ECHO,
+from shared.adapters.tables._common import (
     MAX_STRING_CHARS,
     _key,
     _required_dt,
@@ -30,7 +21,7 @@ from shared.adapters.tables import (
     _utc,
 )
 from shared.domain.campaign import AbortCriteria, Campaign, CampaignState, Checkpoint
-from shared.domain.errors import ConcurrencyError, ConflictError, NotFoundError
+from shared.domain.errors import NotFoundError
 from shared.ports import CampaignStore
 
 __all__ = ["TableCampaignStore"]
@@ -122,23 +113,7 @@ class TableCampaignStore(_TableBase, CampaignStore):
 
     def put(self, campaign: Campaign) -> Campaign:
         entity = {k: v for k, v in _campaign_to_entity(campaign).items() if v is not None}
-        what = f"campaign {campaign.campaign_id}"
-        try:
-            if campaign.etag is None:
-                meta = self._table.create_entity(entity, **_NO_ECHO)
-            else:
-                meta = self._table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=campaign.etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )
-        except ResourceExistsError as exc:
-            raise ConflictError(f"{what} exists") from exc
-        except (ResourceModifiedError, ResourceNotFoundError) as exc:
-            raise ConcurrencyError(f"{what} changed") from exc
-        except AzureError as exc:
-            raise_storage_error(exc, what)
+        meta = self._create_or_replace(entity, campaign.etag, f"campaign {campaign.campaign_id}")
         stored = _entity_to_campaign(TableEntity(entity))
         stored.etag = str(meta["etag"])
         return stored

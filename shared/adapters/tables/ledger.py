@@ -1,188 +1,40 @@
-"""Azure Table storage adapters: the issuance ledger, the rotation state and the audit log.
-
-Key design (see docs/storage.md for the reasoning):
-
-Ledger table (``<prefix>Ledger``): certificate rows only
-    ``PK=<device>, RK=cert-<csr sha256>``   the certificate record (authoritative copy);
-                                            one certificate per device and CSR
-
-Ledger index table (``<prefix>LedgerIndex``): look-ups, never scanned per rotation
-    ``PK=~serial-<last 2 hex>, RK=<serial>`` serial -> device + CSR (``get``, ``set_status``)
-    ``PK=~thumb-<first 2 hex>, RK=<tp>``     thumbprint -> device + serial + CSR
-    ``PK=~revoked, RK=<serial>``            full copy of every revoked record (the CRL list)
-
-State table (``<prefix>State``): ``PK=RK=<device>``, ETag-checked writes.
-
-Audit table (``<prefix>Audit``): one entity per entry, ``PK=<device>`` (``PK=~global``
-for entries without a device); ``RK=<inverted append time>-<uuid>`` so a partition reads
-newest first.
-
-Partition and row keys are the identifier percent-encoded (so ``?``, ``/``, ``#``, ``%``
-and ``~`` never reach a key raw); ``~`` starts every index partition and can therefore
-never be a device's partition.
-"""
+"""The issuance ledger on Azure Table storage (key layout: :mod:`shared.adapters.tables`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import heapq
-import json
 import logging
-import threading
-import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from azure.core import MatchConditions
-from azure.core.exceptions import (
-    AzureError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
-from azure.data.tables import (
-    TableClient,
-    TableEntity,
-    TableServiceClient,
-    UpdateMode,
-)
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
+from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
 
 from shared.adapters.storage_clients import raise_storage_error
+from shared.adapters.tables._common import (
+    _NO_ECHO,
+    _key,
+    _plain,
+    _required_dt,
+    _TableBase,
+    _utc,
+)
 from shared.domain.errors import ConcurrencyError, ConflictError, NotFoundError
 from shared.domain.model import (
-    AuditEvent,
     CertificateRecord,
     CertificateStatus,
     RevocationReason,
-    RotationRecord,
-    RotationState,
     status_change_allowed,
 )
-from shared.ports import AuditLog, CertificateLedger, RotationStateStore
+from shared.ports import CertificateLedger
 
-__all__ = ["TableAuditLog", "TableLedger", "TableRotationStore"]
+__all__ = ["TableLedger"]
 
 logger = logging.getLogger(__name__)
 
-#: creates ask the service not to echo the entity back (``Prefer: return-no-content``):
-#: the adapters use only the new ETag, which comes in a header either way
-_NO_ECHO: dict[str, Any] = {"response_preference": "return-no-content"}
-
-#: Table storage keeps at most 64 KiB per string property (UTF-16): 32 Ki characters.
-MAX_STRING_CHARS = 32_000
-#: Detail JSON is spread over at most this many string properties (< 1 MiB entity limit).
-MAX_DETAIL_PARTS = 12
 _SET_STATUS_ATTEMPTS = 8
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _key(value: str) -> str:
-    """``value`` made safe for PartitionKey/RowKey (no / \\ # ? % ~ or control chars)."""
-    if not value:
-        raise ValueError("a table key must not be empty")
-    return quote(value, safe="-._!*(),:=@$'").replace("~", "%7E")
-
-
-def _utc(value: datetime | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError(f"{name} must be timezone-aware (UTC), got a naive datetime")
-    return value.astimezone(UTC)
-
-
-def _plain(value: Any) -> datetime | None:
-    """A service datetime as a plain timezone-aware UTC ``datetime``."""
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise TypeError(f"expected a datetime, got {type(value).__name__}")
-    value = value.astimezone(UTC)
-    return datetime(
-        value.year,
-        value.month,
-        value.day,
-        value.hour,
-        value.minute,
-        value.second,
-        value.microsecond,
-        tzinfo=UTC,
-    )
-
-
-def _required_dt(value: Any) -> datetime:
-    result = _plain(value)
-    if result is None:
-        raise TypeError("a required datetime property is missing")
-    return result
-
-
-def _ensure_table(service: TableServiceClient, table_name: str) -> TableClient:
-    try:
-        service.create_table(table_name)
-        logger.info("created table %s", table_name)
-    except ResourceExistsError:
-        pass
-    except AzureError as exc:
-        raise_storage_error(exc, f"create table {table_name}")
-    return service.get_table_client(table_name)
-
-
-class _TableBase:
-    def __init__(self, service: TableServiceClient, table_name: str) -> None:
-        self._service = service
-        self.table_name = table_name
-        self._clients: dict[str, TableClient] = {}
-        self._client_lock = threading.Lock()
-
-    def _client_of(self, table_name: str) -> TableClient:
-        """The client of ``table_name``, the table made on first use."""
-        client = self._clients.get(table_name)
-        if client is None:
-            with self._client_lock:
-                client = self._clients.get(table_name)
-                if client is None:
-                    client = _ensure_table(self._service, table_name)
-                    self._clients[table_name] = client
-        return client
-
-    @property
-    def _table(self) -> TableClient:
-        return self._client_of(self.table_name)
-
-    def _point_read(
-        self, pk: str, rk: str, what: str, table: TableClient | None = None
-    ) -> TableEntity | None:
-        try:
-            return (table or self._table).get_entity(pk, rk)
-        except ResourceNotFoundError:
-            return None
-        except AzureError as exc:
-            raise_storage_error(exc, what)
-
-    def _query(
-        self,
-        query_filter: str,
-        parameters: dict[str, Any],
-        what: str,
-        page: int = 1000,
-        table: TableClient | None = None,
-    ) -> Iterator[TableEntity]:
-        try:
-            yield from (table or self._table).query_entities(
-                query_filter, parameters=parameters, results_per_page=page
-            )
-        except AzureError as exc:
-            raise_storage_error(exc, what)
-
-
-# --------------------------------------------------------------------------- ledger
-
 _CERT_PREFIX = "cert-"
 _REVOKED_PK = "~revoked"
 
@@ -510,239 +362,3 @@ class TableLedger(_TableBase, CertificateLedger):
                 raise_storage_error(exc, f"status of certificates of {device_id}")
             return out
         raise ConcurrencyError(f"certificates of {device_id} keep changing; status not set")
-
-
-# --------------------------------------------------------------------------- rotation state
-
-_STATE_DATETIMES = ("current_not_after", "deadline", "updated_at")
-
-
-def _state_to_entity(rec: RotationRecord) -> dict[str, Any]:
-    if not rec.device_id:
-        raise ValueError("a rotation record needs a device_id")
-    return {
-        "PartitionKey": _key(rec.device_id),
-        "RowKey": _key(rec.device_id),
-        "device_id": rec.device_id,
-        "state": RotationState(rec.state).value,
-        "request_id": rec.request_id,
-        "reason": rec.reason,
-        "csr_sha256": rec.csr_sha256,
-        "csr_pem": rec.csr_pem,
-        "new_serial": rec.new_serial,
-        "new_thumbprint": rec.new_thumbprint,
-        "current_serial": rec.current_serial,
-        "current_thumbprint": rec.current_thumbprint,
-        "current_not_after": _utc(rec.current_not_after, "current_not_after"),
-        "slot": rec.slot,
-        "attempts": int(rec.attempts),
-        "deadline": _utc(rec.deadline, "deadline"),
-        "updated_at": _utc(rec.updated_at, "updated_at"),
-        "last_error": (rec.last_error or "")[:MAX_STRING_CHARS] or None,
-        "disallowed_by": rec.disallowed_by,
-        "disallowed_reason": rec.disallowed_reason,
-    }
-
-
-def _entity_to_state(e: TableEntity) -> RotationRecord:
-    return RotationRecord(
-        device_id=e["device_id"],
-        state=RotationState(e["state"]),
-        request_id=e.get("request_id"),
-        reason=e.get("reason"),
-        csr_sha256=e.get("csr_sha256"),
-        csr_pem=e.get("csr_pem"),
-        new_serial=e.get("new_serial"),
-        new_thumbprint=e.get("new_thumbprint"),
-        current_serial=e.get("current_serial"),
-        current_thumbprint=e.get("current_thumbprint"),
-        current_not_after=_plain(e.get("current_not_after")),
-        slot=e.get("slot"),
-        attempts=int(e.get("attempts") or 0),
-        deadline=_plain(e.get("deadline")),
-        updated_at=_plain(e.get("updated_at")),
-        last_error=e.get("last_error"),
-        disallowed_by=e.get("disallowed_by"),
-        disallowed_reason=e.get("disallowed_reason"),
-        etag=e.metadata["etag"],
-    )
-
-
-class TableRotationStore(_TableBase, RotationStateStore):
-    """One row per device (``PK=RK=<device>``) with ETag-checked writes.
-
-    The RowKey repeats the device rather than naming the row kind: Azure Table storage
-    finds a row by both keys either way, but Azurite looks a point read up by RowKey
-    first, so a RowKey every row shares made each read scan them all (``make bench``,
-    section ``storage_calls``).
-
-    ``list`` is a server-side filtered scan of the table (the state and ``updated_at``
-    conditions), read page by page; it serves the daily sweep, which has to look at
-    every device anyway.
-    """
-
-    def __init__(self, service: TableServiceClient, table_name: str) -> None:
-        super().__init__(service, table_name)
-
-    def get(self, device_id: str) -> RotationRecord | None:
-        if not device_id:
-            return None
-        key = _key(device_id)
-        entity = self._point_read(key, key, f"rotation of {device_id}")
-        return None if entity is None else _entity_to_state(entity)
-
-    def put(self, record: RotationRecord) -> RotationRecord:
-        entity = _state_to_entity(record)
-        what = f"rotation record of {record.device_id}"
-        try:
-            if record.etag is None:
-                meta = self._table.create_entity(entity, **_NO_ECHO)
-            else:
-                meta = self._table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=record.etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )
-        except ResourceExistsError as exc:
-            raise ConflictError(f"{what} exists") from exc
-        except (ResourceModifiedError, ResourceNotFoundError) as exc:
-            raise ConcurrencyError(f"{what} changed") from exc
-        except AzureError as exc:
-            raise_storage_error(exc, what)
-        stored = _entity_to_state(TableEntity(entity))
-        stored.etag = str(meta["etag"])
-        return stored
-
-    def list(
-        self,
-        states: set[RotationState] | None = None,
-        updated_before: datetime | None = None,
-    ) -> Iterator[RotationRecord]:
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-        if states is not None:
-            if not states:
-                return
-            ors = []
-            for i, state in enumerate(sorted(RotationState(s).value for s in states)):
-                params[f"s{i}"] = state
-                ors.append(f"state eq @s{i}")
-            clauses.append("( " + " or ".join(ors) + " )")
-        if updated_before is not None:
-            params["before"] = _utc(updated_before, "updated_before")
-            clauses.append("updated_at lt @before")
-        if not clauses:
-            clauses.append("PartitionKey ne ''")  # every row: the table holds only these
-        for entity in self._query(" and ".join(clauses), params, "rotation records"):
-            yield _entity_to_state(entity)
-
-
-# --------------------------------------------------------------------------- audit
-
-_GLOBAL_PK = "~global"
-_INVERT_BASE = 10**20 - 1
-
-
-class _AppendClock:
-    """Strictly increasing nanosecond stamps within the process (insertion order)."""
-
-    def __init__(self) -> None:
-        self._last = 0
-        self._lock = threading.Lock()
-
-    def next(self) -> int:
-        with self._lock:
-            self._last = max(time.time_ns(), self._last + 1)
-            return self._last
-
-
-_APPEND_CLOCK = _AppendClock()
-
-
-def _detail_properties(detail: Mapping[str, Any]) -> dict[str, Any]:
-    text = json.dumps(detail, default=str, sort_keys=True)
-    parts = [text[i : i + MAX_STRING_CHARS] for i in range(0, len(text), MAX_STRING_CHARS)]
-    if len(parts) > MAX_DETAIL_PARTS:
-        logger.warning("audit detail of %d characters truncated to a summary", len(text))
-        summary = {"truncated": True, "chars": len(text), "keys": sorted(map(str, detail))[:100]}
-        parts = [json.dumps(summary)[:MAX_STRING_CHARS]]
-    props: dict[str, Any] = {"detail_parts": len(parts) or 1}
-    for i, part in enumerate(parts or ["{}"]):
-        props["detail" if i == 0 else f"detail_{i}"] = part
-    return props
-
-
-def _detail_from(e: Mapping[str, Any]) -> dict[str, Any]:
-    count = int(e.get("detail_parts") or 1)
-    text = (e.get("detail") or "{}") + "".join(e.get(f"detail_{i}") or "" for i in range(1, count))
-    value = json.loads(text)
-    return value if isinstance(value, dict) else {"value": value}
-
-
-class TableAuditLog(_TableBase, AuditLog):
-    """Append-only audit entries, newest first per partition.
-
-    Each entry is one entity: in its device's partition, or in ``~global`` when it has
-    no device. ``list(device_id)`` is a single-partition read that stops after ``limit``
-    rows; ``list(None)`` (every entry, an operator's view) reads the whole table and
-    keeps the newest ``limit``. Order is append order within a process (an inverted
-    nanosecond stamp as RowKey prefix), which is also the in-memory fake's order.
-    """
-
-    def __init__(self, service: TableServiceClient, table_name: str) -> None:
-        super().__init__(service, table_name)
-
-    @staticmethod
-    def _entity(event: AuditEvent) -> dict[str, Any]:
-        at = _utc(event.at, "at") or datetime.now(UTC)
-        rk = f"{_INVERT_BASE - _APPEND_CLOCK.next():020d}-{uuid.uuid4().hex}"
-        return {
-            "PartitionKey": _key(event.device_id) if event.device_id else _GLOBAL_PK,
-            "RowKey": rk,
-            "action": event.action,
-            "outcome": event.outcome,
-            "actor": event.actor,
-            "device_id": event.device_id,
-            "request_id": event.request_id,
-            "at": at,
-            **_detail_properties(event.detail),
-        }
-
-    def append(self, event: AuditEvent) -> None:
-        entity = self._entity(event)
-        try:
-            self._table.create_entity(entity, **_NO_ECHO)
-        except AzureError as exc:
-            raise_storage_error(exc, f"audit entry {event.action} for {event.device_id}")
-
-    def list(self, device_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
-        if limit <= 0:
-            return []
-        rows: Iterator[TableEntity]
-        if device_id:
-            rows = self._query(
-                "PartitionKey eq @pk",
-                {"pk": _key(device_id)},
-                "audit entries",
-                page=min(limit, 1000),
-            )
-        else:  # every partition: the newest ``limit`` rows of the whole table
-            everything = self._query("RowKey ne @none", {"none": ""}, "audit entries")
-            rows = iter(heapq.nsmallest(limit, everything, key=lambda e: str(e["RowKey"])))
-        events: list[AuditEvent] = []
-        for e in rows:
-            events.append(
-                AuditEvent(
-                    action=e["action"],
-                    outcome=e["outcome"],
-                    actor=e["actor"],
-                    device_id=e.get("device_id"),
-                    request_id=e.get("request_id"),
-                    detail=_detail_from(e),
-                    at=_plain(e.get("at")),
-                )
-            )
-            if len(events) >= limit:
-                break
-        return events
