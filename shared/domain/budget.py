@@ -624,6 +624,10 @@ EXAMPLE_REDUCED_COST = MEASURED_COST.without(Budget.HUB_IDENTITY_OPS, 1).batched
     Budget.DPS_SERVICE_OPS, calls=1, per_call=10, label="reduced (example)"
 )
 
+#: What the campaign engine paces with (the measured vector until a smaller one is
+#: measured on the emulator).
+CAMPAIGN_COST = MEASURED_COST
+
 #: The rotation costs docs/performance.md tabulates.
 DOC_COSTS: tuple[RotationCost, ...] = (MEASURED_COST, EXAMPLE_REDUCED_COST)
 

@@ -64,7 +64,9 @@ class Completion:
         )
         ctx.metric("certroll.rotation_completed", reason=rec.reason or "")
         ctx.forget_issued(rec)
-        return ctx.uow.save(rec, transitions.finished(rec, new_cert.not_after))
+        done = ctx.uow.save(rec, transitions.finished(rec, new_cert.not_after))
+        ctx.campaign_outcome(rec.device_id, "completed")
+        return done
 
     def retire_previous(
         self, rec: RotationRecord, *, compromise: bool
@@ -141,4 +143,6 @@ class Completion:
             state=rec.state.value,
         )
         ctx.metric("certroll.rotation_failed", code=code, reason=rec.reason or "")
-        return ctx.uow.save(rec, transitions.failed(code, message))
+        failed = ctx.uow.save(rec, transitions.failed(code, message))
+        ctx.campaign_outcome(rec.device_id, "failed")
+        return failed
