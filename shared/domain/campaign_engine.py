@@ -85,6 +85,7 @@ class EngineSettings:
     batch_size: int = 100
     time_budget: timedelta = timedelta(minutes=7)
     stalled_after: timedelta = timedelta(minutes=30)
+    max_pages_per_run: int | None = None  # None: as many as the time budget allows
 
     def __post_init__(self) -> None:
         if not 1 <= self.page_size <= 1000:
@@ -425,7 +426,10 @@ class CampaignService:
         page_time = self._page_time()
         while c.state is CampaignState.RUNNING and not c.checkpoint.query_done:
             elapsed = self.clock.now() - started
-            if result.pages and elapsed + page_time > budget:
+            limit = self.settings.max_pages_per_run
+            if result.pages and (
+                elapsed + page_time > budget or (limit is not None and result.pages >= limit)
+            ):
                 self._call(self.queue.send, campaign_message(campaign_id))
                 result.continued = True
                 break
