@@ -53,6 +53,17 @@ def _campaign_service() -> CampaignService:
     return services().campaign_service
 
 
+def _continued_sweep(step: SweepStep) -> Sweep:
+    extra: dict[str, Any] = {}
+    if step.page_size is not None:
+        extra["page_size"] = step.page_size
+    if step.batch_size is not None:
+        extra["batch_size"] = step.batch_size
+    if step.time_budget_s is not None:
+        extra["time_budget_s"] = step.time_budget_s
+    return Sweep(continuation=step.continuation, started_at=step.started_at, **extra)
+
+
 def handle_work_message(
     msg: func.QueueMessage,
     service: RotationService,
@@ -69,9 +80,7 @@ def handle_work_message(
         if isinstance(work, CampaignStep):
             result = (campaigns or _campaign_service()).run(work.campaign_id)
         elif isinstance(work, SweepStep):
-            result = service.sweep(
-                Sweep(continuation=work.continuation, started_at=work.started_at)
-            )
+            result = service.sweep(_continued_sweep(work))
         else:
             result = service.process_batch(work)
     except Exception as exc:

@@ -227,14 +227,45 @@ class SweepStep:
 
     continuation: str
     started_at: datetime | None = None
+    page_size: int | None = None
+    batch_size: int | None = None
+    time_budget_s: float | None = None
 
 
 def campaign_message(campaign_id: str) -> dict[str, Any]:
     return {"kind": CAMPAIGN_KIND, "campaignId": campaign_id}
 
 
-def sweep_message(continuation: str, started_at: datetime) -> dict[str, Any]:
-    return {"kind": SWEEP_KIND, "continuation": continuation, "startedAt": format_time(started_at)}
+def sweep_message(
+    continuation: str,
+    started_at: datetime,
+    *,
+    page_size: int | None = None,
+    batch_size: int | None = None,
+    time_budget_s: float | None = None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "kind": SWEEP_KIND,
+        "continuation": continuation,
+        "startedAt": format_time(started_at),
+    }
+    for key, value in (
+        ("pageSize", page_size),
+        ("batchSize", batch_size),
+        ("timeBudgetSeconds", time_budget_s),
+    ):
+        if value is not None:
+            message[key] = value
+    return message
+
+
+def _positive(message: Mapping[str, Any], key: str, top: float) -> Any:
+    value = message.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= top:
+        raise InvalidRequestError("malformed_message", f"sweep message {key!r} is out of range")
+    return value
 
 
 def _campaign_id(value: object) -> str:
@@ -264,7 +295,16 @@ def parse_work_queue_message(message: object) -> RotateBatch | CampaignStep | Sw
                     started = parse_time(message["startedAt"], "startedAt")
                 except InvalidRequestError as exc:
                     raise InvalidRequestError("malformed_message", exc.message) from None
-            return SweepStep(token, started)
+            page = _positive(message, "pageSize", 1000)
+            batch = _positive(message, "batchSize", MAX_BATCH)
+            budget = _positive(message, "timeBudgetSeconds", 3600)
+            return SweepStep(
+                token,
+                started,
+                None if page is None else int(page),
+                None if batch is None else int(batch),
+                None if budget is None else float(budget),
+            )
     return parse_rotate_message(message)
 
 

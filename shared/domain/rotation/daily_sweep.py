@@ -76,7 +76,16 @@ class DailySweep:
             spent = (ctx.now() - clock_start).total_seconds()
             if budget is not None and spent >= budget:
                 plan.continuation = continuation
-                ctx.call(ctx.deps.queue.send, sweep_message(continuation, now))
+                ctx.call(
+                    ctx.deps.queue.send,
+                    sweep_message(
+                        continuation,
+                        now,
+                        page_size=command.page_size,
+                        batch_size=command.batch_size,
+                        time_budget_s=command.time_budget_s,
+                    ),
+                )
                 ctx.metric("certroll.sweep_continued")
                 break
         if plan.continuation is None:
