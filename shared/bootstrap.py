@@ -285,7 +285,7 @@ class Services:
     def campaign_service(self) -> CampaignService:
         """Campaigns, paced for the configuration the settings name (the budget planner)."""
         from shared.domain.budget import CAMPAIGN_COST, Configuration, plan
-        from shared.domain.campaign_engine import CampaignService
+        from shared.domain.campaign_engine import CampaignService, EngineSettings
 
         config = Configuration(
             hub_tier=self.settings.get("CERTROLL_HUB_TIER").upper(),
@@ -302,7 +302,8 @@ class Services:
             tracker=self.campaign_tracker,
             metrics=self.instrumentation.telemetry,
             audit=self.audit,
-            pacer=plan(config, 0, CAMPAIGN_COST, headroom).pacer(),
+            pacer=plan(config, 0, CAMPAIGN_COST, headroom).pacer(burst_seconds=2.0),
+            settings=EngineSettings(batch_size=20),
         )
 
     @cached_property
