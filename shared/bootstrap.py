@@ -293,6 +293,7 @@ class Services:
             dps_instances=self.settings.int("CERTROLL_DPS_INSTANCES"),
         )
         headroom = float(self.settings.get("CERTROLL_CAMPAIGN_HEADROOM"))
+        pacer = plan(config, 0, CAMPAIGN_COST, headroom).pacer(burst_seconds=1.0)
         return CampaignService(
             self.campaigns,
             self.registry,
@@ -302,8 +303,10 @@ class Services:
             tracker=self.campaign_tracker,
             metrics=self.instrumentation.telemetry,
             audit=self.audit,
-            pacer=plan(config, 0, CAMPAIGN_COST, headroom).pacer(burst_seconds=2.0),
-            settings=EngineSettings(batch_size=20),
+            pacer=pacer,
+            # a message holds about a second of rotations at the pace: its desired-twin
+            # patches stay inside the hub's one-second twin-update burst (50 on S1)
+            settings=EngineSettings(batch_size=max(1, min(20, int(pacer.rotations_per_min / 60)))),
         )
 
     @cached_property
