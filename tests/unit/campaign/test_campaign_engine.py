@@ -302,3 +302,18 @@ def test_the_daily_tick_restarts_a_stalled_campaign(fleet: Fleet) -> None:
     fleet.drain()
     assert fleet.campaigns.status("stalled").campaign.state is CampaignState.COMPLETED
     assert cm.progress(fleet.store.get("stalled")).completed == 30
+
+
+def test_a_count_lost_to_contention_is_recounted_from_the_device_rows(fleet: Fleet) -> None:
+    fleet.campaigns.start(QUERY, "manual", "cli:ops", campaign_id="recount")
+    fleet.world.queue.receive(1)
+    fleet.campaigns.run("recount")
+    fleet.world.queue.receive(100)  # the rotations are not run: outcomes set by hand
+    for device_id in fleet.devices:
+        # the row is set but the checkpoint's count never landed
+        assert fleet.store.record_outcome("recount", device_id, "completed")
+    assert fleet.campaigns.status("recount").progress.completed == 0
+    [result] = fleet.campaigns.tick()
+    assert result.campaign.state is CampaignState.COMPLETED
+    assert result.campaign.checkpoint.completed == 30
+    assert _events(fleet.world) == ["CampaignStarted", "CampaignCompleted"]
