@@ -640,7 +640,7 @@ CAMPAIGN_COST = RotationCost(
         Budget.HUB_TWIN_UPDATES: 5.0,
         Budget.HUB_DIRECT_METHODS: 1.0,
         Budget.SIGNATURES: 1.0,
-        Budget.STORAGE_REQUESTS: 19.4,
+        Budget.STORAGE_REQUESTS: 20.5,
         Budget.HUB_QUERIES: 1 / QUERY_PAGE_SIZE,
     },
     label="campaign (measured)",
