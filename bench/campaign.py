@@ -382,8 +382,9 @@ def run() -> list[BenchRow]:
             ),
         ]
         if n == sizes[0]:
+            planned = {b.value for b in Budget}
             for budget, value in sorted(r.per_rotation.items()):
-                if value > 0:
+                if value > 0 or budget in planned:
                     rows.append(
                         BenchRow(
                             _key(budget),
