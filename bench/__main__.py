@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.common import BenchRow
 
-SECTIONS = ("issuance", "emulator_query", "storage_calls", "e2e")
+SECTIONS = ("issuance", "emulator_query", "storage_calls", "e2e", "campaign")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 

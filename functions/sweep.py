@@ -27,6 +27,10 @@ def handle_sweep(timer: func.TimerRequest, service: RotationService) -> dict[str
 @bp.timer_trigger(schedule="%CERTROLL_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False)
 def daily_sweep(timer: func.TimerRequest) -> None:
     handle_sweep(timer, rotation())
+    try:  # a campaign whose chain of messages broke goes on
+        services().campaign_service.tick()
+    except Exception:
+        logger.exception("daily_sweep: campaigns not continued")
     from shared.observability import record_fleet
 
     record_fleet(services())  # the fleet gauges (docs/operations.md); never raises

@@ -1,16 +1,25 @@
-"""Queue trigger: the rotation work queue the sweep fans out to."""
+"""Queue trigger: the rotation work queue the sweep and the campaigns fan out to.
+
+Three kinds of message: ``rotate`` (a batch of devices), ``campaign`` (a campaign's next
+run, :mod:`shared.domain.campaign_engine`) and ``sweep`` (the daily sweep going on from
+a twin-query continuation token)."""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
 from functions._services import rotation, to_jsonable
-from functions.parsing.work_queue import parse_work_message
+from functions.parsing.work_queue import parse_any_work_message
+from shared.domain.commands import Sweep
 from shared.domain.errors import InvalidRequestError
+from shared.domain.messages import CampaignStep, SweepStep
 from shared.domain.rotation import RotationService
-from shared.domain.sweep import BatchResult
+
+if TYPE_CHECKING:
+    from shared.domain.campaign_engine import CampaignService
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +47,42 @@ class MalformedWorkMessage(InvalidRequestError):
     """A work-queue message that can never be processed (it ends in ``<queue>-poison``)."""
 
 
-def handle_work_message(msg: func.QueueMessage, service: RotationService) -> BatchResult:
+def _campaign_service() -> CampaignService:
+    from functions._services import services
+
+    return services().campaign_service
+
+
+def _continued_sweep(step: SweepStep) -> Sweep:
+    extra: dict[str, Any] = {}
+    if step.page_size is not None:
+        extra["page_size"] = step.page_size
+    if step.batch_size is not None:
+        extra["batch_size"] = step.batch_size
+    if step.time_budget_s is not None:
+        extra["time_budget_s"] = step.time_budget_s
+    return Sweep(continuation=step.continuation, started_at=step.started_at, **extra)
+
+
+def handle_work_message(
+    msg: func.QueueMessage,
+    service: RotationService,
+    campaigns: CampaignService | None = None,
+) -> Any:
     """Process one message; a malformed one raises with a readable reason.
 
     The host retries a message whose function raised up to ``maxDequeueCount`` (host.json)
     times and then moves it to ``<queue>-poison``; the reason is in the log of every try.
     """
     try:
-        batch = parse_work_message(msg.get_body())
-        result = service.process_batch(batch)
+        work = parse_any_work_message(msg.get_body())
+        result: Any
+        if isinstance(work, CampaignStep):
+            result = (campaigns or _campaign_service()).run(work.campaign_id)
+        elif isinstance(work, SweepStep):
+            result = service.sweep(_continued_sweep(work))
+        else:
+            result = service.process_batch(work)
     except Exception as exc:
         if (msg.dequeue_count or 0) >= MAX_DEQUEUE_COUNT:  # the host poisons it next
             _count_poisoned(exc)

@@ -48,6 +48,9 @@ param iotHubSku string = 'S1'
 @description('IoT Hub units.')
 param iotHubCapacity int = 1
 
+@description('Fraction of each service limit a re-roll campaign leaves to the fleet\'s everyday traffic (docs/performance.md).')
+param campaignHeadroom string = '0.1'
+
 @minValue(1)
 @maxValue(40)
 @description('Event Hubs namespace throughput units.')
@@ -357,6 +360,9 @@ module functionApp 'modules/functionapp.bicep' = {
     csrMaxBytes: csrMaxBytes
     rotationDeadlineHours: rotationDeadlineHours
     caWarningDays: caWarningDays
+    hubTier: iotHubSku
+    hubUnits: iotHubCapacity
+    campaignHeadroom: campaignHeadroom
     operatorRole: operatorRole
     authClientId: authClientId
     authTenantId: authTenantId

@@ -26,6 +26,7 @@ from shared.clock import SystemClock
 from shared.domain.model import DomainEvent
 from shared.ports import (
     AuditLog,
+    CampaignStore,
     CertificateLedger,
     Clock,
     CrlPublisher,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from shared.adapters.otel import Instrumentation
     from shared.domain.auth import OperatorAuthenticator
     from shared.domain.ca_roll import CaCertificateService, CampaignRunner, CaRollStore
+    from shared.domain.campaign_engine import CampaignService, CampaignTracker
     from shared.domain.rotation import RotationService
     from shared.pki.ca_roll import CaRoll, CaSet, RollingIssuer
 
@@ -72,6 +74,7 @@ class StorageBundle:
     audit: AuditLog
     crl_publisher: CrlPublisher
     queue: WorkQueue
+    campaigns: CampaignStore | None = None  # None: in memory
 
 
 def memory_storage() -> StorageBundle:
@@ -84,6 +87,7 @@ def memory_storage() -> StorageBundle:
         audit=memory.MemoryAuditLog(),
         crl_publisher=memory.MemoryCrlPublisher(),
         queue=memory.MemoryWorkQueue(),
+        campaigns=memory.MemoryCampaignStore(),
     )
 
 
@@ -96,11 +100,12 @@ def azure_storage(
     """The Azure Storage adapters on these service clients, named by ``settings`` (table
     prefix, PKI container, CRL base URL, work queue)."""
     from shared.adapters.blob import BlobCrlPublisher
+    from shared.adapters.campaigns import TableCampaignStore
     from shared.adapters.queues import StorageWorkQueue
     from shared.adapters.storage_clients import table_names
     from shared.adapters.tables import TableAuditLog, TableLedger, TableRotationStore
 
-    ledger_name, index_name, state_name, audit_name, _campaigns = table_names(settings)
+    ledger_name, index_name, state_name, audit_name, campaigns_name = table_names(settings)
     return StorageBundle(
         ledger=TableLedger(tables, ledger_name, index_name),
         state=TableRotationStore(tables, state_name),
@@ -111,6 +116,7 @@ def azure_storage(
             settings.get("CERTROLL_CRL_BASE_URL") or None,
         ),
         queue=StorageWorkQueue(queues, settings.get("CERTROLL_WORK_QUEUE")),
+        campaigns=TableCampaignStore(tables, campaigns_name),
     )
 
 
@@ -169,6 +175,15 @@ class Services:
     def queue(self) -> WorkQueue:
         queue: WorkQueue = self.storage.queue
         return queue
+
+    @cached_property
+    def campaigns(self) -> CampaignStore:
+        store = self.storage.campaigns
+        if store is None:
+            from shared.adapters.memory import MemoryCampaignStore
+
+            store = MemoryCampaignStore()
+        return store
 
     # ----------------------------------------------------------------- PKI
     @cached_property
@@ -335,6 +350,7 @@ class Services:
             self.settings.get("CERTROLL_OPERATOR_ROLE"),
             platform_auth_enforced=self.settings.flag("CERTROLL_PLATFORM_AUTH_ENFORCED"),
         )
+
     # ----------------------------------------------------------------- telemetry
     @cached_property
     def instrumentation(self) -> Instrumentation:
@@ -345,6 +361,42 @@ class Services:
         return from_environment()
 
     # ----------------------------------------------------------------- domain
+    @cached_property
+    def campaign_tracker(self) -> CampaignTracker:
+        from shared.domain.campaign_engine import CampaignTracker
+
+        return CampaignTracker(
+            self.campaigns, self.clock, self.events, self.instrumentation.telemetry
+        )
+
+    @cached_property
+    def campaign_service(self) -> CampaignService:
+        """Campaigns, paced for the configuration the settings name (the budget planner)."""
+        from shared.domain.budget import CAMPAIGN_COST, Configuration, plan
+        from shared.domain.campaign_engine import CampaignService, EngineSettings
+
+        config = Configuration(
+            hub_tier=self.settings.get("CERTROLL_HUB_TIER").upper(),
+            hub_units=self.settings.int("CERTROLL_HUB_UNITS"),
+            dps_instances=self.settings.int("CERTROLL_DPS_INSTANCES"),
+        )
+        headroom = float(self.settings.get("CERTROLL_CAMPAIGN_HEADROOM"))
+        pacer = plan(config, 0, CAMPAIGN_COST, headroom).pacer(burst_seconds=1.0)
+        return CampaignService(
+            self.campaigns,
+            self.registry,
+            self.queue,
+            self.events,
+            self.clock,
+            tracker=self.campaign_tracker,
+            metrics=self.instrumentation.telemetry,
+            audit=self.audit,
+            pacer=pacer,
+            # a message holds about a second of rotations at the pace: its desired-twin
+            # patches stay inside the hub's one-second twin-update burst (50 on S1)
+            settings=EngineSettings(batch_size=max(1, min(20, int(pacer.rotations_per_min / 60)))),
+        )
+
     @cached_property
     def rotation(self) -> RotationService:
         from shared.domain.policy import RotationPolicy
@@ -368,6 +420,7 @@ class Services:
                 metrics=telemetry,
                 tracer=self.instrumentation.tracer,
                 ca_certificates=self._ca_certificates(),
+                campaigns=self.campaign_tracker,
             )
         )
 

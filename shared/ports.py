@@ -392,8 +392,22 @@ class TokenValidator(abc.ABC):
         signing keys cannot be read."""
 
 
-
 # --------------------------------------------------------------------------- campaigns
+
+
+class CampaignOutcomes(Protocol):
+    """What the rotation tells the campaigns: a device's rotation ended (``completed``,
+    ``failed``) or had nothing to do (``skipped``). Counted once per campaign and device."""
+
+    def is_done(self, campaign_id: str, device_id: str) -> bool:
+        """The device already has an outcome in the campaign (a batch enqueued again
+        after a crash starts no second rotation)."""
+        ...
+
+    def report(self, device_id: str, outcome: str, campaign_id: str | None = None) -> None:
+        """Count the outcome in ``campaign_id``, or in every active campaign holding the
+        device. Never raises."""
+        ...
 
 
 class CampaignStore(abc.ABC):
@@ -413,6 +427,28 @@ class CampaignStore(abc.ABC):
     @abc.abstractmethod
     def list(self, states: set[CampaignState] | None = None) -> list[Campaign]:
         """Campaigns in any of ``states`` (all when None), newest first."""
+
+    # the campaign's devices: one row per (campaign, device), its outcome set once
+
+    @abc.abstractmethod
+    def add_devices(self, campaign_id: str, device_ids: Sequence[str]) -> int:
+        """Make each device a member of the campaign, outcome ``pending``; a device that
+        already is one keeps its row (a page read again after a crash changes nothing).
+        Returns how many were new."""
+
+    @abc.abstractmethod
+    def device_outcome(self, campaign_id: str, device_id: str) -> str | None:
+        """``pending``, ``completed``, ``failed`` or ``skipped``; None when the device is
+        not a member."""
+
+    @abc.abstractmethod
+    def record_outcome(self, campaign_id: str, device_id: str, outcome: str) -> bool:
+        """Set a pending member's outcome; True when this call set it. False when the
+        device is not a member or already has one (a redelivered rotation counts once)."""
+
+    @abc.abstractmethod
+    def count_outcomes(self, campaign_id: str) -> dict[str, int]:
+        """Members by outcome (a full count, for repairing the checkpoint's counters)."""
 
     def update(
         self,
@@ -435,6 +471,7 @@ class CampaignStore(abc.ABC):
                 if attempt == attempts - 1:
                     raise
         raise ConcurrencyError(f"campaign {campaign_id} kept changing")  # attempts < 1
+
 
 # --------------------------------------------------------------------------- telemetry
 
@@ -489,8 +526,9 @@ class Tracer(abc.ABC):
     """
 
     @abc.abstractmethod
-    def span(self, name: str, **attributes: str | int) -> contextlib.AbstractContextManager[None]:
-        ...
+    def span(
+        self, name: str, **attributes: str | int
+    ) -> contextlib.AbstractContextManager[None]: ...
 
     @abc.abstractmethod
     def rotation(
@@ -557,9 +595,7 @@ def in_rotation_trace(method: Callable[..., R]) -> Callable[..., R]:
     def traced(self: Any, rec: RotationRecord, *args: Any, **kwargs: Any) -> R:
         tracer: Tracer = self.deps.tracer
         name = method.__name__.strip("_")
-        with tracer.rotation(
-            rec.request_id, name, device_id=rec.device_id, state=rec.state.value
-        ):
+        with tracer.rotation(rec.request_id, name, device_id=rec.device_id, state=rec.state.value):
             return method(self, rec, *args, **kwargs)
 
     return traced

@@ -62,6 +62,11 @@ SETTING_DEFAULTS: dict[str, str] = {
     "CERTROLL_CSR_MAX_BYTES": "4096",
     "CERTROLL_ROTATION_DEADLINE_HOURS": "24",
     "CERTROLL_CA_WARNING_DAYS": "90",
+    # campaigns: the configuration the budget planner paces them for (docs/performance.md)
+    "CERTROLL_HUB_TIER": "S1",
+    "CERTROLL_HUB_UNITS": "1",
+    "CERTROLL_DPS_INSTANCES": "1",
+    "CERTROLL_CAMPAIGN_HEADROOM": "0.1",
     # API
     "CERTROLL_OPERATOR_ROLE": "Certroll.Operator",
     # Operator API authentication: Entra ID access tokens (docs/api.md)

@@ -1,10 +1,12 @@
-"""Storage queue payloads: the rotation work-queue message the sweep sends."""
+"""Storage queue payloads: the work-queue messages (a rotation batch the sweep or a
+campaign sends, a campaign's next step, the sweep's continuation)."""
 
 from __future__ import annotations
 
 from functions.parsing.common import load_json
 from shared.domain.commands import RotateBatch, parse_rotate_message
 from shared.domain.errors import InvalidRequestError
+from shared.domain.messages import CampaignStep, SweepStep, parse_work_queue_message
 
 
 def parse_work_message(body: bytes | str) -> RotateBatch:
@@ -16,3 +18,13 @@ def parse_work_message(body: bytes | str) -> RotateBatch:
             "malformed_message", f"work queue message is not a JSON object: {type(doc).__name__}"
         )
     return parse_rotate_message(doc)
+
+
+def parse_any_work_message(body: bytes | str) -> RotateBatch | CampaignStep | SweepStep:
+    """Any work-queue message (``rotate``, ``campaign``, ``sweep``)."""
+    doc = load_json(body, "work queue message")
+    if not isinstance(doc, dict):
+        raise InvalidRequestError(
+            "malformed_message", f"work queue message is not a JSON object: {type(doc).__name__}"
+        )
+    return parse_work_queue_message(doc)

@@ -91,6 +91,15 @@ param rotationDeadlineHours int
 @description('Days before CA expiry that the sweep warns.')
 param caWarningDays int
 
+@description('IoT Hub SKU the campaigns are paced for (the budget planner).')
+param hubTier string
+
+@description('IoT Hub units the campaigns are paced for.')
+param hubUnits int
+
+@description('Fraction of each service limit a campaign leaves to everyday traffic.')
+param campaignHeadroom string
+
 @description('Entra ID app role required by the devices API.')
 param operatorRole string
 
@@ -322,6 +331,23 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'CERTROLL_CA_WARNING_DAYS'
           value: string(caWarningDays)
+        }
+        // campaigns: paced by the budget planner for this hub and the one DPS instance
+        {
+          name: 'CERTROLL_HUB_TIER'
+          value: hubTier
+        }
+        {
+          name: 'CERTROLL_HUB_UNITS'
+          value: string(hubUnits)
+        }
+        {
+          name: 'CERTROLL_DPS_INSTANCES'
+          value: '1'
+        }
+        {
+          name: 'CERTROLL_CAMPAIGN_HEADROOM'
+          value: campaignHeadroom
         }
         // HTTP API devices_api: Entra ID access tokens validated in code (signing keys from
         // the tenant's OpenID configuration), the operator app role in their roles claim.

@@ -134,11 +134,21 @@ class Limiter:
         self.max_concurrent_jobs = max_concurrent_jobs(tier)
         self.limits = table
         self.buckets = {name: lim.bucket(clock, name) for name, lim in table.items()}
+        #: operations admitted on each bucket (limits on or off): what the callers spent
+        self.spent: dict[str, float] = dict.fromkeys(table, 0.0)
 
     def take(self, name: str, n: float = 1.0) -> None:
         """Consume ``n`` from bucket ``name`` or raise ThrottledError(retry_after)."""
         if self.enabled:
             self.buckets[name].take(n)
+        self.spent[name] += n
 
     def try_take(self, name: str, n: float = 1.0) -> float:
-        return self.buckets[name].try_take(n) if self.enabled else 0.0
+        wait = self.buckets[name].try_take(n) if self.enabled else 0.0
+        if wait <= 0:
+            self.spent[name] += n
+        return wait
+
+    def spent_snapshot(self) -> dict[str, float]:
+        """A copy of :attr:`spent` (subtract two to count what happened between them)."""
+        return dict(self.spent)

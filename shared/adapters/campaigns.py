@@ -5,22 +5,51 @@ certroll key is), one row per campaign holding its definition, state and checkpo
 flat properties. Every write is ETag-checked: a create fails when the row exists, a
 replace when someone else wrote first, so two runners of one campaign cannot both
 advance its checkpoint. ``list`` scans the table (there are few campaigns).
+
+The campaign's devices live in the same table: ``PK=~m-<campaign id>``, ``RK=<device
+id>``, one property ``outcome`` (``pending`` until the rotation ends). Pages of devices go
+in as entity-group transactions of up to 100 inserts (one storage request per 100
+devices); a transaction that meets an existing row is retried one insert at a time, so a
+page read again keeps every outcome already set. An outcome is set with If-Match on the
+pending row: a redelivered rotation finds it set and counts nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from azure.data.tables import TableEntity, TableServiceClient
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import (
+    TableEntity,
+    TableServiceClient,
+    TableTransactionError,
+    UpdateMode,
+)
 
+from shared.adapters.storage_clients import raise_storage_error
 from shared.adapters.tables._common import (
+    _NO_ECHO,
     MAX_STRING_CHARS,
     _key,
     _required_dt,
     _TableBase,
     _utc,
 )
-from shared.domain.campaign import AbortCriteria, Campaign, CampaignState, Checkpoint
+from shared.domain.campaign import (
+    OUTCOMES,
+    PENDING,
+    AbortCriteria,
+    Campaign,
+    CampaignState,
+    Checkpoint,
+)
 from shared.domain.errors import NotFoundError
 from shared.ports import CampaignStore
 
@@ -54,6 +83,7 @@ def _campaign_to_entity(c: Campaign) -> dict[str, Any]:
         "enqueued": cp.enqueued,
         "completed": cp.completed,
         "failed": cp.failed,
+        "skipped": cp.skipped,
         "devices_expected": c.devices_expected,
         "rate_per_min": None if c.rate_per_min is None else float(c.rate_per_min),
         "note": _text(c.note, "note"),
@@ -86,6 +116,7 @@ def _entity_to_campaign(e: TableEntity) -> Campaign:
             enqueued=_int(e.get("enqueued")),
             completed=_int(e.get("completed")),
             failed=_int(e.get("failed")),
+            skipped=_int(e.get("skipped")),
         ),
         devices_expected=None if expected is None else _int(expected),
         rate_per_min=None if rate is None else float(rate),
@@ -129,7 +160,86 @@ class TableCampaignStore(_TableBase, CampaignStore):
                 ors.append(f"state eq @s{i}")
             query = " or ".join(ors)
         else:
-            query = "PartitionKey ne ''"
+            query = "state ne ''"  # campaign rows only (device rows have no state)
         found = [_entity_to_campaign(e) for e in self._query(query, params, "campaigns")]
         found.sort(key=lambda c: (c.created_at, c.campaign_id), reverse=True)
         return found
+
+    # ------------------------------------------------------------------ devices
+
+    @staticmethod
+    def _members_pk(campaign_id: str) -> str:
+        return "~m-" + _key(campaign_id)
+
+    def add_devices(self, campaign_id: str, device_ids: Sequence[str]) -> int:
+        pk = self._members_pk(campaign_id)
+        ids = list(dict.fromkeys(device_ids))
+        new = 0
+        for start in range(0, len(ids), 100):
+            chunk = ids[start : start + 100]
+            ops = [
+                ("create", {"PartitionKey": pk, "RowKey": _key(d), "outcome": PENDING})
+                for d in chunk
+            ]
+            try:
+                self._table.submit_transaction(ops)  # type: ignore[arg-type]
+                new += len(chunk)
+                continue
+            except TableTransactionError:
+                pass  # some exist already: one at a time
+            except AzureError as exc:
+                raise_storage_error(exc, f"campaign {campaign_id} devices")
+            for _, entity in ops:
+                try:
+                    self._table.create_entity(entity, **_NO_ECHO)
+                    new += 1
+                except ResourceExistsError:
+                    pass
+                except AzureError as exc:
+                    raise_storage_error(exc, f"campaign {campaign_id} device")
+        return new
+
+    def device_outcome(self, campaign_id: str, device_id: str) -> str | None:
+        entity = self._point_read(
+            self._members_pk(campaign_id), _key(device_id), f"campaign {campaign_id} device"
+        )
+        return None if entity is None else str(entity.get("outcome") or PENDING)
+
+    def record_outcome(self, campaign_id: str, device_id: str, outcome: str) -> bool:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        pk, rk = self._members_pk(campaign_id), _key(device_id)
+        what = f"campaign {campaign_id} device {device_id}"
+        for _ in range(4):
+            entity = self._point_read(pk, rk, what)
+            if entity is None or (entity.get("outcome") or PENDING) != PENDING:
+                return False
+            try:
+                self._table.update_entity(
+                    {"PartitionKey": pk, "RowKey": rk, "outcome": outcome},
+                    mode=UpdateMode.REPLACE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return True
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue  # someone else set it: read again
+            except AzureError as exc:
+                raise_storage_error(exc, what)
+        return False
+
+    def count_outcomes(self, campaign_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        try:
+            rows = self._table.query_entities(
+                "PartitionKey eq @pk",
+                parameters={"pk": self._members_pk(campaign_id)},
+                select=["outcome"],
+                results_per_page=1000,
+            )
+            for row in rows:
+                outcome = str(row.get("outcome") or PENDING)
+                counts[outcome] = counts.get(outcome, 0) + 1
+        except AzureError as exc:
+            raise_storage_error(exc, f"campaign {campaign_id} devices")
+        return counts

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.domain.campaign import Campaign, CampaignState
+from shared.domain.campaign import OUTCOMES, PENDING, Campaign, CampaignState
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
@@ -246,10 +246,44 @@ class MemoryCampaignStore(CampaignStore):
     instance over it reads what an earlier one wrote, as a restarted process reads the
     table."""
 
-    def __init__(self, backing: dict[str, Campaign] | None = None) -> None:
+    def __init__(
+        self,
+        backing: dict[str, Campaign] | None = None,
+        devices: dict[tuple[str, str], str] | None = None,
+    ) -> None:
         self.records: dict[str, Campaign] = {} if backing is None else backing
         self._campaigns = self.records
+        #: (campaign id, device id) -> outcome; pass another instance's to share it
+        self.devices: dict[tuple[str, str], str] = {} if devices is None else devices
         self._lock = threading.Lock()
+
+    def add_devices(self, campaign_id: str, device_ids: Sequence[str]) -> int:
+        new = 0
+        with self._lock:
+            for device_id in device_ids:
+                if (campaign_id, device_id) not in self.devices:
+                    self.devices[(campaign_id, device_id)] = PENDING
+                    new += 1
+        return new
+
+    def device_outcome(self, campaign_id: str, device_id: str) -> str | None:
+        return self.devices.get((campaign_id, device_id))
+
+    def record_outcome(self, campaign_id: str, device_id: str, outcome: str) -> bool:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        with self._lock:
+            if self.devices.get((campaign_id, device_id)) != PENDING:
+                return False
+            self.devices[(campaign_id, device_id)] = outcome
+            return True
+
+    def count_outcomes(self, campaign_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for (cid, _), outcome in list(self.devices.items()):
+            if cid == campaign_id:
+                counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
 
     def get(self, campaign_id: str) -> Campaign:
         stored = self._campaigns.get(campaign_id)

@@ -46,6 +46,13 @@ class CampaignState(StrEnum):
 
 FINAL_STATES = frozenset({CampaignState.ABORTED, CampaignState.COMPLETED})
 
+#: A campaign device's outcome (one row per campaign and device in the store).
+PENDING = "pending"
+COMPLETED = "completed"
+FAILED = "failed"
+SKIPPED = "skipped"
+OUTCOMES = (COMPLETED, FAILED, SKIPPED)
+
 
 @dataclass(frozen=True)
 class AbortCriteria:
@@ -79,10 +86,12 @@ class Checkpoint:
     enqueued: int = 0
     completed: int = 0
     failed: int = 0
+    skipped: int = 0  # enqueued but nothing to do (disallowed, gone from the hub)
 
     @property
     def executed(self) -> int:
-        return self.completed + self.failed
+        """Devices with an outcome (completed, failed or skipped)."""
+        return self.completed + self.failed + self.skipped
 
     @property
     def in_flight(self) -> int:
@@ -207,14 +216,17 @@ def record_page(c: Campaign, *, enqueued: int, continuation: str | None, at: dat
     return _maybe_complete(dataclasses.replace(c, checkpoint=cp, updated_at=at), at)
 
 
-def record_outcomes(c: Campaign, *, completed: int = 0, failed: int = 0, at: datetime) -> Campaign:
-    """Count devices whose rotation finished (``completed``) or gave up (``failed``).
+def record_outcomes(
+    c: Campaign, *, completed: int = 0, failed: int = 0, skipped: int = 0, at: datetime
+) -> Campaign:
+    """Count devices whose rotation finished (``completed``), gave up (``failed``) or
+    had nothing to do (``skipped``: disallowed, unknown; not part of the abort criteria).
 
     Counted in any state but ``completed`` (rotations enqueued before a pause or an abort
     still end). A running campaign whose abort criteria trip becomes ``aborted``; one that
     has read its last page and counted every enqueued device becomes ``completed``.
     """
-    if completed < 0 or failed < 0:
+    if completed < 0 or failed < 0 or skipped < 0:
         raise ValueError("counts must be >= 0")
     _require(
         c, {CampaignState.RUNNING, CampaignState.PAUSED, CampaignState.ABORTED}, "count outcomes"
@@ -223,16 +235,18 @@ def record_outcomes(c: Campaign, *, completed: int = 0, failed: int = 0, at: dat
         c.checkpoint,
         completed=c.checkpoint.completed + completed,
         failed=c.checkpoint.failed + failed,
+        skipped=c.checkpoint.skipped + skipped,
     )
     out = dataclasses.replace(c, checkpoint=cp, updated_at=at)
     if out.state in (CampaignState.RUNNING, CampaignState.PAUSED) and c.abort_criteria.tripped(
         cp.completed, cp.failed
     ):
-        pct = 100.0 * cp.failed / cp.executed
+        rotated = cp.completed + cp.failed
+        pct = 100.0 * cp.failed / rotated
         return dataclasses.replace(
             out,
             state=CampaignState.ABORTED,
-            note=f"abort criteria: {cp.failed} of {cp.executed} failed ({pct:.1f} % >= "
+            note=f"abort criteria: {cp.failed} of {rotated} failed ({pct:.1f} % >= "
             f"{c.abort_criteria.failure_percentage:g} %)",
         )
     return _maybe_complete(out, at)
@@ -256,6 +270,7 @@ class Progress:
     enqueued: int
     completed: int
     failed: int
+    skipped: int
     in_flight: int
     total: int | None  # devices expected, when known (the enqueued count once the query ended)
     fraction: float | None  # executed / total
@@ -284,12 +299,14 @@ def progress(c: Campaign) -> Progress:
         eta = 0.0
     elif c.state is CampaignState.RUNNING and total is not None and c.rate_per_min:
         eta = max(0, total - cp.executed) / c.rate_per_min
-    failure = 100.0 * cp.failed / cp.executed if cp.executed else 0.0
+    rotated = cp.completed + cp.failed
+    failure = 100.0 * cp.failed / rotated if rotated else 0.0
     return Progress(
         state=c.state,
         enqueued=cp.enqueued,
         completed=cp.completed,
         failed=cp.failed,
+        skipped=cp.skipped,
         in_flight=cp.in_flight,
         total=total,
         fraction=fraction,

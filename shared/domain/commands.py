@@ -223,11 +223,25 @@ class Status:
 
 @dataclass(frozen=True)
 class Sweep:
-    """The daily sweep; ``dry_run`` plans without enqueuing."""
+    """The daily sweep; ``dry_run`` plans without enqueuing.
+
+    The sweep reads the due twins a page at a time (``page_size``) and enqueues each
+    page's work as it arrives. When ``time_budget_s`` seconds have passed (not in a dry
+    run) it stops after a page and enqueues a ``sweep`` message with the next page's
+    ``continuation``; the queue worker runs the sweep on from there (``started_at``: the
+    first run's time, which fixes the query's horizon so the token stays valid)."""
 
     dry_run: bool = False
     batch_size: int = 100
+    page_size: int = 1000
+    time_budget_s: float | None = 420.0  # 7 of the 10 minutes a function may run
+    continuation: str | None = None
+    started_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise InvalidRequestError("batch_size_invalid", "batch_size must be at least 1")
+        if isinstance(self.page_size, bool) or not 1 <= self.page_size <= 1000:
+            raise InvalidRequestError("page_size_invalid", "page_size must be 1-1000")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise InvalidRequestError("time_budget_invalid", "time_budget_s must be positive")

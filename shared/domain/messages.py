@@ -196,15 +196,125 @@ class RotateBatch:
     device_ids: tuple[str, ...]
     reason: Trigger
     enqueued_at: datetime | None
+    campaign_id: str | None = None  # the campaign that enqueued the batch
 
 
-def rotate_message(device_ids: list[str], reason: Trigger, enqueued_at: datetime) -> dict[str, Any]:
-    return {
+def rotate_message(
+    device_ids: list[str],
+    reason: Trigger,
+    enqueued_at: datetime,
+    campaign_id: str | None = None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
         "kind": ROTATE_KIND,
         "deviceIds": list(device_ids),
         "reason": reason.value,
         "enqueuedAt": format_time(enqueued_at),
     }
+    if campaign_id is not None:
+        message["campaignId"] = campaign_id
+    return message
+
+
+CAMPAIGN_KIND = "campaign"
+SWEEP_KIND = "sweep"
+_CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_CONTINUATION_CHARS = 16000
+
+
+@dataclass(frozen=True)
+class CampaignStep:
+    """``{"kind": "campaign", "campaignId"}``: run the campaign on from its checkpoint."""
+
+    campaign_id: str
+
+
+@dataclass(frozen=True)
+class SweepStep:
+    """``{"kind": "sweep", "continuation", "startedAt"}``: the daily sweep goes on from
+    the twin query's page ``continuation`` (it neared its time budget)."""
+
+    continuation: str
+    started_at: datetime | None = None
+    page_size: int | None = None
+    batch_size: int | None = None
+    time_budget_s: float | None = None
+
+
+def campaign_message(campaign_id: str) -> dict[str, Any]:
+    return {"kind": CAMPAIGN_KIND, "campaignId": campaign_id}
+
+
+def sweep_message(
+    continuation: str,
+    started_at: datetime,
+    *,
+    page_size: int | None = None,
+    batch_size: int | None = None,
+    time_budget_s: float | None = None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "kind": SWEEP_KIND,
+        "continuation": continuation,
+        "startedAt": format_time(started_at),
+    }
+    for key, value in (
+        ("pageSize", page_size),
+        ("batchSize", batch_size),
+        ("timeBudgetSeconds", time_budget_s),
+    ):
+        if value is not None:
+            message[key] = value
+    return message
+
+
+def _positive(message: Mapping[str, Any], key: str, top: float) -> Any:
+    value = message.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= top:
+        raise InvalidRequestError("malformed_message", f"sweep message {key!r} is out of range")
+    return value
+
+
+def _campaign_id(value: object) -> str:
+    if not isinstance(value, str) or not _CAMPAIGN_ID.match(value):
+        raise InvalidRequestError(
+            "malformed_message", f"queue message campaignId {value!r} is not a campaign id"
+        )
+    return value
+
+
+def parse_work_queue_message(message: object) -> RotateBatch | CampaignStep | SweepStep:
+    """Any work-queue message: ``rotate``, ``campaign`` or ``sweep``;
+    InvalidRequestError (code ``malformed_message``) otherwise."""
+    if isinstance(message, Mapping):
+        kind = message.get("kind")
+        if kind == CAMPAIGN_KIND:
+            return CampaignStep(_campaign_id(message.get("campaignId")))
+        if kind == SWEEP_KIND:
+            token = message.get("continuation")
+            if not isinstance(token, str) or not token or len(token) > MAX_CONTINUATION_CHARS:
+                raise InvalidRequestError(
+                    "malformed_message", "sweep message 'continuation' must be a token"
+                )
+            started = None
+            if message.get("startedAt") is not None:
+                try:
+                    started = parse_time(message["startedAt"], "startedAt")
+                except InvalidRequestError as exc:
+                    raise InvalidRequestError("malformed_message", exc.message) from None
+            page = _positive(message, "pageSize", 1000)
+            batch = _positive(message, "batchSize", MAX_BATCH)
+            budget = _positive(message, "timeBudgetSeconds", 3600)
+            return SweepStep(
+                token,
+                started,
+                None if page is None else int(page),
+                None if batch is None else int(batch),
+                None if budget is None else float(budget),
+            )
+    return parse_rotate_message(message)
 
 
 def parse_rotate_message(message: object) -> RotateBatch:
@@ -247,6 +357,10 @@ def parse_rotate_message(message: object) -> RotateBatch:
             enqueued_at = parse_time(message["enqueuedAt"], "enqueuedAt")
         except InvalidRequestError as exc:
             raise InvalidRequestError("malformed_message", exc.message) from None
+    campaign_id = message.get("campaignId")
     return RotateBatch(
-        device_ids=tuple(dict.fromkeys(checked)), reason=reason, enqueued_at=enqueued_at
+        device_ids=tuple(dict.fromkeys(checked)),
+        reason=reason,
+        enqueued_at=enqueued_at,
+        campaign_id=None if campaign_id is None else _campaign_id(campaign_id),
     )

@@ -34,6 +34,8 @@ class SweepPlan:
     crl_url: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    pages: int = 0  # twin query pages read by this run
+    continuation: str | None = None  # set when this run stopped early: a sweep message goes on
 
     CATEGORIES = ("expiring", "overdue", "stuck", "failed", "silent")
 
@@ -56,6 +58,8 @@ class SweepPlan:
             "crlUrl": self.crl_url,
             "messages": [dict(m) for m in self.messages],
             "problems": list(self.problems),
+            "pages": self.pages,
+            "continuation": self.continuation,
         }
 
 

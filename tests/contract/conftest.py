@@ -88,8 +88,8 @@ def work_queue(request: pytest.FixtureRequest) -> WorkQueue:
 def campaign_store_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], CampaignStore]]:
     """Makes store instances over one backing store (a new instance = a restarted process)."""
     if request.param == "memory":
-        records = MemoryCampaignStore().records
-        yield lambda: MemoryCampaignStore(records)
+        backing = MemoryCampaignStore()
+        yield lambda: MemoryCampaignStore(backing.records, backing.devices)
         return
     service: TableServiceClient = request.getfixturevalue("tables")
     name: str = request.getfixturevalue("table_name")

@@ -186,3 +186,56 @@ def test_abort_criteria_trip_through_the_store(campaign_store: CampaignStore) ->
     after = campaign_store.update(cid, lambda x: cm.record_outcomes(x, completed=3, at=T0))
     assert after.state is CampaignState.ABORTED
     assert after.checkpoint.completed == 38
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_devices_join_once_and_keep_their_outcome(
+    campaign_store_factory: Callable[[], CampaignStore],
+) -> None:
+    store = campaign_store_factory()
+    store.put(make("members"))
+    ids = [f"dev-{i:03d}" for i in range(150)] + ["odd'id:1"]
+    assert store.add_devices("members", ids) == 151
+    assert store.device_outcome("members", "dev-000") == cm.PENDING
+    assert store.device_outcome("members", "not-a-member") is None
+    assert store.device_outcome("other", "dev-000") is None
+    assert store.record_outcome("members", "dev-001", cm.COMPLETED)
+    assert store.record_outcome("members", "odd'id:1", cm.FAILED)
+    # a page read again after a crash: the rows stay as they are
+    restarted = campaign_store_factory()
+    assert restarted.add_devices("members", [*ids[:120], "dev-new"]) == 1
+    assert restarted.device_outcome("members", "dev-001") == cm.COMPLETED
+    # a redelivered rotation counts nothing; a non-member neither
+    assert not restarted.record_outcome("members", "dev-001", cm.COMPLETED)
+    assert not restarted.record_outcome("members", "dev-001", cm.FAILED)
+    assert not restarted.record_outcome("members", "stranger", cm.COMPLETED)
+    assert restarted.record_outcome("members", "dev-002", cm.SKIPPED)
+    assert restarted.count_outcomes("members") == {
+        cm.PENDING: 149,
+        cm.COMPLETED: 1,
+        cm.FAILED: 1,
+        cm.SKIPPED: 1,
+    }
+    # device rows are not campaigns
+    assert [c.campaign_id for c in restarted.list()] == ["members"]
+    with pytest.raises(ValueError, match="unknown outcome"):
+        restarted.record_outcome("members", "dev-003", "maybe")
+
+
+def test_outcomes_set_at_once_are_set_once(campaign_store: CampaignStore) -> None:
+    campaign_store.put(make("race"))
+    campaign_store.add_devices("race", ["dev-1"])
+    wins: list[bool] = []
+    threads = [
+        threading.Thread(
+            target=lambda: wins.append(campaign_store.record_outcome("race", "dev-1", cm.COMPLETED))
+        )
+        for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wins.count(True) == 1

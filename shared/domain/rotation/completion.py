@@ -15,6 +15,10 @@ from shared.domain.model import (
 from shared.domain.rotation import transitions
 from shared.domain.rotation.admissible import slot_refusal
 from shared.domain.rotation.context import RotationContext, iso
+from shared.domain.rotation.economy import (
+    enrollment_cleanup_after_confirmation,
+    hub_cleanup_after_confirmation,
+)
 from shared.domain.rotation.slots import (
     hub_accept,
     keep_only_in_enrollment,
@@ -74,10 +78,12 @@ class Completion:
         )
         ctx.metric("certroll.rotation_completed", reason=rec.reason or "")
         ctx.forget_issued(rec)
-        return ctx.uow.save(rec, transitions.finished(rec, new_cert.not_after))
+        done = ctx.uow.save(rec, transitions.finished(rec, new_cert.not_after))
+        ctx.campaign_outcome(rec.device_id, "completed")
+        return done
 
     def retire_previous(
-        self, rec: RotationRecord, *, compromise: bool
+        self, rec: RotationRecord, *, compromise: bool, full: bool = False
     ) -> tuple[CertificateRecord, bool]:
         """The device runs on ``rec.new_serial``: retire what came before it. The old
         individual-enrollment slot is emptied, the hub identity keeps only the new
@@ -88,8 +94,11 @@ class Completion:
         if rec.new_serial is None or rec.new_thumbprint is None:
             raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
         new = rec.new_thumbprint
-        keep_only_in_enrollment(ctx, rec.device_id, new)
-        hub_accept(ctx, rec.device_id, new, keep=new, clear_others=True, enable=False)
+        # ``full``: every slot checked; else what the rotation may have left (economy.py)
+        if full or enrollment_cleanup_after_confirmation(rec):
+            keep_only_in_enrollment(ctx, rec.device_id, new)
+        if full or hub_cleanup_after_confirmation(rec):
+            hub_accept(ctx, rec.device_id, new, keep=new, clear_others=True, enable=False)
         # ledger: old certificates superseded (revoked on compromise), the new one active
         revoked_any = False
         certs = ctx.call(ctx.deps.ledger.list_for_device, rec.device_id)
@@ -125,7 +134,7 @@ class Completion:
         """``rec``'s device turned out to run on ``serial`` (a renewal whose confirmation
         was missed): retire what came before it as a finish would."""
         moved_on = dataclasses.replace(rec, new_serial=serial, new_thumbprint=thumbprint.lower())
-        self.retire_previous(moved_on, compromise=False)
+        self.retire_previous(moved_on, compromise=False, full=True)
 
     def _issue_time(self, rec: RotationRecord) -> datetime:
         cert = self.ctx.ledger_get(rec.new_serial or "")
@@ -158,6 +167,7 @@ class Completion:
             state=rec.state.value,
         )
         ctx.metric("certroll.rotation_failed", code=code, reason=rec.reason or "")
+        ctx.campaign_outcome(rec.device_id, "failed")
         if trigger_of(rec.reason) is Trigger.ALLOW:
             return ctx.uow.save(rec, transitions.allow_failed(code, ctx.deps.actor))
         return ctx.uow.save(rec, transitions.failed(code, message))

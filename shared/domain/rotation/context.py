@@ -44,6 +44,7 @@ from shared.domain.rotation.unit_of_work import RecordUnitOfWork
 from shared.metrics import NullMetrics
 from shared.ports import (
     AuditLog,
+    CampaignOutcomes,
     CertificateLedger,
     Clock,
     DeviceRegistry,
@@ -83,6 +84,8 @@ class RotationDeps:
     #: the issuing CA certificate and its chain, for the sweep's expiry warning
     ca_certificates: Sequence[x509.Certificate] = ()
     actor: str = SYSTEM_ACTOR
+    #: the campaigns a rotation's outcome is counted in (None: no campaigns)
+    campaigns: CampaignOutcomes | None = None
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -146,6 +149,17 @@ class RotationContext:
             self.deps.metrics.increment(name, 1, **dimensions)
         except Exception:  # metrics never break a rotation
             logger.exception("metric %s could not be recorded", name)
+
+    def campaign_outcome(
+        self, device_id: str, outcome: str, campaign_id: str | None = None
+    ) -> None:
+        """Count a rotation's outcome in the campaigns holding the device (never raises)."""
+        if self.deps.campaigns is None:
+            return
+        try:
+            self.deps.campaigns.report(device_id, outcome, campaign_id)
+        except Exception:  # counting never breaks a rotation
+            logger.exception("campaign outcome of %s not counted", device_id)
 
     # ------------------------------------------------------------------ look-ups
 

@@ -16,6 +16,7 @@ from shared.domain.rotation import transitions
 from shared.domain.rotation.admissible import slot_refusal
 from shared.domain.rotation.completion import Completion
 from shared.domain.rotation.context import RotationContext, iso
+from shared.domain.rotation.economy import hub_write_before_delivery
 from shared.domain.rotation.slots import hub_accept, place_in_enrollment
 from shared.domain.rotation.states import REPROVISION_METHOD, device_reason, trigger_of
 from shared.ports import IssuedLike, in_rotation_trace
@@ -124,14 +125,15 @@ class ForwardSteps:
             clear_old=clear_old,
             enable=enable,
         )
-        hub_accept(
-            ctx,
-            rec.device_id,
-            rec.new_thumbprint,
-            keep=rec.current_thumbprint,
-            clear_others=enable,
-            enable=enable,
-        )
+        if hub_write_before_delivery(rec):  # DPS registration writes it (economy.py)
+            hub_accept(
+                ctx,
+                rec.device_id,
+                rec.new_thumbprint,
+                keep=rec.current_thumbprint,
+                clear_others=enable,
+                enable=enable,
+            )
         ctx.audit(
             "slot_write",
             "ok",

@@ -111,10 +111,9 @@ def test_individual_enrollment_alternates_slots_over_two_rotations(stack: Stack)
         assert slots[other_slot] == seen_thumbs[-1]  # the certificate in use stays
         ident = stack.services.registry.get_device(device_id)
         assert ident.auth_type is AuthType.SELF_SIGNED
-        assert {ident.primary_thumbprint, ident.secondary_thumbprint} == {
-            seen_thumbs[-1],
-            new_thumb,
-        }
+        # the hub identity is left to DPS: the device's registration with the new
+        # certificate puts it there (docs/performance.md, spending less per rotation)
+        assert {ident.primary_thumbprint, ident.secondary_thumbprint} == {seen_thumbs[-1], None}
 
         stack.run(sim, stack.all_idle([device_id]))
         done = stack.record(device_id)

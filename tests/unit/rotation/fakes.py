@@ -598,9 +598,18 @@ class Device:
         rid = issued["requestId"]
         self.cert = x509.load_pem_x509_certificates(_pem_text(issued["certificate"]).encode())[0]
         self.key = self.pending[rid]
+        self.registered()
         patch = {**_section(self.cert), "renewal": {"requestId": rid, "status": "installed"}}
         self.world.registry.report(self.device_id, {"x509": patch})
         return patch
+
+    def registered(self) -> None:
+        """What DPS does when the device registers with its certificate: the hub identity
+        gets that thumbprint as its only one (docs/device-contract.md)."""
+        ident = self.world.registry.devices.get(self.device_id)
+        if ident is not None and ident.auth_type is AuthType.SELF_SIGNED:
+            ident.primary_thumbprint = thumb(self.cert)
+            ident.secondary_thumbprint = None
 
     def fail(self, error: str = "registration refused") -> dict[str, Any]:
         rid = self.renewal_request()

@@ -1,0 +1,547 @@
+"""Running re-roll campaigns: start, step, pause, resume, abort, status, and the count of
+rotation outcomes.
+
+:class:`CampaignService` is the entry point (``certroll campaign``, the CA roll, the
+queue worker, the daily timer). A campaign re-issues every device its twin query
+selects, with the rotation reason it was given (``ca-roll``, ``compromise``, ...):
+
+- :meth:`CampaignService.start` writes the campaign (state ``running``, checkpoint at the
+  query's first page), publishes ``CampaignStarted`` and enqueues a ``campaign`` message;
+- :meth:`CampaignService.run` (the queue worker, on that message) reads one page of the
+  query at the checkpoint's continuation token, records the page's devices as members of
+  the campaign, enqueues their rotations in ``rotate`` batches carrying the campaign id,
+  paced by the budget planner's buckets (:class:`~shared.domain.budget.Pacer`), and
+  writes the checkpoint with an ETag check; it goes on page by page until its time budget
+  is near, then enqueues the next ``campaign`` message and returns. The daily timer
+  (:meth:`CampaignService.tick`) starts a run for a running campaign whose chain of
+  messages broke (nothing written for longer than a run takes);
+- the rotation reports each member's outcome through :class:`CampaignTracker`: the
+  device's row in the campaign moves from ``pending`` to ``completed``/``failed``/
+  ``skipped`` once (an If-Match write), and only that write counts it in the checkpoint,
+  so a redelivered rotation is never counted twice. The abort criteria are checked on
+  every count; the campaign completes when the query is read and every member counted;
+- ``CampaignCompleted`` and ``CampaignAborted`` go out through the event sink, and the
+  counts through the metrics port (``certroll.campaign_*``).
+
+Crash safety: a page whose checkpoint was not written is read and enqueued again; its
+members keep their rows, and the worker skips a device that already has an outcome, so a
+device is rotated once per campaign.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from shared.domain import campaign as cm
+from shared.domain.budget import Pacer, PacerSpec
+from shared.domain.campaign import (
+    FINAL_STATES,
+    PENDING,
+    AbortCriteria,
+    Campaign,
+    CampaignState,
+    Progress,
+)
+from shared.domain.errors import ConcurrencyError, ConflictError, InvalidRequestError
+from shared.domain.messages import campaign_message, rotate_message
+from shared.domain.model import AuditEvent, DomainEvent, Trigger
+from shared.domain.retry import Retrier
+from shared.metrics import NullMetrics
+from shared.ports import (
+    AuditLog,
+    CampaignStore,
+    Clock,
+    DeviceRegistry,
+    EventSink,
+    Metrics,
+    WorkQueue,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+__all__ = ["CampaignService", "CampaignStatus", "CampaignTracker", "EngineSettings", "RunResult"]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How a campaign run pages and batches.
+
+    ``time_budget``: how long one run may enqueue before it hands on to the next message
+    (a function may run 10 minutes; the default leaves room for the last page).
+    ``stalled_after``: the daily timer starts a run for a running campaign not written
+    for this long (its message chain broke)."""
+
+    page_size: int = 1000
+    batch_size: int = 100
+    time_budget: timedelta = timedelta(minutes=7)
+    stalled_after: timedelta = timedelta(minutes=30)
+    max_pages_per_run: int | None = None  # None: as many as the time budget allows
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.page_size <= 1000:
+            raise ValueError("page_size must be 1-1000")
+        if not 1 <= self.batch_size <= 1000:
+            raise ValueError("batch_size must be 1-1000")
+        if self.time_budget <= timedelta(0):
+            raise ValueError("time_budget must be positive")
+
+
+@dataclass(frozen=True)
+class CampaignStatus:
+    """A campaign and its progress (``certroll campaign status``)."""
+
+    campaign: Campaign
+    progress: Progress
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.campaign.to_dict()
+        out.pop("etag", None)
+        out["progress"] = self.progress.to_dict()
+        return out
+
+
+@dataclass
+class RunResult:
+    """What one :meth:`CampaignService.run` did."""
+
+    campaign: Campaign
+    pages: int = 0
+    enqueued: int = 0
+    continued: bool = False  # a campaign message was enqueued for the next run
+    waited_s: float = 0.0  # time the pacer held the run back
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "campaignId": self.campaign.campaign_id,
+            "state": self.campaign.state.value,
+            "pages": self.pages,
+            "enqueued": self.enqueued,
+            "continued": self.continued,
+            "waitedSeconds": round(self.waited_s, 3),
+        }
+
+
+def _event(c: Campaign, event_type: str, at: datetime, **data: Any) -> DomainEvent:
+    cp = c.checkpoint
+    return DomainEvent(
+        event_type=event_type,
+        subject=f"campaigns/{c.campaign_id}",
+        data={
+            "campaignId": c.campaign_id,
+            "reason": c.reason,
+            "query": c.query,
+            "enqueued": cp.enqueued,
+            "completed": cp.completed,
+            "failed": cp.failed,
+            "skipped": cp.skipped,
+            **data,
+        },
+        event_id=f"{c.campaign_id}/{event_type}",
+        at=at,
+    )
+
+
+class _Announcer:
+    """Events, audit entries and metrics for a campaign's state changes."""
+
+    def __init__(
+        self, events: EventSink, metrics: Metrics, clock: Clock, audit: AuditLog | None
+    ) -> None:
+        self.events = events
+        self.metrics = metrics
+        self.clock = clock
+        self.audit = audit
+
+    def metric(self, name: str, value: int = 1, **dimensions: str) -> None:
+        try:
+            self.metrics.increment(name, value, **dimensions)
+        except Exception:  # metrics never break a campaign
+            logger.exception("metric %s not recorded", name)
+
+    def changed(self, before: CampaignState | None, after: Campaign) -> None:
+        """Tell what a move from ``before`` to ``after.state`` means."""
+        if before is after.state:
+            return
+        now = self.clock.now()
+        if after.state is CampaignState.COMPLETED:
+            self._publish(_event(after, "CampaignCompleted", now))
+            self.metric("certroll.campaign_completed", reason=after.reason)
+        elif after.state is CampaignState.ABORTED:
+            self._publish(_event(after, "CampaignAborted", now, note=after.note))
+            self.metric("certroll.campaign_aborted", reason=after.reason)
+
+    def _publish(self, event: DomainEvent) -> None:
+        try:
+            self.events.publish([event])
+        except Exception:  # the state is written; the event is best effort
+            logger.exception("event %s not published", event.event_type)
+
+    def record(self, action: str, actor: str, c: Campaign, **detail: Any) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.append(
+                AuditEvent(
+                    action=action,
+                    outcome="ok",
+                    actor=actor,
+                    detail={"campaignId": c.campaign_id, "state": c.state.value, **detail},
+                    at=self.clock.now(),
+                )
+            )
+        except Exception:
+            logger.exception("audit %s of campaign %s not written", action, c.campaign_id)
+
+
+class CampaignTracker:
+    """The rotation's side of campaigns (:class:`~shared.ports.CampaignOutcomes`): counts
+    a device's outcome once in each campaign that holds it."""
+
+    def __init__(
+        self,
+        store: CampaignStore,
+        clock: Clock,
+        events: EventSink,
+        metrics: Metrics | None = None,
+        *,
+        refresh: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.refresh = refresh
+        self.announce = _Announcer(events, metrics or NullMetrics(), clock, None)
+        self._lock = threading.Lock()
+        self._active: tuple[datetime, list[str]] | None = None
+
+    def invalidate(self) -> None:
+        """Forget the cached list of active campaigns (a campaign started or ended)."""
+        with self._lock:
+            self._active = None
+
+    def active_ids(self) -> list[str]:
+        """Campaigns that still count outcomes (running, paused, aborted), cached."""
+        now = self.clock.now()
+        with self._lock:
+            cached = self._active
+        if cached is not None and now - cached[0] < self.refresh:
+            return cached[1]
+        ids = [
+            c.campaign_id
+            for c in self.store.list(
+                {CampaignState.RUNNING, CampaignState.PAUSED, CampaignState.ABORTED}
+            )
+        ]
+        with self._lock:
+            self._active = (now, ids)
+        return ids
+
+    def is_done(self, campaign_id: str, device_id: str) -> bool:
+        outcome = self.store.device_outcome(campaign_id, device_id)
+        return outcome is not None and outcome != PENDING
+
+    def report(self, device_id: str, outcome: str, campaign_id: str | None = None) -> None:
+        try:
+            ids = [campaign_id] if campaign_id is not None else self.active_ids()
+            for cid in ids:
+                if self.store.record_outcome(cid, device_id, outcome):
+                    self.count(cid, outcome)
+        except Exception:
+            logger.exception("outcome %s of %s not counted", outcome, device_id)
+
+    def count(self, campaign_id: str, outcome: str, n: int = 1) -> Campaign | None:
+        """Add ``n`` outcomes to the checkpoint (ETag-checked, retried)."""
+        seen: dict[str, CampaignState] = {}
+
+        def change(c: Campaign) -> Campaign:
+            seen["before"] = c.state
+            if c.state is CampaignState.COMPLETED:
+                return c
+            return cm.record_outcomes(c, **{outcome: n}, at=self.clock.now())
+
+        try:
+            after = self.store.update(campaign_id, change, attempts=32)
+        except ConcurrencyError:
+            # the outcome row is set; the campaign's next run recounts from the rows
+            logger.warning("campaign %s: %s not counted (contention)", campaign_id, outcome)
+            return None
+        self.announce.metric("certroll.campaign_outcomes", n, outcome=outcome, reason=after.reason)
+        self.announce.changed(seen.get("before"), after)
+        if after.state in FINAL_STATES:
+            self.invalidate()
+        return after
+
+
+class CampaignService:
+    """Start, run, pause, resume, abort and report campaigns (module docstring)."""
+
+    def __init__(
+        self,
+        store: CampaignStore,
+        registry: DeviceRegistry,
+        queue: WorkQueue,
+        events: EventSink,
+        clock: Clock,
+        *,
+        tracker: CampaignTracker | None = None,
+        metrics: Metrics | None = None,
+        audit: AuditLog | None = None,
+        pacer: PacerSpec | None = None,
+        settings: EngineSettings | None = None,
+        retrier: Retrier | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.queue = queue
+        self.clock = clock
+        self.metrics = metrics or NullMetrics()
+        self.tracker = tracker or CampaignTracker(store, clock, events, self.metrics)
+        self.pacer_spec = pacer
+        self.settings = settings or EngineSettings()
+        self.retrier = retrier or Retrier(clock)
+        self.announce = _Announcer(events, self.metrics, clock, audit)
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return self.retrier.call(fn, *args)
+
+    # ------------------------------------------------------------------ operators
+
+    def start(
+        self,
+        selection: str,
+        reason: Trigger | str,
+        actor: str,
+        *,
+        campaign_id: str | None = None,
+        abort_criteria: AbortCriteria | None = None,
+        devices_expected: int | None = None,
+        run: bool = False,
+    ) -> Campaign:
+        """Start re-issuing every device the twin query ``selection`` selects, with the
+        rotation reason ``reason``. Returns the running campaign; its first step is a
+        ``campaign`` message on the work queue (``run=True``: run it here as well).
+        InvalidRequestError on a malformed query, reason or id; ConflictError when
+        ``campaign_id`` exists."""
+        try:
+            trigger = Trigger(reason)
+        except ValueError:
+            raise InvalidRequestError(
+                "campaign_reason_invalid",
+                f"reason {reason!r} is not one of {[t.value for t in Trigger]}",
+            ) from None
+        if not actor or not actor.strip():
+            raise InvalidRequestError("actor_required", "a campaign needs an actor")
+        now = self.clock.now()
+        cid = campaign_id or f"{trigger.value}-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        rate = self.pacer_spec.rotations_per_min if self.pacer_spec is not None else None
+        created = self._call(
+            self.store.put,
+            cm.new_campaign(
+                cid,
+                selection,
+                trigger.value,
+                at=now,
+                by=actor.strip(),
+                abort_criteria=abort_criteria,
+                devices_expected=devices_expected,
+                rate_per_min=rate,
+            ),
+        )
+        self.tracker.invalidate()
+        self.announce._publish(
+            _event(created, "CampaignStarted", now, createdBy=created.created_by)
+        )
+        self.announce.metric("certroll.campaign_started", reason=trigger.value)
+        self.announce.record("campaign_start", created.created_by, created, query=selection)
+        self._call(self.queue.send, campaign_message(cid))
+        if run:
+            return self.run(cid).campaign
+        return created
+
+    def pause(self, campaign_id: str, actor: str, note: str | None = None) -> Campaign:
+        """Stop enqueuing (rotations already enqueued finish and are counted)."""
+        now = self.clock.now()
+        c = self.store.update(campaign_id, lambda c: cm.pause(c, at=now, note=note))
+        self.announce.record("campaign_pause", actor, c, note=note)
+        return c
+
+    def resume(self, campaign_id: str, actor: str) -> Campaign:
+        """Go on from the checkpoint (a ``campaign`` message is enqueued)."""
+        now = self.clock.now()
+        seen: dict[str, CampaignState] = {}
+
+        def change(c: Campaign) -> Campaign:
+            seen["before"] = c.state
+            return cm.resume(c, at=now)
+
+        c = self.store.update(campaign_id, change)
+        self.announce.record("campaign_resume", actor, c)
+        self.announce.changed(seen.get("before"), c)
+        if c.state is CampaignState.RUNNING:
+            self._call(self.queue.send, campaign_message(campaign_id))
+        return c
+
+    def abort(self, campaign_id: str, actor: str, note: str) -> Campaign:
+        """End the campaign: nothing more is enqueued (final)."""
+        now = self.clock.now()
+        seen: dict[str, CampaignState] = {}
+
+        def change(c: Campaign) -> Campaign:
+            seen["before"] = c.state
+            return cm.abort(c, at=now, note=note)
+
+        c = self.store.update(campaign_id, change)
+        self.announce.record("campaign_abort", actor, c, note=note)
+        self.announce.changed(seen.get("before"), c)
+        self.tracker.invalidate()
+        return c
+
+    def status(self, campaign_id: str) -> CampaignStatus:
+        c = self.store.get(campaign_id)
+        return CampaignStatus(c, cm.progress(c))
+
+    def list(self, states: set[CampaignState] | None = None) -> list[CampaignStatus]:
+        return [CampaignStatus(c, cm.progress(c)) for c in self.store.list(states)]
+
+    # ------------------------------------------------------------------ the engine
+
+    def run(self, campaign_id: str, time_budget: timedelta | None = None) -> RunResult:
+        """One run: pages of the query enqueued at the pacer's rate until the time budget
+        is near, then a ``campaign`` message for the next run. Returns at once for a
+        campaign that is not running."""
+        budget = time_budget or self.settings.time_budget
+        started = self.clock.now()
+        pacer = self.pacer_spec.build(self.clock) if self.pacer_spec is not None else None
+        c = self.store.get(campaign_id)
+        result = RunResult(c)
+        page_time = self._page_time()
+        while c.state is CampaignState.RUNNING and not c.checkpoint.query_done:
+            elapsed = self.clock.now() - started
+            limit = self.settings.max_pages_per_run
+            if result.pages and (
+                elapsed + page_time > budget or (limit is not None and result.pages >= limit)
+            ):
+                self._call(self.queue.send, campaign_message(campaign_id))
+                result.continued = True
+                break
+            c, enqueued = self._page(c, pacer, result)
+            result.enqueued += enqueued
+        if c.state is CampaignState.RUNNING and c.checkpoint.query_done:
+            c = self._settle(c)
+        result.campaign = c
+        return result
+
+    def tick(self) -> builtins.list[RunResult]:
+        """The daily timer: run each running campaign whose message chain broke."""
+        out = []
+        now = self.clock.now()
+        for c in self.store.list({CampaignState.RUNNING}):
+            if c.checkpoint.query_done:
+                out.append(RunResult(self._settle(c)))
+            elif now - c.updated_at >= self.settings.stalled_after:
+                out.append(self.run(c.campaign_id))
+        return out
+
+    def _page_time(self) -> timedelta:
+        """How long enqueuing one page takes at the pacer's rate."""
+        if self.pacer_spec is None or self.pacer_spec.rotations_per_min <= 0:
+            return timedelta(0)
+        return timedelta(minutes=self.settings.page_size / self.pacer_spec.rotations_per_min)
+
+    def _page(self, c: Campaign, pacer: Pacer | None, result: RunResult) -> tuple[Campaign, int]:
+        cp = c.checkpoint
+        page = self._call(
+            self.registry.query_twins, c.query, self.settings.page_size, cp.continuation
+        )
+        ids = list(dict.fromkeys(t.device_id for t in page.items))
+        self._call(self.store.add_devices, c.campaign_id, ids)
+        reason = Trigger(c.reason)
+        size = self.settings.batch_size
+        for start in range(0, len(ids), size):
+            chunk = ids[start : start + size]
+            if pacer is not None:
+                result.waited_s += self._admit(pacer, len(chunk))
+            message = rotate_message(chunk, reason, self.clock.now(), c.campaign_id)
+            self._call(self.queue.send, message)
+        seen: dict[str, CampaignState] = {}
+
+        def change(current: Campaign) -> Campaign:
+            seen["before"] = current.state
+            same_page = (
+                current.checkpoint.continuation == cp.continuation
+                and current.checkpoint.pages_read == cp.pages_read
+            )
+            if current.state is not CampaignState.RUNNING or not same_page:
+                return current  # paused/aborted meanwhile, or another run recorded it
+            return cm.record_page(
+                current, enqueued=len(ids), continuation=page.continuation, at=self.clock.now()
+            )
+
+        try:
+            after = self.store.update(c.campaign_id, change, attempts=32)
+        except ConflictError:
+            after = self.store.get(c.campaign_id)
+        result.pages += 1
+        self.announce.metric("certroll.campaign_enqueued", len(ids), reason=c.reason)
+        self.announce.changed(seen.get("before"), after)
+        if after.state in FINAL_STATES:
+            self.tracker.invalidate()
+        return after, len(ids)
+
+    def _admit(self, pacer: Pacer, rotations: int) -> float:
+        """Wait (on the clock) until the pacer admits ``rotations``; the seconds waited."""
+        most = min(
+            (max(1, math.floor(b.burst / b.cost)) for b in pacer.spec.buckets if b.cost > 0),
+            default=rotations,
+        )
+        waited = 0.0
+        left = rotations
+        while left > 0:
+            n = min(left, most)
+            wait = pacer.try_admit(n)
+            while wait > 0:
+                self.clock.sleep(wait)
+                waited += wait
+                wait = pacer.try_admit(n)
+            left -= n
+        return waited
+
+    def _settle(self, c: Campaign) -> Campaign:
+        """The query is read but outcomes are missing: recount them from the device rows
+        (a count lost to contention); the campaign completes when all are there."""
+        cp = c.checkpoint
+        if cp.executed >= cp.enqueued:
+            return c
+        counts = self._call(self.store.count_outcomes, c.campaign_id)
+        completed = counts.get(cm.COMPLETED, 0)
+        failed = counts.get(cm.FAILED, 0)
+        skipped = counts.get(cm.SKIPPED, 0)
+        if completed <= cp.completed and failed <= cp.failed and skipped <= cp.skipped:
+            return c
+        seen: dict[str, CampaignState] = {}
+
+        def change(current: Campaign) -> Campaign:
+            seen["before"] = current.state
+            k = current.checkpoint
+            if current.state is CampaignState.COMPLETED:
+                return current
+            return cm.record_outcomes(
+                current,
+                completed=max(0, completed - k.completed),
+                failed=max(0, failed - k.failed),
+                skipped=max(0, skipped - k.skipped),
+                at=self.clock.now(),
+            )
+
+        after = self.store.update(c.campaign_id, change, attempts=32)
+        self.announce.changed(seen.get("before"), after)
+        return after
