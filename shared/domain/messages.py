@@ -26,14 +26,15 @@ ROTATE_KIND = "rotate"
 MAX_BATCH = 1000
 MAX_CSR_BYTES = 65536
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}$")
-_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
-_SERIAL_HEX = re.compile(r"^[0-9a-fA-F]{1,64}$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# matched with fullmatch: ``$`` would let a trailing newline through
+_DEVICE_ID = re.compile(r"[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}")
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+_SERIAL_HEX = re.compile(r"[0-9a-fA-F]{1,64}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def check_device_id(value: object, what: str = "device id") -> str:
-    if not isinstance(value, str) or not _DEVICE_ID.match(value):
+    if not isinstance(value, str) or not _DEVICE_ID.fullmatch(value):
         shown = value if isinstance(value, str) and len(value) <= 140 else type(value).__name__
         raise InvalidRequestError("device_id_invalid", f"{what} {shown!r} is not a device id")
     return value
@@ -95,7 +96,7 @@ class ReportedX509:
 
 
 def _request_id(value: object, what: str) -> str:
-    if not isinstance(value, str) or not _REQUEST_ID.match(value):
+    if not isinstance(value, str) or not _REQUEST_ID.fullmatch(value):
         raise InvalidRequestError("malformed_report", f"{what} {value!r} is not a request id")
     return value
 
@@ -114,13 +115,13 @@ def parse_reported_x509(device_id: str, section: Mapping[str, Any]) -> ReportedX
     certificate: ReportedCertificate | None = None
     if section.get("thumbprint") is not None:
         thumb = section.get("thumbprint")
-        if not isinstance(thumb, str) or not _SHA256_HEX.match(thumb):
+        if not isinstance(thumb, str) or not _SHA256_HEX.fullmatch(thumb):
             raise InvalidRequestError(
                 "malformed_report",
                 f"{device_id}: x509.thumbprint {thumb!r} is not a SHA-256 hex thumbprint",
             )
         serial = section.get("serialNumber")
-        if not isinstance(serial, str) or not _SERIAL_HEX.match(serial):
+        if not isinstance(serial, str) or not _SERIAL_HEX.fullmatch(serial):
             raise InvalidRequestError(
                 "malformed_report", f"{device_id}: x509.serialNumber {serial!r} is not hex"
             )
