@@ -13,6 +13,8 @@ sample="${MUTATION_ROTATION_SAMPLE:-400}"
 seed="${MUTATION_SEED:-20}"
 export HYPOTHESIS_PROFILE=mutation
 mutmut() { nice -n 10 "$venv/bin/mutmut" run --max-children "$jobs" "$@"; }
+"$venv/bin/python" scripts/mutation_report.py --reset-survivors shared. 2>/dev/null || true
+"$venv/bin/python" scripts/mutation_report.py --reset-survivors functions. 2>/dev/null || true
 mutmut "shared.pki.csr_policy*" "shared.pki.issuer*" "shared.pki.profile*" \
   "shared.domain.commands*" "functions.parsing*"
 if [[ $sample == all ]]; then

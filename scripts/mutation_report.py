@@ -2,6 +2,10 @@
 
     python scripts/mutation_report.py [--markdown]
     python scripts/mutation_report.py --sample PREFIX N SEED   # names of a random sample
+    python scripts/mutation_report.py --reset-survivors PREFIX # run them again next time
+
+mutmut keeps a verdict until the mutated function changes; after tests were added,
+``--reset-survivors`` makes the next ``mutmut run`` try the survivors against them.
 
 A mutant is killed when its tests failed (exit code 1), timed out or crashed; it
 survives when they passed (exit code 0); it is not counted when it was not run.
@@ -29,6 +33,15 @@ def sample(prefix: str, count: int, seed: int) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--reset-survivors"]:
+        for meta in sorted(Path("mutants").rglob("*.py.meta")):
+            data = json.loads(meta.read_text())
+            codes = data["exit_code_by_key"]
+            for name, code in codes.items():
+                if code in SURVIVED and name.startswith(argv[1]):
+                    codes[name] = None
+            meta.write_text(json.dumps(data))
+        return 0
     if argv[:1] == ["--sample"]:
         print("\n".join(sample(argv[1], int(argv[2]), int(argv[3]))))
         return 0

@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from shared.domain.errors import CsrRejectedError, InvalidRequestError, ServiceError
+from shared.domain.errors import CsrRejectedError, InvalidRequestError, ServiceError, SigningError
 from shared.domain.model import RevocationReason
 from shared.pki.issuer import Issuer, parse_reason, parse_serial
 from shared.pki.profile import IssuancePolicy
@@ -199,3 +199,35 @@ def test_parse_reason_lists_the_choices() -> None:
         "reason_invalid",
         f"unknown revocation reason 'bogus'; use one of {choices}",
     )
+
+
+def test_a_signing_failure_is_audited_with_every_field_and_raised(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise SigningError("hsm unavailable")
+
+    monkeypatch.setattr("shared.pki.issuer.build_device_certificate", fail)
+    with pytest.raises(SigningError):
+        env.issuer.issue("dev-1", make_csr("dev-1"), request_id="r9", trigger="manual", actor="ops")
+    [event] = env.audit.list("dev-1")
+    assert (event.action, event.outcome, event.actor, event.device_id, event.request_id) == (
+        "issue",
+        "failed",
+        "ops",
+        "dev-1",
+        "r9",
+    )
+    assert event.detail == {"error": "hsm unavailable"}
+    assert env.ledger.list_for_device("dev-1") == []
+    assert "signing failed for device dev-1 request r9: hsm unavailable" in caplog.text
+
+
+def test_an_issue_rejection_is_audited_with_request_trigger_and_actor(env: Env) -> None:
+    with pytest.raises(CsrRejectedError):
+        env.issuer.issue(
+            "dev-1", make_csr("other"), request_id="r8", trigger="expiring", actor="ops"
+        )
+    [event] = env.audit.list("dev-1")
+    assert (event.action, event.actor, event.request_id) == ("issue_rejected", "ops", "r8")
+    assert event.detail["trigger"] == "expiring"
