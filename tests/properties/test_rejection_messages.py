@@ -11,7 +11,11 @@ import pytest
 
 from functions.parsing.api import parse_allow, parse_disallow, parse_renew, parse_status
 from functions.parsing.common import parse_time
-from functions.parsing.hub_events import app_properties_for, parse_connection_record
+from functions.parsing.hub_events import (
+    app_properties_for,
+    parse_connection_record,
+    parse_twin_change,
+)
 from functions.parsing.lifecycle import DEVICE_CONNECTED, DEVICE_CREATED, parse_lifecycle
 from shared.domain.commands import Allow, DeviceConnected, Disallow, OperatorCsr, Sweep
 from shared.domain.errors import InvalidRequestError
@@ -157,3 +161,18 @@ def test_the_presented_thumbprint_is_preferred_and_lowercased(key: str) -> None:
     only = parse_connection_record(_record(**{key: f"thumbprint {other.upper()} unknown"}))
     assert only is not None
     assert only.thumbprint == other
+
+
+@pytest.mark.parametrize("key", ["iothub-connection-device-id", "connection-device-id"])
+def test_the_device_id_of_a_routed_message_comes_from_its_system_properties(key: str) -> None:
+    x509 = {"renewal": {"requestId": "r1", "status": "installed"}}
+    routed = {
+        "body": {"version": 3, "properties": {"reported": {"x509": x509}}},
+        "systemProperties": {key: "dev-7"},
+    }
+    parsed = parse_twin_change(json.dumps(routed).encode())
+    assert parsed is not None
+    assert (parsed.device_id, parsed.twin_version) == ("dev-7", 3)
+    meta = parse_twin_change(json.dumps(routed["body"]).encode(), {key: "dev-8"})
+    assert meta is not None
+    assert meta.device_id == "dev-8"
