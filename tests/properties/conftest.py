@@ -21,5 +21,5 @@ _COMMON = {
 settings.register_profile("fast", max_examples=300, **_COMMON)
 settings.register_profile("thorough", max_examples=5000, **_COMMON)
 # ``make mutation``: a fixed sample per property, so a mutant's verdict is reproducible
-settings.register_profile("mutation", max_examples=60, **{**_COMMON, "derandomize": True})
+settings.register_profile("mutation", max_examples=20, **{**_COMMON, "derandomize": True})
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
