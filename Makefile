@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export CERTROLL_HOME ?= $(CURDIR)/.certroll
 
-.PHONY: install test demo bench azurite azurite-stop lint typecheck serve clean
+.PHONY: install test demo bench azurite azurite-stop lint typecheck serve clean mutation
 
 install: $(VENV)/.installed node_modules/.installed .certroll/.softhsm .certroll/.chromium
 
@@ -48,6 +48,10 @@ demo: install
 	scripts/azurite.sh start
 	$(VENV)/bin/certroll demo --devices $${DEVICES:-1000}
 
+# mutmut over the PKI, parsing and rotation modules (see docs/reliability.md); CPU-heavy
+mutation: install
+	scripts/mutation.sh
+
 bench: install
 	scripts/azurite.sh start
 	$(PY) -m bench
@@ -64,4 +68,4 @@ azurite-stop:
 
 clean:
 	scripts/azurite.sh stop || true
-	rm -rf .certroll .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf .certroll .pytest_cache .mypy_cache .ruff_cache .coverage mutants .hypothesis

@@ -59,6 +59,10 @@ def check_reason(value: object) -> str:
     if not isinstance(value, str):
         raise InvalidRequestError("reason_required", "'reason' must be a string")
     reason = value.strip()
+    try:
+        reason.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON): not storable
+        raise InvalidRequestError("reason_invalid", "'reason' is not UTF-8 text") from None
     if not reason:
         raise InvalidRequestError("reason_required", "'reason' must not be empty")
     if len(reason) > MAX_REASON_LENGTH:

@@ -33,10 +33,13 @@ FAILURE_CODES = frozenset({UNAUTHORIZED, DEVICE_DISABLED})
 # --------------------------------------------------------------------------- twin changes
 
 
-def _strip_iothub_prefix(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+def _strip_iothub_prefix(metadata: object) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, value in (metadata or {}).items():
-        out[key.removeprefix("iothub-")] = value
+    if not isinstance(metadata, Mapping):  # absent, or a routed message's non-object field
+        return out
+    for key, value in metadata.items():
+        if isinstance(key, str):
+            out[key.removeprefix("iothub-")] = value
     return out
 
 

@@ -164,7 +164,10 @@ class OperatorCsr:
             raise InvalidRequestError(
                 "csr_invalid", f"{what} must be a string holding a PEM certificate request"
             )
-        size = len(value.encode("utf-8"))
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON)
+            raise InvalidRequestError("csr_invalid", f"{what} is not UTF-8 text") from None
         if size > max_bytes:
             raise InvalidRequestError(
                 "csr_too_large", f"{what} has {size} bytes; at most {max_bytes} are allowed"

@@ -26,6 +26,7 @@ ROTATE_KIND = "rotate"
 MAX_BATCH = 1000
 MAX_CSR_BYTES = 65536
 
+# matched with fullmatch: ``$`` would let a trailing newline through
 _DEVICE_ID = re.compile(r"[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _SERIAL_HEX = re.compile(r"[0-9a-fA-F]{1,64}")

@@ -1,0 +1,72 @@
+"""Kill rate per module from a ``mutmut run`` (reads mutants/**/*.py.meta).
+
+    python scripts/mutation_report.py [--markdown]
+    python scripts/mutation_report.py --sample PREFIX N SEED   # names of a random sample
+    python scripts/mutation_report.py --reset-survivors PREFIX # run them again next time
+
+mutmut keeps a verdict until the mutated function changes; after tests were added,
+``--reset-survivors`` makes the next ``mutmut run`` try the survivors against them.
+
+A mutant is killed when its tests failed (exit code 1), timed out or crashed; it
+survives when they passed (exit code 0); it is not counted when it was not run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+KILLED = {1, 3, -24, 36, 152}  # tests failed, timeout, killed by signal, type-check
+SURVIVED = {0, 5}  # tests passed, or no test ran
+
+
+def sample(prefix: str, count: int, seed: int) -> list[str]:
+    """``count`` mutant names under module ``prefix``, drawn at random from ``seed``
+    (sorted names, so the same tree and seed always give the same sample)."""
+    names: list[str] = []
+    for meta in sorted(Path("mutants").rglob("*.py.meta")):
+        names.extend(json.loads(meta.read_text())["exit_code_by_key"])
+    pool = sorted(n for n in names if n.startswith(prefix))
+    return sorted(random.Random(seed).sample(pool, min(count, len(pool))))
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--reset-survivors"]:
+        for meta in sorted(Path("mutants").rglob("*.py.meta")):
+            data = json.loads(meta.read_text())
+            codes = data["exit_code_by_key"]
+            for name, code in codes.items():
+                if code in SURVIVED and name.startswith(argv[1]):
+                    codes[name] = None
+            meta.write_text(json.dumps(data))
+        return 0
+    if argv[:1] == ["--sample"]:
+        print("\n".join(sample(argv[1], int(argv[2]), int(argv[3]))))
+        return 0
+    root = Path("mutants")
+    rows = []
+    for meta in sorted(root.rglob("*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        ran = [c for c in codes.values() if c is not None]
+        if not ran:
+            continue
+        killed = sum(1 for c in ran if c not in SURVIVED)
+        module = str(meta.relative_to(root)).removesuffix(".meta")
+        rows.append((module, len(codes), len(ran), killed))
+    markdown = "--markdown" in argv
+    if markdown:
+        print("| module | mutants | run | killed | kill rate |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+    for module, total, ran, killed in rows:
+        rate = 100.0 * killed / ran
+        if markdown:
+            print(f"| `{module}` | {total} | {ran} | {killed} | {rate:.1f} % |")
+        else:
+            print(f"{module:45} {total:5} {ran:5} {killed:5} {rate:6.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
