@@ -21,8 +21,8 @@ from shared.domain.budget import (
     Configuration,
     parse_cost_overrides,
     plan,
-    render_plan,
 )
+from shared.domain.budget_report import render_plan
 from shared.domain.campaign import AbortCriteria, CampaignState
 from shared.domain.errors import InvalidRequestError
 from shared.domain.model import Trigger

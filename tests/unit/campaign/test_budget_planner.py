@@ -17,10 +17,10 @@ from shared.domain.budget import (
     format_duration,
     hub_limits,
     limits,
-    markdown_table,
     parse_cost_overrides,
     plan,
 )
+from shared.domain.budget_report import markdown_table
 
 MILLION = 1_000_000
 #: a rotation that spends only what cannot be avoided at the hub and in DPS
@@ -201,6 +201,6 @@ def test_pacer_admits_at_the_planned_pace() -> None:
 
 def test_performance_doc_carries_the_planner_table() -> None:
     doc = (Path(__file__).parents[3] / "docs" / "performance.md").read_text()
-    from shared.domain.budget import DOC_COSTS
+    from shared.domain.budget_report import DOC_COSTS
 
     assert markdown_table(costs=DOC_COSTS) in doc
