@@ -344,7 +344,6 @@ module functionApp 'modules/functionapp.bicep' = {
     issuingCertBlobName: issuingCertBlobName
     dpsServiceHostName: dps.outputs.SERVICE_HOST_NAME
     iotHubHostName: iotHub.outputs.HOST_NAME
-    iotHubSku: iotHubSku
     eventGridTopicEndpoint: eventGrid.outputs.TOPIC_ENDPOINT
     eventHubNamespaceName: eventHubs.outputs.NAMESPACE_NAME
     twinEventHubName: twinEventHubName

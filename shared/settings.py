@@ -45,7 +45,6 @@ SETTING_DEFAULTS: dict[str, str] = {
     # Fleet services
     "CERTROLL_DPS_ENDPOINT": "",  # https://<dps>.azure-devices-provisioning.net
     "CERTROLL_IOTHUB_HOST": "",  # <hub>.azure-devices.net
-    "CERTROLL_IOTHUB_SKU": "S1",  # F1, S1, S2, S3, B1..B3: how many hub jobs may run at once
     "CERTROLL_EVENTGRID_TOPIC_ENDPOINT": "",
     # Triggers
     "CERTROLL_SWEEP_SCHEDULE": "0 0 3 * * *",
@@ -63,7 +62,7 @@ SETTING_DEFAULTS: dict[str, str] = {
     "CERTROLL_ROTATION_DEADLINE_HOURS": "24",
     "CERTROLL_CA_WARNING_DAYS": "90",
     # campaigns: the configuration the budget planner paces them for (docs/performance.md)
-    "CERTROLL_HUB_TIER": "S1",
+    "CERTROLL_HUB_TIER": "S1",  # the hub's SKU (F1, S1-S3, B1-B3): jobs at once, campaign pace
     "CERTROLL_HUB_UNITS": "1",
     "CERTROLL_DPS_INSTANCES": "1",
     "CERTROLL_CAMPAIGN_HEADROOM": "0.1",

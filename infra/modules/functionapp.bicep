@@ -43,8 +43,6 @@ param dpsServiceHostName string
 @description('IoT Hub host name.')
 param iotHubHostName string
 
-@description('IoT Hub SKU name (F1, S1, S2, S3, B1-B3): how many hub jobs certroll may run at once.')
-param iotHubSku string
 
 @description('Endpoint of the outbound Event Grid custom topic.')
 param eventGridTopicEndpoint string
@@ -289,10 +287,6 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'CERTROLL_IOTHUB_HOST'
           value: iotHubHostName
-        }
-        {
-          name: 'CERTROLL_IOTHUB_SKU'
-          value: iotHubSku
         }
         {
           name: 'CERTROLL_EVENTGRID_TOPIC_ENDPOINT'

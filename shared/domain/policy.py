@@ -109,7 +109,7 @@ class RotationPolicy:
             validity=timedelta(days=settings.int("CERTROLL_CERT_VALIDITY_DAYS")),
             rotation_deadline=timedelta(hours=settings.float("CERTROLL_ROTATION_DEADLINE_HOURS")),
             ca_warning=timedelta(days=settings.int("CERTROLL_CA_WARNING_DAYS")),
-            max_concurrent_jobs=concurrent_jobs_of_tier(settings.get("CERTROLL_IOTHUB_SKU")),
+            max_concurrent_jobs=concurrent_jobs_of_tier(settings.get("CERTROLL_HUB_TIER")),
             csr_max_bytes=settings.int("CERTROLL_CSR_MAX_BYTES"),
         )
 

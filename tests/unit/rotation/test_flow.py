@@ -466,7 +466,7 @@ def test_the_tier_sets_the_concurrent_jobs(sku: str, jobs: int) -> None:
     from shared.domain.policy import RotationPolicy
     from shared.settings import Settings
 
-    settings = Settings.from_env({"CERTROLL_IOTHUB_SKU": sku})
+    settings = Settings.from_env({"CERTROLL_HUB_TIER": sku})
     assert RotationPolicy.from_settings(settings).max_concurrent_jobs == jobs
 
 
