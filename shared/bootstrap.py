@@ -259,20 +259,10 @@ class Services:
 
     @cached_property
     def reissue_campaigns(self) -> CampaignRunner:
-        """What the CA roll starts its re-issue step through: the work-queue stand-in
-        (``shared.domain.reissue``) until the campaign engine takes its place."""
-        from shared.domain.reissue import QueueReissue
+        """What the CA roll starts its re-issue step through: the campaign engine."""
+        from shared.domain.campaign_engine import EngineReissue
 
-        if isinstance(self.ledger, _memory_types()):
-            from shared.adapters.memory import MemoryCampaignStore
-
-            store: Any = MemoryCampaignStore()
-        else:
-            from shared.adapters.campaigns import TableCampaignStore
-            from shared.adapters.storage_clients import table_names, table_service
-
-            store = TableCampaignStore(table_service(self.settings), table_names(self.settings)[4])
-        return QueueReissue(self.registry, self.queue, store, self.clock)
+        return EngineReissue(self.campaign_service)
 
     @cached_property
     def ca_roll(self) -> CaRoll:

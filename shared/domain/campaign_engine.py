@@ -545,3 +545,18 @@ class CampaignService:
         after = self.store.update(c.campaign_id, change, attempts=32)
         self.announce.changed(seen.get("before"), after)
         return after
+
+
+class EngineReissue:
+    """The campaign engine behind the CA roll's re-issue step
+    (:class:`shared.domain.ca_roll.CampaignRunner`): a paced, resumable, pausable
+    campaign whose first page runs at once."""
+
+    def __init__(self, service: CampaignService) -> None:
+        self.service = service
+
+    def start(self, selection: str, reason: Trigger, actor: str) -> str:
+        return self.service.start(selection, reason, actor, run=True).campaign_id
+
+    def status(self, campaign_id: str) -> Campaign:
+        return self.service.status(campaign_id).campaign

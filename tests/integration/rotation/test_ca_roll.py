@@ -3,9 +3,12 @@ step, its idempotency and resumption, refusals out of order, compromise mode."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from cryptography import x509
 
+from functions.parsing.work_queue import parse_any_work_message
 from local.device.simulator import FleetSimulator
 from shared.adapters.ca_roll_store import MemoryCaRollStore
 from shared.adapters.memory import MemoryCampaignStore
@@ -19,9 +22,8 @@ from shared.domain.ca_roll import (
 )
 from shared.domain.certs import sha256_thumbprint
 from shared.domain.errors import NotFoundError
-from shared.domain.messages import parse_rotate_message
+from shared.domain.messages import CampaignStep, RotateBatch
 from shared.domain.model import CertificateStatus, RevocationReason
-from shared.domain.reissue import QueueReissue
 from shared.pki.ca_roll import CaRoll
 from shared.pki.local_ca import ROOT_CRL_NAME
 from tests.integration.rotation.stack import Stack, StackOptions
@@ -51,8 +53,8 @@ def roll_stack(stack: Stack) -> Stack:
 
 
 def _use_campaigns(stack: Stack, campaigns: MemoryCampaignStore) -> None:
-    svc = stack.services
-    svc.__dict__["reissue_campaigns"] = QueueReissue(svc.registry, svc.queue, campaigns, svc.clock)
+    # the campaign engine over a store that outlives a restart of the stack's services
+    stack.services.__dict__["campaigns"] = campaigns
 
 
 def restart(stack: Stack) -> CaRoll:
@@ -73,8 +75,16 @@ def provision(stack: Stack, n: int = 6) -> FleetSimulator:
 def drain_queue(stack: Stack, sim: FleetSimulator, device_ids: list[str]) -> None:
     """Run the queued work and the devices until every listed device is idle again."""
     service = stack.services.rotation
-    for message in stack.services.queue.receive(32):
-        service.process_batch(parse_rotate_message(message))
+    for _ in range(1000):  # as rotation_worker does: a campaign's run queues what follows
+        messages = stack.services.queue.receive(32)
+        if not messages:
+            break
+        for message in messages:
+            work = parse_any_work_message(json.dumps(message))
+            if isinstance(work, CampaignStep):
+                stack.services.campaign_service.run(work.campaign_id)
+            elif isinstance(work, RotateBatch):
+                service.process_batch(work)
     stack.run(sim, stack.all_idle(device_ids))
 
 
