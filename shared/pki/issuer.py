@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -406,13 +406,24 @@ class Issuer:
         if not 1 <= next_update_hours <= 24 * 31:
             raise ValueError("next_update_hours must be 1-744")
         now = self.clock.now()
-        cert = self.authority.certificate
+        return self._signed_crl(self.authority, now, now + timedelta(hours=next_update_hours))
+
+    def _signed_crl(
+        self,
+        authority: IssuingAuthority,
+        now: datetime,
+        next_update: datetime,
+        include: Callable[[CertificateRecord], bool] = lambda _record: True,
+    ) -> bytes:
+        """``authority``'s CRL (DER) valid ``now``..``next_update``, listing every revoked,
+        unexpired certificate that ``include`` keeps."""
+        cert = authority.certificate
         ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(cert.subject)
             .last_update(now)
-            .next_update(now + timedelta(hours=next_update_hours))
+            .next_update(next_update)
             .add_extension(x509.CRLNumber(self._next_crl_number()), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
@@ -420,7 +431,7 @@ class Issuer:
             )
         )
         for record in self.ledger.list_revoked():
-            if record.not_after <= now:
+            if record.not_after <= now or not include(record):
                 continue
             entry = (
                 x509.RevokedCertificateBuilder()
@@ -433,7 +444,7 @@ class Issuer:
                     x509.CRLReason(x509.ReasonFlags(reason.value)), critical=False
                 )
             builder = builder.add_revoked_certificate(entry.build())
-        crl = builder.sign(self.authority.key, signature_hash_for(self.authority))
+        crl = builder.sign(authority.key, signature_hash_for(authority))
         return crl.public_bytes(serialization.Encoding.DER)
 
     def publish_crl(self, next_update_hours: int = 24) -> str:

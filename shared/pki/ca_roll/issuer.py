@@ -10,14 +10,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from shared.domain.errors import InvalidRequestError
-from shared.domain.model import RevocationReason
 from shared.pki.ca_roll.cas import ROLL_ACTOR, CaSet, PublishedCa, _pem
 from shared.pki.issuer import Issuer
-from shared.pki.profile import signature_hash_for
 
 __all__ = ["RollingIssuer"]
 
@@ -90,37 +85,12 @@ class RollingIssuer(Issuer):
         authority = chosen.authority
         only_own = bool(self.cas.others) or ca is not None
         now = self.clock.now()
-        cert = authority.certificate
-        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(cert.subject)
-            .last_update(now)
-            .next_update(next_update or now + timedelta(hours=next_update_hours))
-            .add_extension(x509.CRLNumber(self._next_crl_number()), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
-                critical=False,
-            )
+        return self._signed_crl(
+            authority,
+            now,
+            next_update or now + timedelta(hours=next_update_hours),
+            lambda record: not only_own or record.issuer_key_id == authority.key_id,
         )
-        for record in self.ledger.list_revoked():
-            if record.not_after <= now:
-                continue
-            if only_own and record.issuer_key_id != authority.key_id:
-                continue
-            entry = (
-                x509.RevokedCertificateBuilder()
-                .serial_number(int(record.serial, 16))
-                .revocation_date(record.revoked_at or now)
-            )
-            reason = record.revocation_reason or RevocationReason.UNSPECIFIED
-            if reason is not RevocationReason.UNSPECIFIED:
-                entry = entry.add_extension(
-                    x509.CRLReason(x509.ReasonFlags(reason.value)), critical=False
-                )
-            builder = builder.add_revoked_certificate(entry.build())
-        crl = builder.sign(authority.key, signature_hash_for(authority))
-        return crl.public_bytes(serialization.Encoding.DER)
 
     def _publish(self, ca: PublishedCa, der: bytes) -> str:
         if self.crl_publisher is None:
