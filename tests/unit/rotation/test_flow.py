@@ -365,21 +365,8 @@ def test_offline_device_backs_off_then_completes_when_back(world: World) -> None
 
 def test_bulk_reprovision_uses_one_job(world: World) -> None:
     world.policy = type(world.policy)(bulk_threshold=2)
-    devs = [world.add_device(f"dev-{i}") for i in range(3)]
-    svc = world.service()
-    for dev in devs:
-        adopt(svc, dev)
-        svc.start_renewal(StartRenewal(dev.device_id, Trigger.MANUAL, "op"))
-        answer = dev.answer()
-        assert answer is not None
-        world.registry.online.discard(dev.device_id)
-        svc.on_twin_reported(TwinReported.parse(dev.device_id, answer))
-        world.registry.online.add(dev.device_id)
-    result = svc.process_batch(
-        parse_rotate_message(
-            {"kind": "rotate", "deviceIds": [d.device_id for d in devs], "reason": "expiring"}
-        )
-    )
+    svc, devs = _bulk_batch(world, 3)
+    result = _rotate(svc, devs)
     assert result.reprovision_job is not None
     condition, method, _payload = world.registry.jobs[result.reprovision_job]
     assert method == "reprovision"
