@@ -1,8 +1,14 @@
 """Queue trigger: the rotation work queue the sweep and the campaigns fan out to.
 
-Three kinds of message: ``rotate`` (a batch of devices), ``campaign`` (a campaign's next
-run, :mod:`shared.domain.campaign_engine`) and ``sweep`` (the daily sweep going on from
-a twin-query continuation token)."""
+Four kinds of message: ``rotate`` (a batch of devices), ``campaign`` (a campaign's next
+run, :mod:`shared.domain.campaign_engine`), ``sweep`` (the daily sweep going on from
+a twin-query continuation token) and ``ca-roll`` (a CA-roll step an operator queued,
+docs/ca-roll.md).
+
+A ``ca-roll`` step the roll refuses for good (out of order, devices left to retire, a
+bad option: a 4xx over the API) is not retried: it is audited as ``rejected`` and the
+message completes; a transient failure (throttling, a service or key store down) is
+raised, so the host retries it and, after ``maxDequeueCount`` tries, poisons it."""
 
 from __future__ import annotations
 
@@ -11,11 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
+from functions._errors import http_error_for
 from functions._services import rotation, to_jsonable
+from functions.parsing.ca_roll import CaRollWork
 from functions.parsing.work_queue import parse_any_work_message
 from shared.domain.commands import Sweep
-from shared.domain.errors import InvalidRequestError
+from shared.domain.errors import CertrollError, InvalidRequestError
 from shared.domain.messages import CampaignStep, SweepStep
+from shared.domain.model import AuditEvent
 from shared.domain.rotation import RotationService
 
 if TYPE_CHECKING:
@@ -53,6 +62,49 @@ def _campaign_service() -> CampaignService:
     return services().campaign_service
 
 
+def _ca_roll() -> Any:
+    from functions._services import services
+
+    return services().ca_roll
+
+
+def run_ca_roll_step(work: CaRollWork, roll: Any, audit: Any | None = None) -> Any:
+    """Run a queued CA-roll step; a refusal that no retry can change is audited and
+    answered with ``None`` (the message completes), anything else propagates."""
+    try:
+        return roll.run(work.step, work.actor, **work.options)
+    except CertrollError as exc:
+        error = http_error_for(exc)
+        if error.status >= 500 or error.status == 429:
+            raise
+        logger.error(
+            "rotation_worker: queued CA-roll step %s by %s refused (%d %s): %s",
+            work.step.value,
+            work.actor,
+            error.status,
+            error.code,
+            exc,
+        )
+        if audit is None:
+            from functions._services import audit_log
+
+            audit = audit_log()
+        audit.append(
+            AuditEvent(
+                action=f"ca_roll_{work.step.value}",
+                outcome="rejected",
+                actor=work.actor,
+                detail={
+                    "status": error.status,
+                    "code": getattr(exc, "code", error.code),
+                    "message": str(exc),
+                    "via": "work-queue",
+                },
+            )
+        )
+        return None
+
+
 def _continued_sweep(step: SweepStep) -> Sweep:
     extra: dict[str, Any] = {}
     if step.page_size is not None:
@@ -81,6 +133,8 @@ def handle_work_message(
             result = (campaigns or _campaign_service()).run(work.campaign_id)
         elif isinstance(work, SweepStep):
             result = service.sweep(_continued_sweep(work))
+        elif isinstance(work, CaRollWork):
+            result = run_ca_roll_step(work, _ca_roll())
         else:
             result = service.process_batch(work)
     except Exception as exc:

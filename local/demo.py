@@ -233,9 +233,10 @@ def call_api(
     principal_name: str | None = None,
     body: dict[str, Any] | None = None,
     timeout: float = 30.0,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     """One real HTTP call to the dev host; returns (status, JSON body or None)."""
-    headers = {"Accept": "application/json"}
+    headers = {"Accept": "application/json", **(headers or {})}
     if function_key is not None:
         headers["x-functions-key"] = function_key
     if token is not None:

@@ -578,8 +578,13 @@ class LocalStack:
     def fire_timer(self) -> int:
         """The timer trigger (``daily_sweep``) fires now."""
         self.timer_fired += 1
-        self._queue_idle_until = 0.0  # the sweep fills the queue: poll it on the next pump
+        self.poll_queue_now()  # the sweep fills the queue
         return self.devhost.fire_timer()
+
+    def poll_queue_now(self) -> None:
+        """The next pump polls the work queue even if it was found empty a moment ago
+        (something outside the pump, e.g. an API call, just sent a message)."""
+        self._queue_idle_until = 0.0
 
     def post_event_grid(self, events: list[dict[str, Any]], function_name: str) -> int:
         """Deliver Event Grid schema events to the webhook as Event Grid does; the status."""

@@ -25,6 +25,7 @@ EXPECTED = {
     "rotation_worker": "queueTrigger",
     "devices_api": "httpTrigger",
     "ca_roll_api": "httpTrigger",
+    "campaigns_api": "httpTrigger",
     "openapi_document": "httpTrigger",
 }
 
@@ -95,7 +96,7 @@ def test_bindings_name_their_settings() -> None:
     assert got["daily_sweep"]["runOnStartup"] is False
     assert got["rotation_worker"]["queueName"] == "%CERTROLL_WORK_QUEUE%"
     assert got["rotation_worker"]["connection"] == "CERTROLL_STORAGE"
-    for name in ("devices_api", "ca_roll_api", "openapi_document"):
+    for name in ("devices_api", "ca_roll_api", "campaigns_api", "openapi_document"):
         assert got[name]["authLevel"].lower().endswith("function")
     assert all_required() == (
         {"CERTROLL_EVENTHUB", "CERTROLL_STORAGE"},
