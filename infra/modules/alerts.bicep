@@ -164,6 +164,25 @@ customMetrics
     threshold: 1
     dimension: 'reason'
   }
+  {
+    name: 'campaign-aborted'
+    displayName: 'certroll: re-issue campaign aborted'
+    description: 'A campaign stopped enqueuing: its failure rate passed its abort criteria, or an operator aborted it (certroll.campaign_aborted), split by reason (manual, compromise, ca-roll).'
+    severity: 1
+    frequency: 'PT15M'
+    window: 'PT1H'
+    query: '''
+customMetrics
+| where name == "certroll.campaign_aborted"
+| extend reason = tostring(customDimensions.reason)
+| summarize aborted = sum(valueSum) by reason
+'''
+    measure: 'aborted'
+    aggregation: 'Total'
+    operator: 'GreaterThanOrEqual'
+    threshold: 1
+    dimension: 'reason'
+  }
 ]
 
 resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [for rule in rules: {

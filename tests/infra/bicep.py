@@ -1051,6 +1051,7 @@ ALERT_NEEDS: dict[str, tuple[str, str]] = {
     "ca-expiry": ("certroll.ca.days_to_expiry", "arg_max"),
     "throttle-storm": ("certroll.throttled", "service"),
     "poison-messages": ("certroll.work_messages_poisoned", "sum(valueSum)"),
+    "campaign-aborted": ("certroll.campaign_aborted", "reason"),
 }
 _QUERY_METRIC_RE = re.compile(r'name\s*==\s*"([^"]+)"')
 
