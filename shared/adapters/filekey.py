@@ -39,28 +39,41 @@ def _load(path: Path, password: bytes | None) -> ec.EllipticCurvePrivateKey | rs
     return key
 
 
-class FileSigningKey(DigestSigningEcKey):
-    """An EC issuing key read from an encrypted PEM file (development only)."""
+_Loaded = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+class _FileKey:
+    """What the EC and the RSA file keys share: the file, and the check of its key type."""
 
     backend_name = "file"
+    path: Path
 
-    def __init__(
-        self,
-        path: Path,
-        password: bytes | None,
-        *,
-        loaded: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
-    ) -> None:
+    def _open(
+        self, path: Path, password: bytes | None, loaded: _Loaded | None, kind: type, what: str
+    ) -> _Loaded:
         key = loaded if loaded is not None else _load(path, password)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise SigningError(f"{path} is not an EC key; use FileRsaSigningKey")
+        if not isinstance(key, kind):
+            raise SigningError(f"{path} is not {what}")
         self.path = path
-        self._key = key
-        self._public = key.public_key()
+        return key
 
     @property
     def key_id(self) -> str:
         return f"file:{self.path}"
+
+
+class FileSigningKey(_FileKey, DigestSigningEcKey):
+    """An EC issuing key read from an encrypted PEM file (development only)."""
+
+    def __init__(
+        self, path: Path, password: bytes | None, *, loaded: _Loaded | None = None
+    ) -> None:
+        key = self._open(
+            path, password, loaded, ec.EllipticCurvePrivateKey, "an EC key; use FileRsaSigningKey"
+        )
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        self._key = key
+        self._public = key.public_key()
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public
@@ -69,28 +82,18 @@ class FileSigningKey(DigestSigningEcKey):
         return self._key.sign(digest, ec.ECDSA(asym_utils.Prehashed(algorithm)))
 
 
-class FileRsaSigningKey(DigestSigningRsaKey):
+class FileRsaSigningKey(_FileKey, DigestSigningRsaKey):
     """An RSA issuing key read from an encrypted PEM file (development only)."""
 
-    backend_name = "file"
-
     def __init__(
-        self,
-        path: Path,
-        password: bytes | None,
-        *,
-        loaded: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
+        self, path: Path, password: bytes | None, *, loaded: _Loaded | None = None
     ) -> None:
-        key = loaded if loaded is not None else _load(path, password)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise SigningError(f"{path} is not an RSA key; use FileSigningKey")
-        self.path = path
+        key = self._open(
+            path, password, loaded, rsa.RSAPrivateKey, "an RSA key; use FileSigningKey"
+        )
+        assert isinstance(key, rsa.RSAPrivateKey)
         self._key = key
         self._public = key.public_key()
-
-    @property
-    def key_id(self) -> str:
-        return f"file:{self.path}"
 
     def public_key(self) -> rsa.RSAPublicKey:
         return self._public
