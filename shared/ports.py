@@ -21,6 +21,7 @@ from shared.domain.campaign import Campaign, CampaignState
 from shared.domain.errors import ConcurrencyError, NotFoundError
 from shared.domain.model import (
     AuditEvent,
+    BulkItemError,
     CertificateRecord,
     CertificateStatus,
     DeviceIdentity,
@@ -246,6 +247,18 @@ class EnrollmentStore(abc.ABC):
         """Create (etag None) or replace with If-Match; returns the stored enrollment.
         Slots given with ``pem`` are written; a slot given with only a thumbprint equal to
         the stored one is kept; ``None`` clears the slot."""
+
+    @abc.abstractmethod
+    def update_individuals_if_match(
+        self, enrollments: Sequence[IndividualEnrollment]
+    ) -> list[BulkItemError]:
+        """One bulk operation (``POST /enrollments``, mode ``updateIfMatchETag``) over at
+        most :data:`~shared.domain.model.MAX_BULK_ENROLLMENTS` existing enrollments, each
+        written as :meth:`put_individual` writes it, only where its ``etag`` is the stored
+        one. Each item succeeds or fails on its own; returns the failures (412: changed,
+        404: gone). The service returns no new ETags: read again before the next
+        conditional write. ValueError for an empty or oversized list, an item without an
+        etag or one named twice (:func:`~shared.domain.model.bulk_items`)."""
 
     @abc.abstractmethod
     def delete_individual(self, registration_id: str, etag: str | None = None) -> None: ...
