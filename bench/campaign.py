@@ -54,6 +54,7 @@ from shared.settings import Settings
 
 START = datetime(2026, 6, 1, tzinfo=UTC)
 QUERY = "SELECT * FROM devices"
+EVENT_BATCH = 100  # host.json extensions.eventHubs.maxEventBatchSize
 
 
 class DrivingClock(ManualClock):
@@ -209,15 +210,32 @@ class World:
             service.on_device_created(parsed)
 
     def pump_events(self) -> int:
+        """Deliver what the emulator routed: twin changes in Event Hubs batches of up to
+        ``maxEventBatchSize`` (host.json: 100), their enrollment writes sent together as
+        the ``twin_changes`` trigger sends them; lifecycle events one at a time (Event
+        Grid). A throttled batch is delivered again whole, as the trigger's retry does."""
         pending, self._redeliver = self._redeliver, []
         for topic in (TWIN_CHANGES, LIFECYCLE):
             pending.extend((topic, e) for e in self.emulator.events.drain(topic))
-        for index, (topic, event) in enumerate(pending):
+        service = self.services.rotation
+        index = 0
+        while index < len(pending):
+            topic = pending[index][0]
+            end = index + 1
+            if topic == TWIN_CHANGES:
+                while (
+                    end < len(pending)
+                    and end - index < EVENT_BATCH
+                    and (pending[end][0] == TWIN_CHANGES)
+                ):
+                    end += 1
+            chunk = pending[index:end]
             try:
-                self._deliver(topic, event)
+                service.in_enrollment_batch(chunk, lambda item: self._deliver(*item))
             except ThrottledError:
                 self._redeliver.extend(pending[index:])
                 return index
+            index = end
         return len(pending)
 
     def pump_queue(self) -> int:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import contextlib
 import copy
 import re
-import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any

@@ -86,7 +86,6 @@ def format_duration(minutes: float) -> str:
     return f"{hours / 24:.1f} d"
 
 
-
 # --------------------------------------------------------------------------- cost
 
 

@@ -319,7 +319,7 @@ def _three_enrollments(fleet: Fleet) -> list[IndividualEnrollment]:
 
 
 def test_bulk_update_if_match_writes_each_item_on_its_own(fleet: Fleet) -> None:
-    one, two, three = _three_enrollments(fleet)
+    one, two, _ = _three_enrollments(fleet)
     # read through the query (the campaign's way): its ETags serve the conditional write
     read = {e.registration_id: e for e in fleet.dps.query_individual(page_size=10).items}
     assert read["bulk-1"].etag == one.etag

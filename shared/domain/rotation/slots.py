@@ -22,6 +22,7 @@ from shared.domain.model import (
     IndividualEnrollment,
     ProvisioningStatus,
 )
+from shared.domain.rotation.batching import current_batch, write_or_stage
 from shared.domain.rotation.context import RotationContext
 from shared.domain.rotation.unit_of_work import MAX_ATTEMPTS
 
@@ -106,6 +107,10 @@ def place_in_enrollment(
     the device has no individual enrollment (its group trusts certroll's issuing CA).
     ``clear_old`` empties the other slot; ``enable`` enables a disabled enrollment."""
     new = cert.thumbprint_sha256.lower()
+    batch = current_batch()
+    landed = batch.landed.get(device_id) if batch is not None else None
+    if landed is not None and new in (thumb(landed.primary), thumb(landed.secondary)):
+        return "primary" if thumb(landed.primary) == new else "secondary"  # written in bulk
     for _ in range(MAX_ATTEMPTS):
         enr = ctx.individual(device_id)
         if enr is None:
@@ -121,9 +126,7 @@ def place_in_enrollment(
             changes["provisioning_status"] = ProvisioningStatus.ENABLED
         if not changes:
             return slot
-        try:
-            ctx.call(ctx.deps.enrollments.put_individual, dataclasses.replace(enr, **changes))
-        except ConcurrencyError:
+        if not write_or_stage(ctx, dataclasses.replace(enr, **changes), batch):
             continue
         return slot
     raise ConcurrencyError(f"{device_id}: the enrollment kept changing")
@@ -132,6 +135,10 @@ def place_in_enrollment(
 def keep_only_in_enrollment(ctx: RotationContext, device_id: str, new: str) -> None:
     """Empty every individual-enrollment slot not holding thumbprint ``new`` (left as
     they are when ``new`` is in neither slot)."""
+    batch = current_batch()
+    landed = batch.landed.get(device_id) if batch is not None else None
+    if landed is not None and {thumb(landed.primary), thumb(landed.secondary)} <= {new, None}:
+        return  # emptied in the batch's bulk call
     for _ in range(MAX_ATTEMPTS):
         enr = ctx.individual(device_id)
         if enr is None:
@@ -148,9 +155,7 @@ def keep_only_in_enrollment(ctx: RotationContext, device_id: str, new: str) -> N
                 device_id,
             )
             return
-        try:
-            ctx.call(ctx.deps.enrollments.put_individual, dataclasses.replace(enr, **changes))
-        except ConcurrencyError:
+        if not write_or_stage(ctx, dataclasses.replace(enr, **changes), batch):
             continue
         return
 

@@ -116,7 +116,8 @@ class FakeEnrollments(EnrollmentStore):
         self.individual: dict[str, IndividualEnrollment] = {}
         self.groups: dict[str, EnrollmentGroup] = {}
         self.registrations: dict[str, RegistrationState] = {}
-        self.writes = 0
+        self.writes = 0  # every write, single or in bulk
+        self.single_writes = 0  # put_individual calls
         self.bulk_calls = 0
         #: registration ids a bulk operation answers 412 for (as if changed meanwhile)
         self.fail_bulk: set[str] = set()
@@ -128,6 +129,10 @@ class FakeEnrollments(EnrollmentStore):
             raise NotFoundError(f"no enrollment {registration_id}") from None
 
     def put_individual(self, enrollment: IndividualEnrollment) -> IndividualEnrollment:
+        self.single_writes += 1
+        return self._put(enrollment)
+
+    def _put(self, enrollment: IndividualEnrollment) -> IndividualEnrollment:
         stored = self.individual.get(enrollment.registration_id)
         _check_write("enrollment", enrollment.registration_id, enrollment.etag, stored)
         new = copy.deepcopy(enrollment)
@@ -152,7 +157,7 @@ class FakeEnrollments(EnrollmentStore):
                 errors.append(BulkItemError(rid, 404, f"no enrollment {rid}"))
                 continue
             try:
-                self.put_individual(enrollment)
+                self._put(enrollment)
             except NotFoundError as exc:
                 errors.append(BulkItemError(rid, 404, str(exc)))
             except ConcurrencyError as exc:
