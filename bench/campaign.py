@@ -103,6 +103,22 @@ class Counting:
         return call
 
 
+class BulkSizes:
+    """The emulated DPS, noting how many enrollments each bulk call carries."""
+
+    def __init__(self, target: Any, sizes: list[int]) -> None:
+        self._target = target
+        self._sizes = sizes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+    def update_individuals_if_match(self, enrollments: Any) -> Any:
+        items = list(enrollments)
+        self._sizes.append(len(items))
+        return self._target.update_individuals_if_match(items)
+
+
 @dataclasses.dataclass
 class CampaignRun:
     devices: int
@@ -120,6 +136,8 @@ class CampaignRun:
     max_gap_seconds: float
     throttled: int
     real_seconds: float
+    bulk_calls: int = 0
+    bulk_items: int = 0
 
     @property
     def rate(self) -> float:
@@ -158,11 +176,14 @@ class World:
             }
         )
         self.sink = MemoryEventSink()
+        #: the number of enrollments in each bulk call certroll made
+        self.bulk_sizes: list[int] = []
+        self.dps = BulkSizes(self.emulator.dps, self.bulk_sizes)
         self.services = Services(
             settings,
             storage=storage,
             clock=self.clock,
-            enrollments=self.emulator.dps,
+            enrollments=self.dps,
             registry=self.emulator.hub,
             authority=authority,
             events=self.sink,
@@ -342,6 +363,8 @@ def run_campaign(devices: int, tier: str, units: int) -> CampaignRun:
         max_gap_seconds=max(gaps, default=0.0),
         throttled=retrier.throttled - throttled_before,
         real_seconds=time.perf_counter() - real_start,
+        bulk_calls=len(world.bulk_sizes),
+        bulk_items=sum(world.bulk_sizes),
     )
 
 

@@ -17,7 +17,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from shared.domain.auth import Caller
-from shared.domain.campaign import Campaign, CampaignState
+from shared.domain.campaign import (
+    Campaign,
+    CampaignState,
+    EnrollmentPassProgress,
+    KnownEnrollment,
+)
 from shared.domain.errors import ConcurrencyError, NotFoundError
 from shared.domain.model import (
     AuditEvent,
@@ -441,6 +446,11 @@ class CampaignOutcomes(Protocol):
         device. Never raises."""
         ...
 
+    def known_enrollment(self, device_id: str) -> KnownEnrollment | None:
+        """The device's individual enrollment as an active campaign's completed pass over
+        the enrollment query read it (with its ETag); None when none did."""
+        ...
+
 
 class CampaignStore(abc.ABC):
     """Re-roll campaigns and their checkpoints (Table storage in Azure), one record per
@@ -481,6 +491,26 @@ class CampaignStore(abc.ABC):
     @abc.abstractmethod
     def count_outcomes(self, campaign_id: str) -> dict[str, int]:
         """Members by outcome (a full count, for repairing the checkpoint's counters)."""
+
+    # the campaign's read of the DPS enrollment query (campaign_enrollments.py)
+
+    @abc.abstractmethod
+    def put_enrollments(
+        self,
+        campaign_id: str,
+        enrollments: Sequence[IndividualEnrollment],
+        progress: EnrollmentPassProgress,
+    ) -> None:
+        """Keep one page of the enrollment query (each enrollment with its ETag and
+        document, replacing an earlier copy), then ``progress``."""
+
+    @abc.abstractmethod
+    def enrollment_pass(self, campaign_id: str) -> EnrollmentPassProgress | None:
+        """How far the pass got; None before its first page."""
+
+    @abc.abstractmethod
+    def enrollment(self, campaign_id: str, registration_id: str) -> IndividualEnrollment | None:
+        """The enrollment as the pass read it; None when the pass did not list it."""
 
     def update(
         self,

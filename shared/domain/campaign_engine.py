@@ -48,8 +48,10 @@ from shared.domain.campaign import (
     AbortCriteria,
     Campaign,
     CampaignState,
+    KnownEnrollment,
     Progress,
 )
+from shared.domain.campaign_enrollments import EnrollmentPass
 from shared.domain.errors import ConcurrencyError, ConflictError, InvalidRequestError
 from shared.domain.messages import campaign_message, rotate_message
 from shared.domain.model import AuditEvent, DomainEvent, Trigger
@@ -215,8 +217,10 @@ class CampaignTracker:
         metrics: Metrics | None = None,
         *,
         refresh: timedelta = timedelta(seconds=30),
+        enrollment_pass: EnrollmentPass | None = None,
     ) -> None:
         self.store = store
+        self.enrollment_pass = enrollment_pass
         self.clock = clock
         self.refresh = refresh
         self.announce = _Announcer(events, metrics or NullMetrics(), clock, None)
@@ -258,6 +262,11 @@ class CampaignTracker:
         except Exception:
             logger.exception("outcome %s of %s not counted", outcome, device_id)
 
+    def known_enrollment(self, device_id: str) -> KnownEnrollment | None:
+        if self.enrollment_pass is None:
+            return None
+        return self.enrollment_pass.known(self.active_ids(), device_id)
+
     def count(self, campaign_id: str, outcome: str, n: int = 1) -> Campaign | None:
         """Add ``n`` outcomes to the checkpoint (ETag-checked, retried)."""
         seen: dict[str, CampaignState] = {}
@@ -298,7 +307,10 @@ class CampaignService:
         pacer: PacerSpec | None = None,
         settings: EngineSettings | None = None,
         retrier: Retrier | None = None,
+        enrollment_pass: EnrollmentPass | None = None,
     ) -> None:
+        #: reads the DPS enrollment query before the first rotation (None: no pass)
+        self.enrollment_pass = enrollment_pass
         self.store = store
         self.registry = registry
         self.queue = queue
@@ -424,6 +436,15 @@ class CampaignService:
         c = self.store.get(campaign_id)
         result = RunResult(c)
         page_time = self._page_time()
+        if (
+            self.enrollment_pass is not None
+            and c.state is CampaignState.RUNNING
+            and not c.checkpoint.query_done
+            and not self.enrollment_pass.run(campaign_id, started + budget - page_time)
+        ):
+            self._call(self.queue.send, campaign_message(campaign_id))  # not done: go on
+            result.continued = True
+            return result
         while c.state is CampaignState.RUNNING and not c.checkpoint.query_done:
             elapsed = self.clock.now() - started
             limit = self.settings.max_pages_per_run

@@ -102,6 +102,7 @@ def place_in_enrollment(
     keep: str | None,
     clear_old: bool,
     enable: bool,
+    known_first: bool = False,
 ) -> str:
     """Put ``cert`` in the individual-enrollment slot not holding ``keep``; "group" when
     the device has no individual enrollment (its group trusts certroll's issuing CA).
@@ -111,8 +112,9 @@ def place_in_enrollment(
     landed = batch.landed.get(device_id) if batch is not None else None
     if landed is not None and new in (thumb(landed.primary), thumb(landed.secondary)):
         return "primary" if thumb(landed.primary) == new else "secondary"  # written in bulk
-    for _ in range(MAX_ATTEMPTS):
-        enr = ctx.individual(device_id)
+    for attempt in range(MAX_ATTEMPTS):
+        # ``known_first``: from the campaign's copy (its ETag guards the write), then reads
+        enr = (ctx.known_individual if known_first and not attempt else ctx.individual)(device_id)
         if enr is None:
             return "group"
         slot = enrollment_slot_for(enr, new, lower(keep))
