@@ -1,9 +1,8 @@
 """Where a certificate goes: the slot rule, the individual-enrollment slots (DPS) and the
 hub identity's thumbprints.
 
-:func:`choose_slot` is the pure rule; the other functions apply it to an enrollment or
-an identity with their own ETag-checked retry (those records belong to DPS and the hub,
-not to the rotation record's unit of work).
+:func:`choose_slot` is the pure rule; the other functions apply it with their own
+ETag-checked retry (DPS's and the hub's records, not the rotation record's unit of work).
 """
 
 from __future__ import annotations
@@ -105,8 +104,8 @@ def place_in_enrollment(
     known_first: bool = False,
 ) -> str:
     """Put ``cert`` in the individual-enrollment slot not holding ``keep``; "group" when
-    the device has no individual enrollment (its group trusts certroll's issuing CA).
-    ``clear_old`` empties the other slot; ``enable`` enables a disabled enrollment."""
+    the device has none (its group trusts certroll's issuing CA). ``clear_old`` empties
+    the other slot; ``enable`` enables a disabled enrollment."""
     new = cert.thumbprint_sha256.lower()
     batch = current_batch()
     landed = batch.landed.get(device_id) if batch is not None else None
@@ -114,7 +113,8 @@ def place_in_enrollment(
         return "primary" if thumb(landed.primary) == new else "secondary"  # written in bulk
     for attempt in range(MAX_ATTEMPTS):
         # ``known_first``: from the campaign's copy (its ETag guards the write), then reads
-        enr = (ctx.known_individual if known_first and not attempt else ctx.individual)(device_id)
+        fresh = attempt or not known_first or (batch is not None and device_id in batch.refused)
+        enr = (ctx.individual if fresh else ctx.known_individual)(device_id)
         if enr is None:
             return "group"
         slot = enrollment_slot_for(enr, new, lower(keep))
