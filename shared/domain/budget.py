@@ -435,12 +435,12 @@ class Pacer:
 CAMPAIGN_COST = RotationCost(
     {
         Budget.DPS_REGISTRATIONS: 1.0,
-        Budget.DPS_SERVICE_OPS: 1.0,
+        Budget.DPS_SERVICE_OPS: 0.91,
         Budget.HUB_TWIN_READS: 1.0,
         Budget.HUB_TWIN_UPDATES: 5.0,
         Budget.HUB_DIRECT_METHODS: 1.0,
         Budget.SIGNATURES: 1.0,
-        Budget.STORAGE_REQUESTS: 20.5,
+        Budget.STORAGE_REQUESTS: 23.8,
         Budget.HUB_QUERIES: 1 / QUERY_PAGE_SIZE,
     },
     label="campaign (measured)",
