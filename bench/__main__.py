@@ -78,7 +78,8 @@ def _markdown(sections: dict[str, dict[str, object]]) -> str:
         lines += [
             f"## {name}",
             "",
-            f"Measured {section['measured_at']} on {section['machine']} ({section['seconds']} s).",
+            f"Measured {section['measured_at']} on {section['machine']} "
+            f"({section['seconds']} s).",
             "",
             "| key | value | unit | what | target |",
             "|---|---:|---|---|---|",

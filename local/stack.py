@@ -283,7 +283,9 @@ def fleet_ports(
         server = serve(emulator)
         return FleetPorts(
             DpsEnrollmentStore(server.url, token, retry_total=retry_total),
-            IotHubRegistry(server.host, token, scheme="http", clock=clock, retry_total=retry_total),
+            IotHubRegistry(
+                server.host, token, scheme="http", clock=clock, retry_total=retry_total
+            ),
             server,
         )
     from azure.core.pipeline.transport import RequestsTransport

@@ -78,9 +78,8 @@ def set_fleet_gauges(telemetry: Telemetry, snap: FleetSnapshot) -> None:
     """The fleet gauges of one snapshot (every dimension value set, zeros included, so a
     problem that went away reads 0)."""
     for status in STATUSES:
-        telemetry.set_gauge(
-            "certroll.devices_by_status", snap.statuses.get(status, 0), status=status
-        )
+        telemetry.set_gauge("certroll.devices_by_status", snap.statuses.get(status, 0),
+                            status=status)
     for bucket, n in snap.expiry_buckets.items():
         telemetry.set_gauge("certroll.devices_by_expiry", n, bucket=bucket)
     for ca in snap.ca:

@@ -78,7 +78,9 @@ _UNITS = {
 
 
 def _clean(dimensions: Mapping[str, object]) -> dict[str, str]:
-    return {k: str(v) for k, v in dimensions.items() if k not in HIGH_CARDINALITY_DIMENSIONS}
+    return {
+        k: str(v) for k, v in dimensions.items() if k not in HIGH_CARDINALITY_DIMENSIONS
+    }
 
 
 class OtelTelemetry(Telemetry):
@@ -132,8 +134,7 @@ class OtelTelemetry(Telemetry):
                 if readings is None:
                     readings = self._gauges[name] = {}
                     self._meter.create_observable_gauge(
-                        name,
-                        callbacks=[functools.partial(self._observe, name)],
+                        name, callbacks=[functools.partial(self._observe, name)],
                         unit=_UNITS.get(name, "1"),
                     )
                 readings[key] = float(value)
@@ -362,7 +363,9 @@ def azure_monitor(env: Mapping[str, str]) -> Instrumentation:
         env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING") or "Authorization=AAD"
     )
     credential = (
-        ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+        ManagedIdentityCredential(client_id=client_id)
+        if client_id
+        else ManagedIdentityCredential()
     )
     configure_azure_monitor(
         connection_string=connection_string,

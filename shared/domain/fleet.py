@@ -131,10 +131,8 @@ def _status(
     if rec.state is RotationState.FAILED:
         return "failed", rec.last_error or "", rec.updated_at
     if rec.current_not_after is not None and rec.current_not_after <= now:
-        return (
-            "overdue",
-            f"certificate expired {rec.current_not_after:%Y-%m-%d %H:%M}Z",
-            (rec.current_not_after),
+        return "overdue", f"certificate expired {rec.current_not_after:%Y-%m-%d %H:%M}Z", (
+            rec.current_not_after
         )
     if rec.state in _IN_FLIGHT:
         stale = rec.updated_at is not None and rec.updated_at < now - policy.rotation_deadline

@@ -44,7 +44,6 @@ EARLIEST_TIME = datetime(1950, 1, 1, tzinfo=UTC)  # RFC 5280 UTCTime
 #: CSR arrives as one (reported ``x509.csr.pem``)
 TWIN_STRING_MAX_BYTES = 4096
 
-
 @dataclass(frozen=True)
 class IssuancePolicy:
     """How long device certificates live, and the issuing limits.

@@ -19,9 +19,8 @@ def _toy_app(calls: list[tuple[str, object]]) -> func.FunctionApp:
     @app.route(route="things/{id}", methods=["POST"])
     def things(req: func.HttpRequest) -> func.HttpResponse:
         calls.append(("http", (req.route_params["id"], req.get_json())))
-        return func.HttpResponse(
-            json.dumps({"ok": req.route_params["id"]}), status_code=201, mimetype="application/json"
-        )
+        return func.HttpResponse(json.dumps({"ok": req.route_params["id"]}), status_code=201,
+                                 mimetype="application/json")
 
     @app.route(route="items/{id}/{action?}", methods=["GET", "POST"])
     def items(req: func.HttpRequest) -> func.HttpResponse:
@@ -31,9 +30,8 @@ def _toy_app(calls: list[tuple[str, object]]) -> func.FunctionApp:
     def open_route(req: func.HttpRequest) -> func.HttpResponse:
         return func.HttpResponse("open")
 
-    @app.event_hub_message_trigger(
-        arg_name="events", event_hub_name="%HUB%", connection="EH", cardinality="many"
-    )
+    @app.event_hub_message_trigger(arg_name="events", event_hub_name="%HUB%", connection="EH",
+                                   cardinality="many")
     def hub(events: list[func.EventHubEvent]) -> None:
         for e in events:
             calls.append(("eh", (e.get_body(), dict(e.iothub_metadata or {}))))
@@ -80,28 +78,15 @@ def test_http_route_requires_function_key(host: tuple[DevHost, list]) -> None:
 def test_eventgrid_webhook_handshake_and_delivery(host: tuple[DevHost, list]) -> None:
     dev, calls = host
     client = Client(dev.wsgi)
-    validation = [
-        {
-            "id": "1",
-            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
-            "subject": "",
-            "data": {"validationCode": "abc"},
-            "eventTime": "2026-01-01T00:00:00+00:00",
-            "dataVersion": "1",
-        }
-    ]
+    validation = [{"id": "1", "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+                   "subject": "", "data": {"validationCode": "abc"}, "eventTime":
+                   "2026-01-01T00:00:00+00:00", "dataVersion": "1"}]
     url = "/runtime/webhooks/eventgrid?functionName=grid&code=k3y"
     r = client.post(url, json=validation, headers={"aeg-event-type": "SubscriptionValidation"})
     assert r.get_json() == {"validationResponse": "abc"}
-    event = {
-        "id": "2",
-        "eventType": "Microsoft.Devices.DeviceConnected",
-        "subject": "devices/d1",
-        "data": {"deviceId": "d1"},
-        "eventTime": "2026-01-01T00:00:00+00:00",
-        "dataVersion": "1",
-        "topic": "/hub",
-    }
+    event = {"id": "2", "eventType": "Microsoft.Devices.DeviceConnected", "subject": "devices/d1",
+             "data": {"deviceId": "d1"}, "eventTime": "2026-01-01T00:00:00+00:00",
+             "dataVersion": "1", "topic": "/hub"}
     notification = {"aeg-event-type": "Notification"}
     assert client.post(url, json=[event], headers=notification).status_code == 200
     connected = ("Microsoft.Devices.DeviceConnected", "devices/d1", {"deviceId": "d1"})
@@ -111,11 +96,8 @@ def test_eventgrid_webhook_handshake_and_delivery(host: tuple[DevHost, list]) ->
 
 def test_event_hub_batch_resolves_binding_expression(host: tuple[DevHost, list]) -> None:
     dev, calls = host
-    msg = {
-        "body": {"version": 3},
-        "properties": {"deviceId": "d1"},
-        "systemProperties": {"iothub-connection-device-id": "d1"},
-    }
+    msg = {"body": {"version": 3}, "properties": {"deviceId": "d1"},
+           "systemProperties": {"iothub-connection-device-id": "d1"}}
     assert dev.feed_event_hub("other", [msg]) == 0
     assert dev.feed_event_hub("twins", [msg, msg]) == 1
     assert calls == [("eh", (b'{"version": 3}', {"connection-device-id": "d1"}))] * 2

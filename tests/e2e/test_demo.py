@@ -40,23 +40,9 @@ def test_demo_rotates_1000_devices(tmp_path: Path) -> None:
     settings = run_settings(Settings.from_env({"CERTROLL_HOME": str(tmp_path)}), run_id)
     try:
         done = subprocess.run(
-            [
-                *CERTROLL,
-                "demo",
-                "--devices",
-                str(DEVICES),
-                "--json",
-                "--no-progress",
-                "--run-id",
-                run_id,
-                "--report",
-                str(report),
-            ],
-            cwd=ROOT,
-            env=_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=900,
+            [*CERTROLL, "demo", "--devices", str(DEVICES), "--json",
+             "--no-progress", "--run-id", run_id, "--report", str(report)],
+            cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=900,
             check=False,
         )
         assert done.returncode == 0, done.stderr[-4000:]
@@ -133,14 +119,8 @@ def test_demo_over_the_production_adapters(tmp_path: Path, transport: str) -> No
     try:
         result = run_demo(
             base,
-            DemoOptions(
-                devices=12,
-                transport=transport,
-                key_backend="file",
-                run_id=run_id,
-                progress=False,
-                offline_fraction=0.2,
-            ),
+            DemoOptions(devices=12, transport=transport, key_backend="file", run_id=run_id,
+                        progress=False, offline_fraction=0.2),
         )
         failed = [c for c in result.checks if not c.ok]
         assert failed == []

@@ -90,24 +90,13 @@ def populate(state: RotationStateStore, ledger: CertificateLedger, audit: AuditL
             )
         )
     audit.append(
-        AuditEvent(
-            "disallow",
-            "ok",
-            "api:alice",
-            "dev-gone",
-            detail={"reason": "reported stolen"},
-            at=NOW - timedelta(hours=2),
-        )
+        AuditEvent("disallow", "ok", "api:alice", "dev-gone", detail={"reason": "reported stolen"},
+                   at=NOW - timedelta(hours=2))
     )
     audit.append(
-        AuditEvent(
-            "reconcile",
-            "rejected",
-            "system:rotation",
-            "dev-ok",
-            detail={"result": "unknown_certificate", "code": 401003},
-            at=NOW - timedelta(hours=1),
-        )
+        AuditEvent("reconcile", "rejected", "system:rotation", "dev-ok",
+                   detail={"result": "unknown_certificate", "code": 401003},
+                   at=NOW - timedelta(hours=1))
     )
 
 
@@ -133,12 +122,7 @@ def test_snapshot_statuses_buckets_and_issuers() -> None:
         "dev-gone": "disallowed",
     }
     assert dict(snap.statuses) == {
-        "ok": 1,
-        "late": 1,
-        "overdue": 1,
-        "stuck": 1,
-        "failed": 1,
-        "disallowed": 1,
+        "ok": 1, "late": 1, "overdue": 1, "stuck": 1, "failed": 1, "disallowed": 1
     }
     reasons = {p.device_id: p.reason for p in snap.problems}
     assert reasons["dev-failed"] == "csr_rejected: weak key"
@@ -157,16 +141,8 @@ def test_snapshot_statuses_buckets_and_issuers() -> None:
 
 @pytest.mark.parametrize(
     ("days", "bucket"),
-    [
-        (-1, "expired"),
-        (0, "0-3"),
-        (3, "0-3"),
-        (4, "4-7"),
-        (14, "8-14"),
-        (30, "15-30"),
-        (31, "31-90"),
-        (400, "91+"),
-    ],
+    [(-1, "expired"), (0, "0-3"), (3, "0-3"), (4, "4-7"), (14, "8-14"), (30, "15-30"),
+     (31, "31-90"), (400, "91+")],
 )
 def test_expiry_buckets(days: int, bucket: str) -> None:
     assert expiry_bucket(days) == bucket
@@ -199,14 +175,8 @@ def test_report_is_one_self_contained_page() -> None:
         "Recent reconciles",
     ):
         assert f"<h2>{section}</h2>" in page
-    for text in (
-        "dev-stuck",
-        "csr_rejected: weak key",
-        "reported stolen",
-        "unknown_certificate",
-        KEY_OLD,
-        "<svg",
-    ):
+    for text in ("dev-stuck", "csr_rejected: weak key", "reported stolen", "unknown_certificate",
+                 KEY_OLD, "<svg"):
         assert text in page
 
 
@@ -265,10 +235,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     ]
     dom = subprocess.run(
         [*common, "--dump-dom", page.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+        capture_output=True, text=True, timeout=120, check=True,
     ).stdout
     # the browser parsed the page: the tables and the chart are in its DOM
     assert "dev-overdue" in dom
@@ -276,9 +243,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert "<rect" in dom
     subprocess.run(
         [*common, f"--screenshot={shot}", "--window-size=1200,1800", page.as_uri()],
-        capture_output=True,
-        timeout=120,
-        check=True,
+        capture_output=True, timeout=120, check=True,
     )
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG")

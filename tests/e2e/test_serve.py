@@ -49,23 +49,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     errors = home / "serve-stderr.log"
     with errors.open("w", encoding="utf-8") as err:
         proc = subprocess.Popen(
-            [
-                *CERTROLL,
-                "serve",
-                "--port",
-                "0",
-                "--devices",
-                "3",
-                "--key-backend",
-                "file",
-                "--run-id",
-                run_id,
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
+            [*CERTROLL, "serve", "--port", "0", "--devices", "3",
+             "--key-backend", "file", "--run-id", run_id],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
         )
     try:
         assert proc.stdout is not None
@@ -87,13 +73,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         assert oct(key_path.stat().st_mode & 0o777) == "0o600"
         minted = subprocess.run(
             [*CERTROLL, "token", "--name", "operator@example.com"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
+            cwd=ROOT, env=env, capture_output=True, text=True, check=True,
         )
-        yield Served(url, key_path.read_text(encoding="utf-8").strip(), home, minted.stdout.strip())
+        yield Served(url, key_path.read_text(encoding="utf-8").strip(), home,
+                     minted.stdout.strip())
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -109,9 +92,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 def _wait_for_device(served: Served, device_id: str) -> tuple[int, Any]:
     deadline = time.monotonic() + 30
     while True:
-        status, body = served.call(
-            "GET", f"/api/devices/{device_id}", function_key=served.key, token=served.token
-        )
+        status, body = served.call("GET", f"/api/devices/{device_id}", function_key=served.key,
+                                   token=served.token)
         # answered once the device registered; its rotation record follows DeviceCreated
         ready = status == 200 and isinstance(body, dict) and body.get("rotation")
         if ready or time.monotonic() > deadline:
@@ -122,17 +104,11 @@ def _wait_for_device(served: Served, device_id: str) -> tuple[int, Any]:
 @pytest.mark.azurite
 def test_api_needs_the_function_key(served: Served) -> None:
     for key in (None, "not-the-key"):
-        status, _ = served.call(
-            "GET", "/api/devices/dev-00000", function_key=key, token=served.token
-        )
+        status, _ = served.call("GET", "/api/devices/dev-00000", function_key=key,
+                                token=served.token)
         assert status == 401
-    status, _ = served.call(
-        "POST",
-        "/api/devices/dev-00000/disallow",
-        function_key=None,
-        body={"reason": "x"},
-        token=served.token,
-    )
+    status, _ = served.call("POST", "/api/devices/dev-00000/disallow", function_key=None,
+                            body={"reason": "x"}, token=served.token)
     assert status == 401
 
 
@@ -140,23 +116,16 @@ def test_api_needs_the_function_key(served: Served) -> None:
 def test_api_refuses_a_forged_principal_and_a_token_without_the_role(served: Served) -> None:
     forged = principal_header("mallory@example.com", OPERATOR)
     status, body = served.call(
-        "POST",
-        "/api/devices/dev-00001/disallow",
-        function_key=served.key,
-        principal=forged,
-        principal_name="mallory@example.com",
+        "POST", "/api/devices/dev-00001/disallow", function_key=served.key,
+        principal=forged, principal_name="mallory@example.com",
         body={"reason": "should not happen"},
     )
     assert status == 401
     assert body["error"]["code"] == "unauthenticated"
     reader = LocalTokenIssuer(served.home).mint("reader@example.com", ("Certroll.Reader",))
     status, body = served.call(
-        "POST",
-        "/api/devices/dev-00001/disallow",
-        function_key=served.key,
-        token=reader,
-        principal=forged,
-        body={"reason": "should not happen"},
+        "POST", "/api/devices/dev-00001/disallow", function_key=served.key, token=reader,
+        principal=forged, body={"reason": "should not happen"},
     )
     assert status == 403
     assert body["error"]["code"] == "forbidden"
@@ -172,9 +141,8 @@ def test_api_answers_for_a_real_device(served: Served) -> None:
     assert status == 200, body
     assert body["deviceId"] == "dev-00002"
     assert body["hubIdentity"]["status"] == "enabled"
-    status, body = served.call(
-        "GET", "/api/devices/no-such-device", function_key=served.key, token=served.token
-    )
+    status, body = served.call("GET", "/api/devices/no-such-device", function_key=served.key,
+                               token=served.token)
     assert status == 404
     assert body["error"]["code"] == "not_found"
 
@@ -195,9 +163,8 @@ def test_serve_listens_on_the_port_asked_for(tmp_path: Path) -> None:
     out = io.StringIO()
     stop = threading.Event()
     options = ServeOptions(port=port, key_backend="file", run_id=run_id, poll_seconds=0.05)
-    server = threading.Thread(
-        target=run_serve, args=(settings, options), kwargs={"stop": stop, "out": out}
-    )
+    server = threading.Thread(target=run_serve, args=(settings, options),
+                              kwargs={"stop": stop, "out": out})
     server.start()
     try:
         deadline = time.monotonic() + 120

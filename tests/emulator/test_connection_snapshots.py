@@ -23,9 +23,8 @@ def snap() -> tuple[FleetEmulator, ManualClock]:
     for device_id in ("dev-1", "dev-2"):
         cert = self_signed(device_id, T0)
         emu.hub.create_device(
-            DeviceIdentity(
-                device_id, auth_type=AuthType.SELF_SIGNED, primary_thumbprint=thumbprint(cert)
-            )
+            DeviceIdentity(device_id, auth_type=AuthType.SELF_SIGNED,
+                           primary_thumbprint=thumbprint(cert))
         )
         emu.__dict__.setdefault("certs", {})[device_id] = cert
     emu.events.drain(LIFECYCLE)
@@ -33,10 +32,8 @@ def snap() -> tuple[FleetEmulator, ManualClock]:
 
 
 def _kinds(emu: FleetEmulator) -> list[tuple[str, str]]:
-    return [
-        (e["eventType"].rsplit(".", 1)[1], e["data"]["deviceId"])
-        for e in emu.events.drain(LIFECYCLE)
-    ]
+    return [(e["eventType"].rsplit(".", 1)[1], e["data"]["deviceId"])
+            for e in emu.events.drain(LIFECYCLE)]
 
 
 def test_connected_is_published_late_and_only_for_an_active_device(

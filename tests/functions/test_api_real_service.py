@@ -62,9 +62,13 @@ def call(method: str, device_id: str, action: str | None = None, **kw: Any) -> A
 def test_refused_calls_change_nothing(real: Services) -> None:
     audit: MemoryAuditLog = real.audit  # type: ignore[assignment]
     state: MemoryRotationStore = real.state  # type: ignore[assignment]
-    assert call("POST", "dev-1", "disallow", body={"reason": "x"}, token=None).status_code == 401
     assert (
-        call("POST", "dev-1", "disallow", body={"reason": "x"}, token=token(roles=())).status_code
+        call("POST", "dev-1", "disallow", body={"reason": "x"}, token=None).status_code == 401
+    )
+    assert (
+        call(
+            "POST", "dev-1", "disallow", body={"reason": "x"}, token=token(roles=())
+        ).status_code
         == 403
     )
     assert call("POST", "dev-1", "disallow", body={"reason": ""}).status_code == 400

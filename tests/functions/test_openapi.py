@@ -193,7 +193,11 @@ def test_each_documented_device_route_is_served(fake_rotation: FakeRotation) -> 
         action = path.split("/")[3] if path.count("/") == 3 else None
         op = doc["paths"][path][method.lower()]
         body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
-        resp = api(http_request(method, device_id, action, body=body.get("example"), token=token()))
+        resp = api(
+            http_request(
+                method, device_id, action, body=body.get("example"), token=token()
+            )
+        )
         status = str(resp.status_code)
         assert status in op["responses"], (method, path, status)
         response = op["responses"][status]

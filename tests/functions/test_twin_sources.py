@@ -44,9 +44,8 @@ def test_a_module_twin_change_does_not_speak_for_its_device(
     events = [
         _event(body, module_system, module_app),
         _event(body, {"connection-device-id": "dev-1"}, {"deviceId": "dev-1", "moduleId": "m"}),
-        _event(
-            body, {"connection-device-id": "dev-1"}, {"deviceId": "dev-1", "opType": "updateTwin"}
-        ),
+        _event(body, {"connection-device-id": "dev-1"}, {"deviceId": "dev-1",
+                                                         "opType": "updateTwin"}),
     ]
     user_function("twin_changes")(events)
     assert [name for name, _ in fake_rotation.calls] == ["on_twin_reported"]
@@ -91,10 +90,8 @@ def test_module_lifecycle_events_are_ignored(subject: str, data: dict[str, str])
     for kind in ("Microsoft.Devices.DeviceConnected", "Microsoft.Devices.DeviceCreated"):
         assert parse_lifecycle(kind, subject, data, at) is None
     device = parse_lifecycle(
-        "Microsoft.Devices.DeviceConnected",
-        "devices/dev-1",
-        {"deviceId": "dev-1", "moduleId": ""},
-        at,
+        "Microsoft.Devices.DeviceConnected", "devices/dev-1", {"deviceId": "dev-1",
+                                                                "moduleId": ""}, at
     )
     assert device is not None
 

@@ -1134,7 +1134,9 @@ def check_alerts(infra: Infra, needs: Mapping[str, tuple[str, str]] = ALERT_NEED
             if rule.get(key) and not re.search(rf"\b{re.escape(rule[key])}\b", query):
                 problems.append(f"alert {name}: {key} {rule[key]} is not a column of the query")
     called = [
-        body for _, (rel, body) in infra.main.modules.items() if rel == "modules/alerts.bicep"
+        body
+        for _, (rel, body) in infra.main.modules.items()
+        if rel == "modules/alerts.bicep"
     ]
     if not called:
         problems.append("main.bicep does not call modules/alerts.bicep")

@@ -267,11 +267,8 @@ def test_alert_metrics_are_emitted_by_the_app_and_documented() -> None:
     ("mutation", "replacement", "expected"),
     [
         ("actionGroup.id\n      ]", "'none'\n      ]", "do not notify the action group"),
-        (
-            'name == "certroll.throttled"',
-            'name == "certroll.throttles"',
-            "does not read certroll.throttled",
-        ),
+        ('name == "certroll.throttled"', 'name == "certroll.throttles"',
+         "does not read certroll.throttled"),
         ("@secure()\n", "", "must be @secure()"),
         ("appInsights.id\n    ]", "'x'\n    ]", "not scoped to Application Insights"),
         ("name: 'poison-messages'", "name: 'poison'", "no alert rule poison-messages"),

@@ -34,17 +34,8 @@ DOCUMENTED_SAMPLE: dict[str, Any] = {
 
 #: the record fields and ``properties`` keys Microsoft documents for this category
 RECORD_FIELDS = frozenset(
-    {
-        "time",
-        "resourceId",
-        "operationName",
-        "category",
-        "level",
-        "resultType",
-        "resultDescription",
-        "properties",
-        "location",
-    }
+    {"time", "resourceId", "operationName", "category", "level", "resultType",
+     "resultDescription", "properties", "location"}
 )
 PROPERTY_KEYS = frozenset({"deviceId", "sdkVersion", "protocol", "authType", "maskedIpAddress"})
 
@@ -60,9 +51,8 @@ def connect_error(
     """One documented Connections record of a failed ``deviceConnect`` of ``device_id``."""
     record = copy.deepcopy(DOCUMENTED_SAMPLE["records"][0])
     props = json.loads(record["properties"])
-    props.update(
-        deviceId=device_id, protocol=protocol, sdkVersion="2020-09-30", maskedIpAddress="10.0.0.XXX"
-    )
+    props.update(deviceId=device_id, protocol=protocol, sdkVersion="2020-09-30",
+                 maskedIpAddress="10.0.0.XXX")
     record.update(
         time=time,
         resourceId="/SUBSCRIPTIONS/X/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.DEVICES/IOTHUBS/H",

@@ -325,7 +325,9 @@ def test_other_request_ids_hash_to_a_stable_trace_id() -> None:
         ("authorization=AAD; clientid=abc", "abc"),
     ],
 )
-def test_authentication_string_names_the_managed_identity(auth: str, client_id: str | None) -> None:
+def test_authentication_string_names_the_managed_identity(
+    auth: str, client_id: str | None
+) -> None:
     assert otel.managed_identity_client_id(auth) == client_id
 
 

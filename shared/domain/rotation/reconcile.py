@@ -111,9 +111,8 @@ class Reconciler:
         def quiet(outcome: str, result: str, **detail: Any) -> ReconcileOutcome:
             """Audit a refusal or no-op once per result and interval; it uses up nothing."""
             if not any(e.detail.get("result") == result for e in recent):
-                ctx.audit(
-                    "reconcile", outcome, device_id, result=result, code=failure.code, **detail
-                )
+                ctx.audit("reconcile", outcome, device_id, result=result, code=failure.code,
+                          **detail)
             ctx.metric(
                 "certroll.reconcile" if outcome == "noop" else "certroll.reconcile_refused",
                 result=result,
@@ -130,9 +129,8 @@ class Reconciler:
             return quiet("rejected", "device_disallowed")
         allowed = admissible_certificates(device_id, rec, certs, ctx.now())
         if not allowed:
-            logger.warning(
-                "device %s: 401003 not reconciled (no admissible certificate)", device_id
-            )
+            logger.warning("device %s: 401003 not reconciled (no admissible certificate)",
+                           device_id)
             return quiet("rejected", "no_admissible_certificate")
         allowed_serials = {c.serial for c in allowed}
         retired: set[str] = set()
@@ -143,15 +141,8 @@ class Reconciler:
         serials = [c.serial for c in allowed]
         if not changed:
             return quiet("noop", "already_consistent", serials=serials)
-        ctx.audit(
-            "reconcile",
-            "ok",
-            device_id,
-            result="reconciled",
-            code=failure.code,
-            serials=serials,
-            changed=changed,
-        )
+        ctx.audit("reconcile", "ok", device_id, result="reconciled", code=failure.code,
+                  serials=serials, changed=changed)
         ctx.metric("certroll.reconcile", result="reconciled")
         logger.info("device %s: reconciled %s (%s)", device_id, serials, ", ".join(changed))
         return ReconcileOutcome(device_id, failure.code, "reconciled", tuple(changed), serials[0])
@@ -167,19 +158,13 @@ class Reconciler:
                 action="reconcile",
                 outcome="rejected",
                 actor=ctx.deps.actor,
-                detail={
-                    "result": "unknown_device",
-                    "count": unknown.count,
-                    "deviceIds": list(unknown.sample),
-                },
+                detail={"result": "unknown_device", "count": unknown.count,
+                        "deviceIds": list(unknown.sample)},
                 at=ctx.now(),
             ),
         )
-        logger.warning(
-            "401003 for %d unknown device ids not reconciled (e.g. %s)",
-            unknown.count,
-            ", ".join(unknown.sample[:3]),
-        )
+        logger.warning("401003 for %d unknown device ids not reconciled (e.g. %s)",
+                       unknown.count, ", ".join(unknown.sample[:3]))
 
     # ------------------------------------------------------------------ the slots
 
@@ -276,3 +261,4 @@ class Reconciler:
                 continue
             return True
         raise ConcurrencyError(f"{device_id}: the hub identity kept changing")
+

@@ -78,7 +78,11 @@ class DeviceReports:
             return new
         for thumb in (ident.primary_thumbprint, ident.secondary_thumbprint):
             cert = ctx.call(ctx.deps.ledger.find_by_thumbprint, thumb.lower()) if thumb else None
-            if cert is not None and cert.device_id == device_id and cert.status not in RETIRED:
+            if (
+                cert is not None
+                and cert.device_id == device_id
+                and cert.status not in RETIRED
+            ):
                 new.current_serial = cert.serial
                 new.current_thumbprint = cert.thumbprint_sha256
                 new.current_not_after = cert.not_after

@@ -108,9 +108,9 @@ def test_a_superseded_certificate_does_not_get_back_in(stack: Stack) -> None:
     stack.service.start_renewal(StartRenewal(device_id, Trigger.MANUAL, "cli:test"))
     stack.run(sim, stack.all_idle([device_id]))
     new = contract.thumbprint(agent.certificate)
-    statuses = {
-        c.thumbprint_sha256: c.status for c in stack.services.ledger.list_for_device(device_id)
-    }
+    statuses = {c.thumbprint_sha256: c.status for c in stack.services.ledger.list_for_device(
+        device_id
+    )}
     assert statuses[old] is CertificateStatus.SUPERSEDED
 
     stack.route_connections_at_once()

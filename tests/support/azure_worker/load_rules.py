@@ -111,9 +111,7 @@ def validate_binding_direction(binding_name: str, direction: int, func_name: str
 
 
 def is_context_required(
-    params: dict[str, inspect.Parameter],
-    bound: dict[str, Any],
-    annotations: dict[str, Any],
+    params: dict[str, inspect.Parameter], bound: dict[str, Any], annotations: dict[str, Any],
     func_name: str,
 ) -> bool:
     if "context" in params and "context" not in bound:
@@ -131,9 +129,7 @@ def is_context_required(
 
 
 def validate_function_params(
-    params: dict[str, inspect.Parameter],
-    bound: dict[str, Any],
-    annotations: dict[str, Any],
+    params: dict[str, inspect.Parameter], bound: dict[str, Any], annotations: dict[str, Any],
     func_name: str,
 ) -> None:
     if set(params) - set(bound):
@@ -221,18 +217,15 @@ def validate_function_params(
 
 
 def check_return_type(
-    annotations: dict[str, Any],
-    has_explicit_return: bool,
-    binding_name: str | None,
+    annotations: dict[str, Any], has_explicit_return: bool, binding_name: str | None,
     func_name: str,
 ) -> None:
     """``get_function_return_type`` without building the worker's ParamTypeInfo."""
     if has_explicit_return and "return" in annotations:
         anno = annotations["return"]
-        if (
-            typing_inspect.is_generic_type(anno)
-            and typing_inspect.get_origin(anno).__name__ == "Out"
-        ):
+        if typing_inspect.is_generic_type(anno) and typing_inspect.get_origin(
+            anno
+        ).__name__ == "Out":
             raise FunctionLoadError(
                 func_name, "return annotation should not be azure.functions.Out"
             )

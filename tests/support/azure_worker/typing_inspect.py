@@ -29,7 +29,6 @@ if NEW_39_TYPING:
 
 # from mypy_extensions import _TypedDictMeta
 
-
 def is_generic_type(tp):
     """Test if the given type is a generic type. This includes Generic itself,
      but excludes special typing constructs such as Union, Tuple, Callable,
@@ -49,20 +48,13 @@ def is_generic_type(tp):
         is_generic_type(Sequence[Union[str, bytes]]) == True
     """
     if NEW_39_TYPING:
-        return (
-            isinstance(tp, type)
+        return (isinstance(tp, type) and issubclass(tp, Generic)
+                or ((isinstance(tp, _GenericAlias) or isinstance(tp, _SpecialGenericAlias))  # NoQA E501
+                and tp.__origin__ not in (Union, tuple, ClassVar, collections.abc.Callable)))  # NoQA E501
+    return (isinstance(tp, type)
             and issubclass(tp, Generic)
-            or (
-                (isinstance(tp, _GenericAlias) or isinstance(tp, _SpecialGenericAlias))  # NoQA E501
-                and tp.__origin__ not in (Union, tuple, ClassVar, collections.abc.Callable)
-            )
-        )  # NoQA E501
-    return (
-        isinstance(tp, type)
-        and issubclass(tp, Generic)
-        or isinstance(tp, _GenericAlias)
-        and tp.__origin__ not in (Union, tuple, ClassVar, collections.abc.Callable)
-    )  # NoQA E501
+            or isinstance(tp, _GenericAlias)
+            and tp.__origin__ not in (Union, tuple, ClassVar, collections.abc.Callable))  # NoQA E501
 
 
 def is_callable_type(tp):
@@ -84,14 +76,10 @@ def is_callable_type(tp):
 
         get_origin(tp) is collections.abc.Callable  # Callable prior to Python 3.7  # NoQA E501
     """
-    return (
-        tp is Callable
-        or isinstance(tp, _GenericAlias)
-        and tp.__origin__ is collections.abc.Callable
-        or isinstance(tp, type)
-        and issubclass(tp, Generic)
-        and issubclass(tp, collections.abc.Callable)
-    )
+    return (tp is Callable or isinstance(tp, _GenericAlias) and
+            tp.__origin__ is collections.abc.Callable or
+            isinstance(tp, type) and issubclass(tp, Generic) and
+            issubclass(tp, collections.abc.Callable))
 
 
 def is_tuple_type(tp):
@@ -112,33 +100,30 @@ def is_tuple_type(tp):
 
         get_origin(tp) is tuple  # Tuple prior to Python 3.7
     """
-    return (
-        tp is Tuple
-        or isinstance(tp, _GenericAlias)
-        and tp.__origin__ is tuple
-        or isinstance(tp, type)
-        and issubclass(tp, Generic)
-        and issubclass(tp, tuple)
-    )
+    return (tp is Tuple or isinstance(tp, _GenericAlias) and
+            tp.__origin__ is tuple or
+            isinstance(tp, type) and issubclass(tp, Generic) and
+            issubclass(tp, tuple))
 
 
 def is_union_type(tp):
     """Test if the type is a union type. Examples::
 
-    is_union_type(int) == False
-    is_union_type(Union) == True
-    is_union_type(Union[int, int]) == False
-    is_union_type(Union[T, int]) == True
+        is_union_type(int) == False
+        is_union_type(Union) == True
+        is_union_type(Union[int, int]) == False
+        is_union_type(Union[T, int]) == True
     """
-    return tp is Union or isinstance(tp, _GenericAlias) and tp.__origin__ is Union
+    return (tp is Union or
+            isinstance(tp, _GenericAlias) and tp.__origin__ is Union)
 
 
 def is_typevar(tp):
     """Test if the type represents a type variable. Examples::
 
-    is_typevar(int) == False
-    is_typevar(T) == True
-    is_typevar(Union[T, int]) == False
+        is_typevar(int) == False
+        is_typevar(T) == True
+        is_typevar(Union[T, int]) == False
     """
 
     return type(tp) is TypeVar
@@ -147,12 +132,13 @@ def is_typevar(tp):
 def is_classvar(tp):
     """Test if the type represents a class variable. Examples::
 
-    is_classvar(int) == False
-    is_classvar(ClassVar) == True
-    is_classvar(ClassVar[int]) == True
-    is_classvar(ClassVar[List[T]]) == True
+        is_classvar(int) == False
+        is_classvar(ClassVar) == True
+        is_classvar(ClassVar[int]) == True
+        is_classvar(ClassVar[List[T]]) == True
     """
-    return tp is ClassVar or isinstance(tp, _GenericAlias) and tp.__origin__ is ClassVar
+    return (tp is ClassVar or
+            isinstance(tp, _GenericAlias) and tp.__origin__ is ClassVar)
 
 
 def get_last_origin(tp):
@@ -167,7 +153,8 @@ def get_last_origin(tp):
         get_last_origin(List[Tuple[T, T]][int]) == List[Tuple[T, T]]
         get_last_origin(List) == List
     """
-    raise ValueError("This function is only supported in Python 3.6, use get_origin instead")
+    raise ValueError('This function is only supported in Python 3.6,'
+                     ' use get_origin instead')
 
 
 def get_origin(tp):
@@ -203,29 +190,26 @@ def get_parameters(tp):
         get_parameters(Union[S_co, Tuple[T, T]][int, U]) == (U,)
         get_parameters(Mapping[T, Tuple[S_co, T]]) == (T, S_co)
     """
-    if (
-        isinstance(tp, _GenericAlias)
-        or isinstance(tp, type)
-        and issubclass(tp, Generic)
-        and tp is not Generic
-    ):  # NoQA E129
+    if (isinstance(tp, _GenericAlias) or isinstance(tp, type) and
+        issubclass(tp, Generic) and tp is not Generic):   # NoQA E129
         return tp.__parameters__
     return ()
 
 
 def get_last_args(tp):
     """Get last arguments of (multiply) subscripted type.
-    Parameters for Callable are flattened. Examples::
+       Parameters for Callable are flattened. Examples::
 
-     get_last_args(int) == ()
-     get_last_args(Union) == ()
-     get_last_args(ClassVar[int]) == (int,)
-     get_last_args(Union[T, int]) == (T, int)
-     get_last_args(Iterable[Tuple[T, S]][int, T]) == (int, T)
-     get_last_args(Callable[[T], int]) == (T, int)
-     get_last_args(Callable[[], int]) == (int,)
+        get_last_args(int) == ()
+        get_last_args(Union) == ()
+        get_last_args(ClassVar[int]) == (int,)
+        get_last_args(Union[T, int]) == (T, int)
+        get_last_args(Iterable[Tuple[T, S]][int, T]) == (int, T)
+        get_last_args(Callable[[T], int]) == (T, int)
+        get_last_args(Callable[[], int]) == (int,)
     """
-    raise ValueError("This function is only supported in Python 3.6, use get_args instead")
+    raise ValueError('This function is only supported in Python 3.6,'
+                     ' use get_args instead')
 
 
 def _eval_args(args):
@@ -267,10 +251,10 @@ def get_args(tp, evaluate=None):
         get_args(Callable[[], T][int], evaluate=True) == ([], int,)
     """
     if evaluate is not None and not evaluate:
-        raise ValueError("evaluate can only be True in Python 3.7")
+        raise ValueError('evaluate can only be True in Python 3.7')
     if isinstance(tp, _GenericAlias):
         res = tp.__args__
-        if get_origin(tp) is collections.abc.Callable and res[0] is not Ellipsis:  # NoQA E501
+        if get_origin(tp) is collections.abc.Callable and res[0] is not Ellipsis:    # NoQA E501
             res = (list(res[:-1]), res[-1])
         return res
     return ()
@@ -289,7 +273,7 @@ def get_generic_type(obj):
         get_generic_type(1) == int
     """
 
-    gen_type = getattr(obj, "__orig_class__", None)
+    gen_type = getattr(obj, '__orig_class__', None)
     return gen_type if gen_type is not None else type(obj)
 
 
@@ -303,7 +287,7 @@ def get_generic_bases(tp):
         get_generic_bases(MyClass) == (List[int], Mapping[str, List[int]])
     """
 
-    return getattr(tp, "__orig_bases__", ())
+    return getattr(tp, '__orig_bases__', ())
 
 
 def typed_dict_keys(td):
