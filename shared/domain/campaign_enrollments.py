@@ -13,14 +13,15 @@ individual enrollment when it ran (a group member): its enroll step writes nothi
 Should one be created after the pass, the device's registration with the new
 certificate fails on it and the device stays on the certificate it has (device
 contract), and the rotation fails at its deadline; it never loses a working
-certificate.
+certificate. A pass answers for :data:`MAX_AGE` after it finished; later rotations read
+the enrollment again.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from shared.domain.campaign import EnrollmentPassProgress, KnownEnrollment
@@ -37,6 +38,10 @@ T = TypeVar("T")
 
 #: enrollments asked for per query page (``x-ms-max-item-count``)
 PAGE_SIZE = 1000
+#: how long a finished pass answers: long enough for a 1,000,000-device campaign at
+#: S3x1's pace (18.5 hours), short enough that a wrong "no individual enrollment" (one
+#: created after the pass) stops failing that device's rotations within two days
+MAX_AGE = timedelta(days=2)
 
 
 # ---------------------------------------------------------------------- (de)serialization
@@ -108,13 +113,16 @@ class EnrollmentPass:
         clock: Clock,
         call: Callable[..., Any] | None = None,
         page_size: int = PAGE_SIZE,
+        max_age: timedelta = MAX_AGE,
     ) -> None:
         self.store = store
         self._enrollments = enrollments  # built on first use (a status read needs no DPS)
         self.clock = clock
         self._call = call or (lambda fn, *args: fn(*args))
         self.page_size = page_size
-        self._done: set[str] = set()  # campaigns whose pass is complete (never undone)
+        self.max_age = max_age
+        #: campaigns whose pass is complete (never undone), with when it completed
+        self._done: dict[str, datetime] = {}
 
     def run(self, campaign_id: str, deadline: datetime) -> bool:
         """Read pages until the query is done (True) or ``deadline`` passes (False: the
@@ -144,11 +152,14 @@ class EnrollmentPass:
     def known(self, campaign_ids: list[str], device_id: str) -> KnownEnrollment | None:
         """The device's enrollment as the first complete pass of ``campaign_ids`` read it;
         None when no campaign has one (read the enrollment)."""
+        now = self.clock.now()
         for cid in campaign_ids:
             if cid not in self._done:
                 progress = self.store.enrollment_pass(cid)
                 if progress is None or not progress.done:
                     continue
-                self._done.add(cid)
+                self._done[cid] = progress.at
+            if now - self._done[cid] > self.max_age:
+                continue  # too old to say a device has no individual enrollment
             return KnownEnrollment(self.store.enrollment(cid, device_id))
         return None

@@ -73,6 +73,8 @@ def test_the_pass_pages_the_query_and_resumes_after_its_deadline() -> None:
     assert absent.enrollment is None
     assert passer.run("c1", deadline=now)  # done stays done
     assert dps.queries == 3
+    world.clock.advance(passer.max_age.total_seconds() + 1)
+    assert passer.known(["c1"], "dev-3") is None  # too old: read the enrollment
 
 
 def test_json_round_trip_keeps_slots_etag_and_document() -> None:
