@@ -438,7 +438,7 @@ class Pacer:
 CAMPAIGN_COST = RotationCost(
     {
         Budget.DPS_REGISTRATIONS: 1.0,
-        Budget.DPS_SERVICE_OPS: 0.91,
+        Budget.DPS_SERVICE_OPS: 0.9,
         Budget.HUB_TWIN_READS: 1.0,
         Budget.HUB_TWIN_UPDATES: 5.0,
         Budget.HUB_DIRECT_METHODS: 1.0,
