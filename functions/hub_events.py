@@ -14,9 +14,11 @@ from functions.parsing.hub_events import (
     parse_connection_log,
     parse_twin_change,
 )
+from shared.domain.commands import TwinReported
 from shared.domain.errors import InvalidRequestError
 from shared.domain.messages import MAX_CSR_BYTES
 from shared.domain.rotation import RotationService
+from shared.domain.rotation.batching import EnrollmentWriteWaits
 from shared.domain.rotation.reconcile import UnknownDevices
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ def handle_twin_changes(
     """Call ``on_twin_reported`` for every message with a reported ``x509``; returns how
     many. A CSR answer above ``csr_max_bytes`` (the issuing policy's limit) is refused
     at parse, like any malformed message: skipped, never retried."""
-    handled = 0
+    reports = []
     for index, event in enumerate(events):
         seq = event.sequence_number
         try:
@@ -69,33 +71,43 @@ def handle_twin_changes(
         if report is None:
             logger.debug("twin_changes: event %d (sequence %s) has no reported x509", index, seq)
             continue
-        try:
-            service.on_twin_reported(report)
-        except PERMANENT_ERRORS as exc:
-            logger.warning(
-                "twin_changes: device %s (twin version %s) skipped: %s",
-                report.device_id,
-                report.twin_version,
-                exc,
-            )
-            continue
-        except TRANSIENT_ERRORS:
-            logger.exception(
-                "twin_changes: device %s (twin version %s) failed transiently; batch retried",
-                report.device_id,
-                report.twin_version,
-            )
-            raise
-        except Exception:
-            logger.exception(
-                "twin_changes: device %s (twin version %s) failed; event skipped",
-                report.device_id,
-                report.twin_version,
-            )
-            continue
-        handled += 1
+        reports.append(report)
+    # the reports' individual-enrollment writes go out together, ten per DPS bulk call
+    handled = sum(service.in_enrollment_batch(reports, lambda r: _handle_report(r, service)))
     logger.info("twin_changes: %d of %d events handled", handled, len(events))
     return handled
+
+
+def _handle_report(report: TwinReported, service: RotationService) -> bool:
+    """One report; whether it was handled (skipped: False). Transient errors propagate
+    (the batch is retried), so does a step waiting for the batch's bulk write."""
+    try:
+        service.on_twin_reported(report)
+    except EnrollmentWriteWaits:
+        raise
+    except PERMANENT_ERRORS as exc:
+        logger.warning(
+            "twin_changes: device %s (twin version %s) skipped: %s",
+            report.device_id,
+            report.twin_version,
+            exc,
+        )
+        return False
+    except TRANSIENT_ERRORS:
+        logger.exception(
+            "twin_changes: device %s (twin version %s) failed transiently; batch retried",
+            report.device_id,
+            report.twin_version,
+        )
+        raise
+    except Exception:
+        logger.exception(
+            "twin_changes: device %s (twin version %s) failed; event skipped",
+            report.device_id,
+            report.twin_version,
+        )
+        return False
+    return True
 
 
 def handle_connection_logs(events: list[func.EventHubEvent], service: RotationService) -> int:

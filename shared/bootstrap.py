@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from shared.domain.auth import OperatorAuthenticator
     from shared.domain.ca_roll import CaCertificateService, CampaignRunner, CaRollStore
     from shared.domain.campaign_engine import CampaignService, CampaignTracker
+    from shared.domain.campaign_enrollments import EnrollmentPass
     from shared.domain.rotation import RotationService
     from shared.pki.ca_roll import CaRoll, CaSet, RollingIssuer
 
@@ -356,7 +357,25 @@ class Services:
         from shared.domain.campaign_engine import CampaignTracker
 
         return CampaignTracker(
-            self.campaigns, self.clock, self.events, self.instrumentation.telemetry
+            self.campaigns,
+            self.clock,
+            self.events,
+            self.instrumentation.telemetry,
+            enrollment_pass=self.enrollment_pass,
+        )
+
+    @cached_property
+    def enrollment_pass(self) -> EnrollmentPass | None:
+        """A campaign's read of the DPS enrollment query, kept in the campaign store (None
+        where no DPS is configured: campaigns then read each enrollment)."""
+        from shared.domain.campaign_enrollments import EnrollmentPass
+
+        if "enrollments" not in self.__dict__ and not self.settings.get("CERTROLL_DPS_ENDPOINT"):
+            return None
+        from shared.domain.retry import Retrier
+
+        return EnrollmentPass(
+            self.campaigns, lambda: self.enrollments, self.clock, Retrier(self.clock).call
         )
 
     @cached_property
@@ -382,6 +401,7 @@ class Services:
             metrics=self.instrumentation.telemetry,
             audit=self.audit,
             pacer=pacer,
+            enrollment_pass=self.enrollment_pass,
             # a message holds about a second of rotations at the pace: its desired-twin
             # patches stay inside the hub's one-second twin-update burst (50 on S1)
             settings=EngineSettings(batch_size=max(1, min(20, int(pacer.rotations_per_min / 60)))),

@@ -17,10 +17,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from shared.domain.auth import Caller
-from shared.domain.campaign import Campaign, CampaignState
+from shared.domain.campaign import (
+    Campaign,
+    CampaignState,
+    EnrollmentPassProgress,
+    KnownEnrollment,
+)
 from shared.domain.errors import ConcurrencyError, NotFoundError
 from shared.domain.model import (
     AuditEvent,
+    BulkItemError,
     CertificateRecord,
     CertificateStatus,
     DeviceIdentity,
@@ -248,6 +254,18 @@ class EnrollmentStore(abc.ABC):
         the stored one is kept; ``None`` clears the slot."""
 
     @abc.abstractmethod
+    def update_individuals_if_match(
+        self, enrollments: Sequence[IndividualEnrollment]
+    ) -> list[BulkItemError]:
+        """One bulk operation (``POST /enrollments``, mode ``updateIfMatchETag``) over at
+        most :data:`~shared.domain.model.MAX_BULK_ENROLLMENTS` existing enrollments, each
+        written as :meth:`put_individual` writes it, only where its ``etag`` is the stored
+        one. Each item succeeds or fails on its own; returns the failures (412: changed,
+        404: gone). The service returns no new ETags: read again before the next
+        conditional write. ValueError for an empty or oversized list, an item without an
+        etag or one named twice (:func:`~shared.domain.model.bulk_items`)."""
+
+    @abc.abstractmethod
     def delete_individual(self, registration_id: str, etag: str | None = None) -> None: ...
 
     @abc.abstractmethod
@@ -428,6 +446,11 @@ class CampaignOutcomes(Protocol):
         device. Never raises."""
         ...
 
+    def known_enrollment(self, device_id: str) -> KnownEnrollment | None:
+        """The device's individual enrollment as an active campaign's completed pass over
+        the enrollment query read it (with its ETag); None when none did."""
+        ...
+
 
 class CampaignStore(abc.ABC):
     """Re-roll campaigns and their checkpoints (Table storage in Azure), one record per
@@ -468,6 +491,26 @@ class CampaignStore(abc.ABC):
     @abc.abstractmethod
     def count_outcomes(self, campaign_id: str) -> dict[str, int]:
         """Members by outcome (a full count, for repairing the checkpoint's counters)."""
+
+    # the campaign's read of the DPS enrollment query (campaign_enrollments.py)
+
+    @abc.abstractmethod
+    def put_enrollments(
+        self,
+        campaign_id: str,
+        enrollments: Sequence[IndividualEnrollment],
+        progress: EnrollmentPassProgress,
+    ) -> None:
+        """Keep one page of the enrollment query (each enrollment with its ETag and
+        document, replacing an earlier copy), then ``progress``."""
+
+    @abc.abstractmethod
+    def enrollment_pass(self, campaign_id: str) -> EnrollmentPassProgress | None:
+        """How far the pass got; None before its first page."""
+
+    @abc.abstractmethod
+    def enrollment(self, campaign_id: str, registration_id: str) -> IndividualEnrollment | None:
+        """The enrollment as the pass read it; None when the pass did not list it."""
 
     def update(
         self,

@@ -107,6 +107,7 @@ class FleetEmulator:
         coalesce_twin_changes: bool = False,
         connection_events: str = "immediate",
         limits_override: dict[str, float] | None = None,
+        dps_bulk_counts: str = "call",
     ) -> None:
         if connection_events not in ("immediate", "snapshot"):
             raise ValueError("connection_events must be 'immediate' or 'snapshot'")
@@ -115,7 +116,12 @@ class FleetEmulator:
         self.tier = tier.upper()
         self.units = units
         self.limiter = limits.Limiter(
-            self.clock, tier, units, enabled=enforce_limits, overrides=limits_override
+            self.clock,
+            tier,
+            units,
+            enabled=enforce_limits,
+            overrides=limits_override,
+            dps_bulk_counts=dps_bulk_counts,
         )
         self._core = Core(
             clock=self.clock,

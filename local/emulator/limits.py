@@ -24,6 +24,9 @@ HUB_QUERIES = "hub.queries"
 HUB_JOB_OPS = "hub.job_operations"
 HUB_JOB_DEVICE_OPS = "hub.job_device_operations"
 
+#: the two readings of how DPS counts a bulk enrollment operation (not documented)
+BULK_READINGS = ("call", "item")
+
 TIERS = ("F1", "B1", "B2", "B3", "S1", "S2", "S3")
 
 #: Concurrent jobs per tier: "Maximum concurrent jobs is 1 (for Free and S1), 5 (for S2),
@@ -121,7 +124,14 @@ class Limiter:
         *,
         enabled: bool = True,
         overrides: dict[str, float] | None = None,
+        dps_bulk_counts: str = "call",
     ) -> None:
+        if dps_bulk_counts not in BULK_READINGS:
+            raise ValueError(f"dps_bulk_counts must be one of {', '.join(BULK_READINGS)}")
+        #: how a DPS bulk operation is charged: "call" (one operation) or "item" (one per
+        #: enrollment). Microsoft's limits page counts "service operations" and is silent
+        #: on bulk calls (includes/iot-dps-limits.md), so both readings can be run.
+        self.dps_bulk_counts = dps_bulk_counts
         table = {**dps_limits(), **hub_limits(tier, units)}
         for name, per_second in (overrides or {}).items():
             if name not in table:
@@ -142,6 +152,10 @@ class Limiter:
         if self.enabled:
             self.buckets[name].take(n)
         self.spent[name] += n
+
+    def take_bulk(self, name: str, items: int) -> None:
+        """Charge one bulk call of ``items`` enrollments as :attr:`dps_bulk_counts` says."""
+        self.take(name, float(items) if self.dps_bulk_counts == "item" else 1.0)
 
     def try_take(self, name: str, n: float = 1.0) -> float:
         wait = self.buckets[name].try_take(n) if self.enabled else 0.0

@@ -12,10 +12,17 @@ in as entity-group transactions of up to 100 inserts (one storage request per 10
 devices); a transaction that meets an existing row is retried one insert at a time, so a
 page read again keeps every outcome already set. An outcome is set with If-Match on the
 pending row: a redelivered rotation finds it set and counts nothing.
+
+The campaign's read of the DPS enrollment query (``campaign_enrollments.py``):
+``PK=~e-<campaign id>``, ``RK=<registration id>``, one property ``enrollment`` (the
+enrollment, its ETag and service document as JSON; a few KB, under the 64 KiB limit of a
+string property), upserted 100 per entity-group transaction; the pass's progress in
+``RK=~pass`` (continuation, done, pages, at).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,11 +56,17 @@ from shared.domain.campaign import (
     Campaign,
     CampaignState,
     Checkpoint,
+    EnrollmentPassProgress,
 )
+from shared.domain.campaign_enrollments import enrollment_from_json, enrollment_to_json
 from shared.domain.errors import NotFoundError
+from shared.domain.model import IndividualEnrollment
 from shared.ports import CampaignStore
 
 __all__ = ["TableCampaignStore"]
+
+#: the row of the enrollment pass's progress (``~`` sorts after every percent-encoded id)
+_PASS_ROW = "~pass"
 
 
 def _text(value: str | None, name: str) -> str | None:
@@ -227,6 +240,72 @@ class TableCampaignStore(_TableBase, CampaignStore):
             except AzureError as exc:
                 raise_storage_error(exc, what)
         return False
+
+    # ------------------------------------------------------------------ enrollment pass
+
+    @staticmethod
+    def _enrollments_pk(campaign_id: str) -> str:
+        return "~e-" + _key(campaign_id)
+
+    def put_enrollments(
+        self,
+        campaign_id: str,
+        enrollments: Sequence[IndividualEnrollment],
+        progress: EnrollmentPassProgress,
+    ) -> None:
+        pk = self._enrollments_pk(campaign_id)
+        what = f"campaign {campaign_id} enrollments"
+        rows = [
+            {
+                "PartitionKey": pk,
+                "RowKey": _key(e.registration_id),
+                "enrollment": json.dumps(enrollment_to_json(e), separators=(",", ":")),
+            }
+            for e in enrollments
+        ]
+        try:
+            for start in range(0, len(rows), 100):  # one entity-group transaction per 100
+                ops = [
+                    ("upsert", row, {"mode": UpdateMode.REPLACE})
+                    for row in rows[start : start + 100]
+                ]
+                self._table.submit_transaction(ops)  # type: ignore[arg-type]
+            self._table.upsert_entity(
+                {
+                    "PartitionKey": pk,
+                    "RowKey": _PASS_ROW,
+                    "continuation": progress.continuation or "",
+                    "done": progress.done,
+                    "pages": progress.pages,
+                    "at": progress.at,
+                },
+                mode=UpdateMode.REPLACE,
+            )
+        except AzureError as exc:
+            raise_storage_error(exc, what)
+
+    def enrollment_pass(self, campaign_id: str) -> EnrollmentPassProgress | None:
+        entity = self._point_read(
+            self._enrollments_pk(campaign_id), _PASS_ROW, f"campaign {campaign_id} pass"
+        )
+        if entity is None:
+            return None
+        return EnrollmentPassProgress(
+            continuation=str(entity.get("continuation") or "") or None,
+            done=bool(entity.get("done")),
+            pages=_int(entity.get("pages")),
+            at=_required_dt(entity.get("at")),
+        )
+
+    def enrollment(self, campaign_id: str, registration_id: str) -> IndividualEnrollment | None:
+        entity = self._point_read(
+            self._enrollments_pk(campaign_id),
+            _key(registration_id),
+            f"campaign {campaign_id} enrollment {registration_id}",
+        )
+        if entity is None:
+            return None
+        return enrollment_from_json(json.loads(str(entity["enrollment"])))
 
     def count_outcomes(self, campaign_id: str) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,12 +31,15 @@ from shared.domain.errors import (
     ServiceError,
 )
 from shared.domain.model import (
+    BulkItemError,
     CertificateSlot,
     EnrollmentGroup,
     IndividualEnrollment,
     Page,
     ProvisioningStatus,
     RegistrationState,
+    bulk_items,
+    bulk_status,
 )
 from shared.ports import EnrollmentStore
 
@@ -262,11 +266,60 @@ class DpsEnrollmentStore(EnrollmentStore):
     def put_individual(self, enrollment: IndividualEnrollment) -> IndividualEnrollment:
         rid = enrollment.registration_id
         path = f"/enrollments/{path_id(rid)}"
+        body = self._individual_body(enrollment)
+        response = self._call(
+            "PUT", path, f"put enrollment {rid}", json=body, headers=self._if_match(enrollment.etag)
+        )
+        stored = self._individual_from(json_body(response))
+        logger.info("DPS enrollment %s written (etag %s)", rid, stored.etag)
+        return stored
+
+    def update_individuals_if_match(
+        self, enrollments: Sequence[IndividualEnrollment]
+    ) -> list[BulkItemError]:
+        """``POST /enrollments`` (IndividualEnrollment_RunBulkOperation) with mode
+        ``updateIfMatchETag``: each item carries its ``etag`` in the body, as the
+        ``IndividualEnrollment`` definition has it. The answer is a
+        ``BulkEnrollmentOperationResult`` (``isSuccessful``, ``errors``: registrationId,
+        errorCode, errorStatus)."""
+        items = bulk_items(enrollments)
+        body = {
+            "mode": "updateIfMatchETag",
+            "enrollments": [self._individual_body(e) for e in items],
+        }
+        response = self._call("POST", "/enrollments", f"bulk update of {len(items)}", json=body)
+        result = json_body(response)
+        if not isinstance(result, dict):
+            raise ServiceError("DPS bulk operation returned no result")
+        errors: list[BulkItemError] = []
+        for raw in result.get("errors") or []:
+            if not isinstance(raw, dict):
+                continue
+            code = raw.get("errorCode")
+            errors.append(
+                BulkItemError(
+                    registration_id=str(raw.get("registrationId") or ""),
+                    status=bulk_status(code) if isinstance(code, int) else 500,
+                    message=str(raw.get("errorStatus") or ""),
+                )
+            )
+        if not errors and result.get("isSuccessful") is False:
+            raise ServiceError("DPS bulk operation failed without naming an enrollment")
+        logger.info("DPS bulk update of %d enrollments: %d refused", len(items), len(errors))
+        return errors
+
+    def _individual_body(self, enrollment: IndividualEnrollment) -> dict[str, Any]:
+        """The document a write of ``enrollment`` sends (PUT or one bulk item)."""
+        rid = enrollment.registration_id
         body = kept_document(
             self._document_for(enrollment.document, enrollment.etag, self.get_individual, rid)
         )
         body["registrationId"] = rid
-        _x509_of(body)["clientCertificates"] = self._certificates(
+        x509 = _x509_of(body)
+        for raw in (x509.get("clientCertificates") or {}).values():
+            if isinstance(raw, dict):  # a kept slot goes back as the info read with it
+                self._remember(raw.get("info"))
+        x509["clientCertificates"] = self._certificates(
             enrollment.primary,
             enrollment.secondary,
             "enrollment",
@@ -288,12 +341,7 @@ class DpsEnrollmentStore(EnrollmentStore):
             body["etag"] = enrollment.etag
         else:
             body.pop("etag", None)
-        response = self._call(
-            "PUT", path, f"put enrollment {rid}", json=body, headers=self._if_match(enrollment.etag)
-        )
-        stored = self._individual_from(json_body(response))
-        logger.info("DPS enrollment %s written (etag %s)", rid, stored.etag)
-        return stored
+        return body
 
     def delete_individual(self, registration_id: str, etag: str | None = None) -> None:
         path = f"/enrollments/{path_id(registration_id)}"

@@ -17,7 +17,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.domain.campaign import OUTCOMES, PENDING, Campaign, CampaignState
+from shared.domain.campaign import (
+    OUTCOMES,
+    PENDING,
+    Campaign,
+    CampaignState,
+    EnrollmentPassProgress,
+)
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
@@ -29,6 +35,7 @@ from shared.domain.model import (
     CertificateRecord,
     CertificateStatus,
     DomainEvent,
+    IndividualEnrollment,
     RevocationReason,
     RotationRecord,
     RotationState,
@@ -255,6 +262,9 @@ class MemoryCampaignStore(CampaignStore):
         self._campaigns = self.records
         #: (campaign id, device id) -> outcome; pass another instance's to share it
         self.devices: dict[tuple[str, str], str] = {} if devices is None else devices
+        #: the enrollment query's pages, by (campaign id, registration id), and progress
+        self.enrollments: dict[tuple[str, str], IndividualEnrollment] = {}
+        self.passes: dict[str, EnrollmentPassProgress] = {}
         self._lock = threading.Lock()
 
     def add_devices(self, campaign_id: str, device_ids: Sequence[str]) -> int:
@@ -284,6 +294,24 @@ class MemoryCampaignStore(CampaignStore):
             if cid == campaign_id:
                 counts[outcome] = counts.get(outcome, 0) + 1
         return counts
+
+    def put_enrollments(
+        self,
+        campaign_id: str,
+        enrollments: Sequence[IndividualEnrollment],
+        progress: EnrollmentPassProgress,
+    ) -> None:
+        with self._lock:
+            for e in enrollments:
+                self.enrollments[(campaign_id, e.registration_id)] = copy.deepcopy(e)
+            self.passes[campaign_id] = progress
+
+    def enrollment_pass(self, campaign_id: str) -> EnrollmentPassProgress | None:
+        return self.passes.get(campaign_id)
+
+    def enrollment(self, campaign_id: str, registration_id: str) -> IndividualEnrollment | None:
+        found = self.enrollments.get((campaign_id, registration_id))
+        return copy.deepcopy(found) if found is not None else None
 
     def get(self, campaign_id: str) -> Campaign:
         stored = self._campaigns.get(campaign_id)

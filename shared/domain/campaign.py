@@ -31,6 +31,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.domain.errors import ConflictError, InvalidRequestError
+from shared.domain.model import IndividualEnrollment
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_QUERY_CHARS = 8000
@@ -260,6 +261,24 @@ def _maybe_complete(c: Campaign, at: datetime) -> Campaign:
 
 
 # --------------------------------------------------------------------------- progress
+
+
+@dataclass(frozen=True)
+class KnownEnrollment:
+    """A device's individual enrollment as the campaign's pass read it (None: it had
+    none)."""
+
+    enrollment: IndividualEnrollment | None
+
+
+@dataclass(frozen=True)
+class EnrollmentPassProgress:
+    """How far a campaign's pass over the enrollment query got (campaign_enrollments.py)."""
+
+    continuation: str | None
+    done: bool
+    pages: int
+    at: datetime
 
 
 @dataclass(frozen=True)

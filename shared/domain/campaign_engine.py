@@ -33,26 +33,26 @@ from __future__ import annotations
 import builtins
 import logging
 import math
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from shared.domain import campaign as cm
 from shared.domain.budget import Pacer, PacerSpec
 from shared.domain.campaign import (
     FINAL_STATES,
-    PENDING,
     AbortCriteria,
     Campaign,
     CampaignState,
     Progress,
 )
-from shared.domain.errors import ConcurrencyError, ConflictError, InvalidRequestError
+from shared.domain.campaign_enrollments import EnrollmentPass
+from shared.domain.campaign_tracker import Announcer, CampaignTracker, campaign_event
+from shared.domain.errors import ConflictError, InvalidRequestError
 from shared.domain.messages import campaign_message, rotate_message
-from shared.domain.model import AuditEvent, DomainEvent, Trigger
+from shared.domain.model import Trigger
 from shared.domain.retry import Retrier
 from shared.metrics import NullMetrics
 from shared.ports import (
@@ -131,156 +131,6 @@ class RunResult:
         }
 
 
-def _event(c: Campaign, event_type: str, at: datetime, **data: Any) -> DomainEvent:
-    cp = c.checkpoint
-    return DomainEvent(
-        event_type=event_type,
-        subject=f"campaigns/{c.campaign_id}",
-        data={
-            "campaignId": c.campaign_id,
-            "reason": c.reason,
-            "query": c.query,
-            "enqueued": cp.enqueued,
-            "completed": cp.completed,
-            "failed": cp.failed,
-            "skipped": cp.skipped,
-            **data,
-        },
-        event_id=f"{c.campaign_id}/{event_type}",
-        at=at,
-    )
-
-
-class _Announcer:
-    """Events, audit entries and metrics for a campaign's state changes."""
-
-    def __init__(
-        self, events: EventSink, metrics: Metrics, clock: Clock, audit: AuditLog | None
-    ) -> None:
-        self.events = events
-        self.metrics = metrics
-        self.clock = clock
-        self.audit = audit
-
-    def metric(self, name: str, value: int = 1, **dimensions: str) -> None:
-        try:
-            self.metrics.increment(name, value, **dimensions)
-        except Exception:  # metrics never break a campaign
-            logger.exception("metric %s not recorded", name)
-
-    def changed(self, before: CampaignState | None, after: Campaign) -> None:
-        """Tell what a move from ``before`` to ``after.state`` means."""
-        if before is after.state:
-            return
-        now = self.clock.now()
-        if after.state is CampaignState.COMPLETED:
-            self._publish(_event(after, "CampaignCompleted", now))
-            self.metric("certroll.campaign_completed", reason=after.reason)
-        elif after.state is CampaignState.ABORTED:
-            self._publish(_event(after, "CampaignAborted", now, note=after.note))
-            self.metric("certroll.campaign_aborted", reason=after.reason)
-
-    def _publish(self, event: DomainEvent) -> None:
-        try:
-            self.events.publish([event])
-        except Exception:  # the state is written; the event is best effort
-            logger.exception("event %s not published", event.event_type)
-
-    def record(self, action: str, actor: str, c: Campaign, **detail: Any) -> None:
-        if self.audit is None:
-            return
-        try:
-            self.audit.append(
-                AuditEvent(
-                    action=action,
-                    outcome="ok",
-                    actor=actor,
-                    detail={"campaignId": c.campaign_id, "state": c.state.value, **detail},
-                    at=self.clock.now(),
-                )
-            )
-        except Exception:
-            logger.exception("audit %s of campaign %s not written", action, c.campaign_id)
-
-
-class CampaignTracker:
-    """The rotation's side of campaigns (:class:`~shared.ports.CampaignOutcomes`): counts
-    a device's outcome once in each campaign that holds it."""
-
-    def __init__(
-        self,
-        store: CampaignStore,
-        clock: Clock,
-        events: EventSink,
-        metrics: Metrics | None = None,
-        *,
-        refresh: timedelta = timedelta(seconds=30),
-    ) -> None:
-        self.store = store
-        self.clock = clock
-        self.refresh = refresh
-        self.announce = _Announcer(events, metrics or NullMetrics(), clock, None)
-        self._lock = threading.Lock()
-        self._active: tuple[datetime, list[str]] | None = None
-
-    def invalidate(self) -> None:
-        """Forget the cached list of active campaigns (a campaign started or ended)."""
-        with self._lock:
-            self._active = None
-
-    def active_ids(self) -> list[str]:
-        """Campaigns that still count outcomes (running, paused, aborted), cached."""
-        now = self.clock.now()
-        with self._lock:
-            cached = self._active
-        if cached is not None and now - cached[0] < self.refresh:
-            return cached[1]
-        ids = [
-            c.campaign_id
-            for c in self.store.list(
-                {CampaignState.RUNNING, CampaignState.PAUSED, CampaignState.ABORTED}
-            )
-        ]
-        with self._lock:
-            self._active = (now, ids)
-        return ids
-
-    def is_done(self, campaign_id: str, device_id: str) -> bool:
-        outcome = self.store.device_outcome(campaign_id, device_id)
-        return outcome is not None and outcome != PENDING
-
-    def report(self, device_id: str, outcome: str, campaign_id: str | None = None) -> None:
-        try:
-            ids = [campaign_id] if campaign_id is not None else self.active_ids()
-            for cid in ids:
-                if self.store.record_outcome(cid, device_id, outcome):
-                    self.count(cid, outcome)
-        except Exception:
-            logger.exception("outcome %s of %s not counted", outcome, device_id)
-
-    def count(self, campaign_id: str, outcome: str, n: int = 1) -> Campaign | None:
-        """Add ``n`` outcomes to the checkpoint (ETag-checked, retried)."""
-        seen: dict[str, CampaignState] = {}
-
-        def change(c: Campaign) -> Campaign:
-            seen["before"] = c.state
-            if c.state is CampaignState.COMPLETED:
-                return c
-            return cm.record_outcomes(c, **{outcome: n}, at=self.clock.now())
-
-        try:
-            after = self.store.update(campaign_id, change, attempts=32)
-        except ConcurrencyError:
-            # the outcome row is set; the campaign's next run recounts from the rows
-            logger.warning("campaign %s: %s not counted (contention)", campaign_id, outcome)
-            return None
-        self.announce.metric("certroll.campaign_outcomes", n, outcome=outcome, reason=after.reason)
-        self.announce.changed(seen.get("before"), after)
-        if after.state in FINAL_STATES:
-            self.invalidate()
-        return after
-
-
 class CampaignService:
     """Start, run, pause, resume, abort and report campaigns (module docstring)."""
 
@@ -298,7 +148,10 @@ class CampaignService:
         pacer: PacerSpec | None = None,
         settings: EngineSettings | None = None,
         retrier: Retrier | None = None,
+        enrollment_pass: EnrollmentPass | None = None,
     ) -> None:
+        #: reads the DPS enrollment query before the first rotation (None: no pass)
+        self.enrollment_pass = enrollment_pass
         self.store = store
         self.registry = registry
         self.queue = queue
@@ -308,7 +161,7 @@ class CampaignService:
         self.pacer_spec = pacer
         self.settings = settings or EngineSettings()
         self.retrier = retrier or Retrier(clock)
-        self.announce = _Announcer(events, self.metrics, clock, audit)
+        self.announce = Announcer(events, self.metrics, clock, audit)
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return self.retrier.call(fn, *args)
@@ -357,8 +210,8 @@ class CampaignService:
             ),
         )
         self.tracker.invalidate()
-        self.announce._publish(
-            _event(created, "CampaignStarted", now, createdBy=created.created_by)
+        self.announce.publish(
+            campaign_event(created, "CampaignStarted", now, createdBy=created.created_by)
         )
         self.announce.metric("certroll.campaign_started", reason=trigger.value)
         self.announce.record("campaign_start", created.created_by, created, query=selection)
@@ -424,6 +277,15 @@ class CampaignService:
         c = self.store.get(campaign_id)
         result = RunResult(c)
         page_time = self._page_time()
+        if (
+            self.enrollment_pass is not None
+            and c.state is CampaignState.RUNNING
+            and not c.checkpoint.query_done
+            and not self.enrollment_pass.run(campaign_id, started + budget - page_time)
+        ):
+            self._call(self.queue.send, campaign_message(campaign_id))  # not done: go on
+            result.continued = True
+            return result
         while c.state is CampaignState.RUNNING and not c.checkpoint.query_done:
             elapsed = self.clock.now() - started
             limit = self.settings.max_pages_per_run

@@ -192,6 +192,45 @@ class IndividualEnrollment:
     document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
+#: Enrollments one DPS bulk operation takes: "Bulk device enrollment operation with maximum
+#: of 10 enrollments" (service API 2021-10-01, IndividualEnrollment_RunBulkOperation).
+MAX_BULK_ENROLLMENTS = 10
+
+
+@dataclass(frozen=True)
+class BulkItemError:
+    """One enrollment a bulk operation did not write (``BulkEnrollmentOperationError``:
+    ``registrationId``, ``errorCode``, ``errorStatus``). ``status`` is the HTTP status
+    the error code stands for (DPS codes are the status followed by three digits, e.g.
+    412201; the spec does not list them), ``message`` the service's ``errorStatus``."""
+
+    registration_id: str
+    status: int
+    message: str
+
+
+def bulk_status(error_code: int) -> int:
+    """The HTTP status a DPS error code stands for (404201 -> 404; a bare status stays)."""
+    return error_code // 1000 if error_code >= 100_000 else error_code
+
+
+def bulk_items(enrollments: Any) -> list[IndividualEnrollment]:
+    """The enrollments of one ``updateIfMatchETag`` bulk operation, checked: 1 to
+    :data:`MAX_BULK_ENROLLMENTS` of them, each with an ETag, no registration id twice.
+    ValueError otherwise (a caller's mistake, never the service's answer)."""
+    items = list(enrollments)
+    if not 1 <= len(items) <= MAX_BULK_ENROLLMENTS:
+        raise ValueError(
+            f"a bulk operation takes 1 to {MAX_BULK_ENROLLMENTS} enrollments, not {len(items)}"
+        )
+    ids = [e.registration_id for e in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("a bulk operation names an enrollment twice")
+    if any(not e.etag or e.etag == "*" for e in items):
+        raise ValueError("updateIfMatchETag needs each enrollment's etag")
+    return items
+
+
 @dataclass
 class EnrollmentGroup:
     group_id: str

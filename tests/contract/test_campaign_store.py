@@ -12,8 +12,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.domain import campaign as cm
-from shared.domain.campaign import AbortCriteria, Campaign, CampaignState
+from shared.domain.campaign import (
+    AbortCriteria,
+    Campaign,
+    CampaignState,
+    EnrollmentPassProgress,
+)
 from shared.domain.errors import ConcurrencyError, ConflictError, NotFoundError
+from shared.domain.model import CertificateSlot, IndividualEnrollment, ProvisioningStatus
 from shared.ports import CampaignStore
 
 T0 = datetime(2026, 12, 6, 8, 0, 0, 250000, tzinfo=UTC)
@@ -239,3 +245,56 @@ def test_outcomes_set_at_once_are_set_once(campaign_store: CampaignStore) -> Non
     for t in threads:
         t.join()
     assert wins.count(True) == 1
+
+
+def _enrollment(rid: str, etag: str) -> IndividualEnrollment:
+    return IndividualEnrollment(
+        registration_id=rid,
+        device_id=rid,
+        primary=CertificateSlot(
+            thumbprint_sha256="ab" * 32, not_after=T0 + timedelta(days=30), subject=f"CN={rid}"
+        ),
+        secondary=None,
+        provisioning_status=ProvisioningStatus.ENABLED,
+        iot_hub_host_name="hub.example",
+        etag=etag,
+        document={
+            "registrationId": rid,
+            "initialTwin": {"tags": {"site": "north"}},
+            "attestation": {"type": "x509", "x509": {"clientCertificates": {}}},
+        },
+    )
+
+
+def test_the_enrollment_pass_keeps_each_enrollment_with_its_etag_and_document(
+    campaign_store: CampaignStore,
+) -> None:
+    assert campaign_store.enrollment_pass("c1") is None
+    first = [_enrollment(f"dev-{i:03}", f"etag-{i}") for i in range(150)]
+    campaign_store.put_enrollments(
+        "c1", first, EnrollmentPassProgress("token-1", done=False, pages=1, at=T0)
+    )
+    progress = campaign_store.enrollment_pass("c1")
+    assert progress == EnrollmentPassProgress("token-1", done=False, pages=1, at=T0)
+    campaign_store.put_enrollments(
+        "c1",
+        [_enrollment("dev-000", "etag-new"), _enrollment("a/b~c", "e")],
+        EnrollmentPassProgress(None, done=True, pages=2, at=T0 + timedelta(seconds=5)),
+    )
+    done = campaign_store.enrollment_pass("c1")
+    assert done is not None
+    assert done.done
+    assert done.continuation is None
+    assert done.pages == 2
+    got = campaign_store.enrollment("c1", "dev-149")
+    assert got == first[149]
+    assert got is not None
+    assert got.document == first[149].document  # compare=False on the field: check it
+    assert got.etag == "etag-149"
+    replaced = campaign_store.enrollment("c1", "dev-000")
+    assert replaced is not None
+    assert replaced.etag == "etag-new"
+    assert campaign_store.enrollment("c1", "a/b~c") is not None
+    assert campaign_store.enrollment("c1", "dev-999") is None
+    assert campaign_store.enrollment("c2", "dev-001") is None  # per campaign
+    assert [c.campaign_id for c in campaign_store.list()] == []  # no campaign row made

@@ -13,6 +13,7 @@ Device-side steps (register, connect, load twins, run due jobs) go through
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -306,6 +307,74 @@ def test_individual_enrollment_crud_with_etags(fleet: Fleet) -> None:
         fleet.dps.get_individual("dev-1")
     with pytest.raises(NotFoundError):
         fleet.dps.delete_individual("dev-1")
+
+
+def _three_enrollments(fleet: Fleet) -> list[IndividualEnrollment]:
+    return [
+        fleet.dps.put_individual(
+            IndividualEnrollment(rid, primary=CertificateSlot(pem=pem(make_cert(rid))))
+        )
+        for rid in ("bulk-1", "bulk-2", "bulk-3")
+    ]
+
+
+def test_bulk_update_if_match_writes_each_item_on_its_own(fleet: Fleet) -> None:
+    one, two, _ = _three_enrollments(fleet)
+    # read through the query (the campaign's way): its ETags serve the conditional write
+    read = {e.registration_id: e for e in fleet.dps.query_individual(page_size=10).items}
+    assert read["bulk-1"].etag == one.etag
+    stale = read["bulk-2"]
+    fleet.dps.put_individual(
+        dataclasses.replace(fleet.dps.get_individual("bulk-2"), secondary=None)
+    )  # bulk-2 changes after the read: its ETag no longer matches
+    fleet.dps.delete_individual("bulk-3")  # bulk-3 is gone
+    new_cert = make_cert("bulk-1")
+    writes = [
+        dataclasses.replace(read["bulk-1"], secondary=CertificateSlot(pem=pem(new_cert))),
+        dataclasses.replace(stale, provisioning_status=ProvisioningStatus.DISABLED),
+        dataclasses.replace(read["bulk-3"], provisioning_status=ProvisioningStatus.DISABLED),
+    ]
+    errors = fleet.dps.update_individuals_if_match(writes)
+    assert sorted((e.registration_id, e.status) for e in errors) == [
+        ("bulk-2", 412),
+        ("bulk-3", 404),
+    ]
+    written = fleet.dps.get_individual("bulk-1")
+    assert written.etag != one.etag
+    assert written.primary is not None
+    assert written.primary.thumbprint_sha256 == one.primary.thumbprint_sha256  # type: ignore[union-attr]
+    assert written.secondary is not None
+    assert written.secondary.thumbprint_sha256 == thumb(new_cert)
+    # the refused item is untouched
+    assert fleet.dps.get_individual("bulk-2").provisioning_status is ProvisioningStatus.ENABLED
+    assert two.etag != fleet.dps.get_individual("bulk-2").etag  # changed by the put above
+
+
+def test_bulk_update_refuses_what_the_service_would(fleet: Fleet) -> None:
+    first, *_ = _three_enrollments(fleet)
+    with pytest.raises(ValueError, match="1 to 10"):
+        fleet.dps.update_individuals_if_match([])
+    with pytest.raises(ValueError, match="1 to 10"):
+        fleet.dps.update_individuals_if_match([first] * 11)
+    with pytest.raises(ValueError, match="etag"):
+        fleet.dps.update_individuals_if_match([dataclasses.replace(first, etag=None)])
+    with pytest.raises(ValueError, match="twice"):
+        fleet.dps.update_individuals_if_match([first, first])
+
+
+@pytest.mark.parametrize(("reading", "charged"), [("call", 1.0), ("item", 3.0)])
+def test_bulk_call_charged_as_the_emulator_reading_says(
+    make_fleet: FleetFactory, reading: str, charged: float
+) -> None:
+    fleet = make_fleet(dps_bulk_counts=reading)
+    assert isinstance(fleet.devices, FleetEmulator)
+    enrollments = _three_enrollments(fleet)
+    before = fleet.devices.limiter.spent["dps.service_operations"]
+    writes = [
+        dataclasses.replace(e, provisioning_status=ProvisioningStatus.DISABLED) for e in enrollments
+    ]
+    assert fleet.dps.update_individuals_if_match(writes) == []
+    assert fleet.devices.limiter.spent["dps.service_operations"] - before == charged
 
 
 def test_disable_and_enable_an_enrollment(fleet: Fleet) -> None:

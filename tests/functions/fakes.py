@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import azure.functions as func
 
@@ -24,6 +24,9 @@ from shared.domain.commands import (
     TwinReported,
 )
 from shared.domain.model import RotationRecord, RotationState
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -51,6 +54,10 @@ class FakeRotation:
 
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
+
+    def in_enrollment_batch(self, items: Sequence[T], handle: Callable[[T], R]) -> list[R]:
+        """Each item handled once (a fake service stages no enrollment write)."""
+        return [handle(item) for item in items]
 
     def on_twin_reported(self, event: TwinReported) -> RotationRecord:
         """Recorded as ``(device_id, parsed report, twin_version)``."""

@@ -579,6 +579,24 @@ class FleetHttpApp:
             )
         mode = body["mode"]
         errors: list[dict[str, Any]] = []
+        with self.dps.bulk_call(len(items)):
+            self._bulk_items(items, mode, key, table, build, put, delete, errors)
+        result: dict[str, Any] = {"isSuccessful": not errors}
+        if errors:
+            result["errors"] = errors
+        return _json_response(result)
+
+    def _bulk_items(
+        self,
+        items: list[Any],
+        mode: str,
+        key: str,
+        table: str,
+        build: Callable[[dict[str, Any], str, str | None], Any],
+        put: Callable[[Any], Any],
+        delete: Callable[[str, str | None], None],
+        errors: list[dict[str, Any]],
+    ) -> None:
         for item in items:
             ident = item.get(key)
             try:
@@ -611,10 +629,6 @@ class FleetHttpApp:
                 errors.append(_bulk_error(ident, 412, str(exc)))
             except (InvalidRequestError, ValueError) as exc:
                 errors.append(_bulk_error(ident, 400, str(exc)))
-        result: dict[str, Any] = {"isSuccessful": not errors}
-        if errors:
-            result["errors"] = errors
-        return _json_response(result)
 
     def bulk_individual(self, request: Request, args: dict[str, str], body: Any) -> Response:
         return self._bulk(

@@ -172,6 +172,21 @@ class RotationContext:
         except NotFoundError:
             return None
 
+    def known_individual(self, device_id: str) -> IndividualEnrollment | None:
+        """The device's individual enrollment as a running campaign's pass over the
+        enrollment query read it (ETag included; campaign_enrollments.py), else read now.
+        A stale copy costs one refused conditional write and a read."""
+        campaigns = self.deps.campaigns
+        if campaigns is not None:
+            try:
+                known = campaigns.known_enrollment(device_id)
+            except Exception:  # the copy only saves a read
+                logger.exception("device %s: the campaign's enrollment copy unreadable", device_id)
+                known = None
+            if known is not None:
+                return known.enrollment
+        return self.individual(device_id)
+
     def identity(self, device_id: str) -> DeviceIdentity | None:
         try:
             return self.call(self.deps.registry.get_device, device_id)

@@ -10,6 +10,7 @@ twin reports, lifecycle     :mod:`~shared.domain.rotation.reports`
 starting a renewal          :mod:`~shared.domain.rotation.renewal`
 driving a request           :mod:`~shared.domain.rotation.driving`, ``steps``
 finishing or failing        :mod:`~shared.domain.rotation.completion`
+enrollment writes in bulk   :mod:`~shared.domain.rotation.batching`
 slot choice                 :mod:`~shared.domain.rotation.slots`
 sweep and queue batches     :mod:`~shared.domain.rotation.sweeping`
 reconcile on 401            :mod:`~shared.domain.rotation.reconcile`
@@ -21,6 +22,9 @@ read-modify-write           :mod:`~shared.domain.rotation.unit_of_work`
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from shared.domain.commands import (
     Allow,
@@ -34,8 +38,14 @@ from shared.domain.commands import (
     TwinReported,
 )
 from shared.domain.errors import NotFoundError
-from shared.domain.model import ConnectionFailure, RotationRecord, RotationState
+from shared.domain.model import (
+    ConnectionFailure,
+    IndividualEnrollment,
+    RotationRecord,
+    RotationState,
+)
 from shared.domain.rotation.access import Access
+from shared.domain.rotation.batching import handle_batch
 from shared.domain.rotation.completion import Completion
 from shared.domain.rotation.context import RotationContext, RotationDeps
 from shared.domain.rotation.driving import Driver
@@ -48,6 +58,9 @@ from shared.domain.rotation.status import device_status
 from shared.domain.rotation.steps import ForwardSteps
 from shared.domain.rotation.sweeping import FleetWork
 from shared.domain.sweep import BatchResult, SweepPlan
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class RotationService:
@@ -71,6 +84,17 @@ class RotationService:
     def on_twin_reported(self, event: TwinReported) -> RotationRecord:
         """A device's reported ``x509`` section changed (routed TwinChangeEvents)."""
         return self.reports.twin_reported(event)
+
+    def in_enrollment_batch(self, items: Sequence[T], handle: Callable[[T], R]) -> list[R]:
+        """Handle a batch of device events (``handle`` per item) with their individual-
+        enrollment writes sent as DPS bulk operations, ten a call (``batching.py``);
+        ``handle`` must let :class:`EnrollmentWriteWaits` through. Returns the outcomes."""
+        return handle_batch(items, handle, self._bulk_write)
+
+    def _bulk_write(self, call: Sequence[IndividualEnrollment]) -> list[tuple[str, int]]:
+        errors = self.ctx.call(self.deps.enrollments.update_individuals_if_match, call)
+        self.ctx.metric("certroll.dps_bulk_write", refused=str(len(errors)))
+        return [(e.registration_id, e.status) for e in errors]
 
     def on_device_connected(self, event: DeviceConnected) -> RotationRecord | None:
         """DeviceConnected: deliver what waits for the device, or look for confirmation."""

@@ -1,9 +1,8 @@
 """Where a certificate goes: the slot rule, the individual-enrollment slots (DPS) and the
 hub identity's thumbprints.
 
-:func:`choose_slot` is the pure rule; the other functions apply it to an enrollment or
-an identity with their own ETag-checked retry (those records belong to DPS and the hub,
-not to the rotation record's unit of work).
+:func:`choose_slot` is the pure rule; the other functions apply it with their own
+ETag-checked retry (DPS's and the hub's records, not the rotation record's unit of work).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from shared.domain.model import (
     IndividualEnrollment,
     ProvisioningStatus,
 )
+from shared.domain.rotation.batching import current_batch, write_or_stage
 from shared.domain.rotation.context import RotationContext
 from shared.domain.rotation.unit_of_work import MAX_ATTEMPTS
 
@@ -101,13 +101,20 @@ def place_in_enrollment(
     keep: str | None,
     clear_old: bool,
     enable: bool,
+    known_first: bool = False,
 ) -> str:
     """Put ``cert`` in the individual-enrollment slot not holding ``keep``; "group" when
-    the device has no individual enrollment (its group trusts certroll's issuing CA).
-    ``clear_old`` empties the other slot; ``enable`` enables a disabled enrollment."""
+    the device has none (its group trusts certroll's issuing CA). ``clear_old`` empties
+    the other slot; ``enable`` enables a disabled enrollment."""
     new = cert.thumbprint_sha256.lower()
-    for _ in range(MAX_ATTEMPTS):
-        enr = ctx.individual(device_id)
+    batch = current_batch()
+    landed = batch.landed.get(device_id) if batch is not None else None
+    if landed is not None and new in (thumb(landed.primary), thumb(landed.secondary)):
+        return "primary" if thumb(landed.primary) == new else "secondary"  # written in bulk
+    for attempt in range(MAX_ATTEMPTS):
+        # ``known_first``: from the campaign's copy (its ETag guards the write), then reads
+        fresh = attempt or not known_first or (batch is not None and device_id in batch.refused)
+        enr = (ctx.individual if fresh else ctx.known_individual)(device_id)
         if enr is None:
             return "group"
         slot = enrollment_slot_for(enr, new, lower(keep))
@@ -121,9 +128,7 @@ def place_in_enrollment(
             changes["provisioning_status"] = ProvisioningStatus.ENABLED
         if not changes:
             return slot
-        try:
-            ctx.call(ctx.deps.enrollments.put_individual, dataclasses.replace(enr, **changes))
-        except ConcurrencyError:
+        if not write_or_stage(ctx, dataclasses.replace(enr, **changes), batch):
             continue
         return slot
     raise ConcurrencyError(f"{device_id}: the enrollment kept changing")
@@ -132,6 +137,10 @@ def place_in_enrollment(
 def keep_only_in_enrollment(ctx: RotationContext, device_id: str, new: str) -> None:
     """Empty every individual-enrollment slot not holding thumbprint ``new`` (left as
     they are when ``new`` is in neither slot)."""
+    batch = current_batch()
+    landed = batch.landed.get(device_id) if batch is not None else None
+    if landed is not None and {thumb(landed.primary), thumb(landed.secondary)} <= {new, None}:
+        return  # emptied in the batch's bulk call
     for _ in range(MAX_ATTEMPTS):
         enr = ctx.individual(device_id)
         if enr is None:
@@ -148,9 +157,7 @@ def keep_only_in_enrollment(ctx: RotationContext, device_id: str, new: str) -> N
                 device_id,
             )
             return
-        try:
-            ctx.call(ctx.deps.enrollments.put_individual, dataclasses.replace(enr, **changes))
-        except ConcurrencyError:
+        if not write_or_stage(ctx, dataclasses.replace(enr, **changes), batch):
             continue
         return
 

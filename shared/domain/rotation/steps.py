@@ -124,6 +124,7 @@ class ForwardSteps:
             keep=rec.current_thumbprint,
             clear_old=clear_old,
             enable=enable,
+            known_first=not enable,  # allow: the enrollment as it is now
         )
         if hub_write_before_delivery(rec):  # DPS registration writes it (economy.py)
             hub_accept(

@@ -204,3 +204,23 @@ def test_performance_doc_carries_the_planner_table() -> None:
     from shared.domain.budget_report import DOC_COSTS
 
     assert markdown_table(costs=DOC_COSTS) in doc
+
+
+def test_the_campaign_cost_lets_registrations_bind_on_s3x1_with_one_dps_instance() -> None:
+    from shared.domain.budget import CAMPAIGN_COST, CAMPAIGN_COST_BULK_PER_ITEM
+
+    # bulk calls counted as one operation: under one DPS operation a rotation
+    p = plan(Configuration("S3", 1, 1), MILLION, CAMPAIGN_COST)
+    assert CAMPAIGN_COST[Budget.DPS_SERVICE_OPS] < 1.0
+    assert p.binding is Budget.DPS_REGISTRATIONS
+    assert p.bound_per_min == pytest.approx(1000.0)
+    # counted per enrollment (not documented either way): DPS service operations bind
+    q = plan(Configuration("S3", 1, 1), MILLION, CAMPAIGN_COST_BULK_PER_ITEM)
+    assert q.binding is Budget.DPS_SERVICE_OPS
+    assert q.bound_per_min == pytest.approx(
+        1000 / CAMPAIGN_COST_BULK_PER_ITEM[Budget.DPS_SERVICE_OPS]
+    )
+    # S1x1: the hub's twin updates, 50 a second at 5 a rotation
+    s1 = plan(Configuration("S1", 1, 1), MILLION, CAMPAIGN_COST)
+    assert s1.binding is Budget.HUB_TWIN_UPDATES
+    assert s1.bound_per_min == pytest.approx(600.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -39,6 +39,7 @@ from shared.domain.errors import (
 )
 from shared.domain.model import (
     AuthType,
+    BulkItemError,
     CertificateSlot,
     DeviceIdentity,
     EnrollmentGroup,
@@ -49,6 +50,7 @@ from shared.domain.model import (
     RegistrationState,
     RotationState,
     Twin,
+    bulk_items,
 )
 from shared.domain.policy import RotationPolicy
 from shared.domain.rotation import RotationDeps, RotationService
@@ -114,7 +116,11 @@ class FakeEnrollments(EnrollmentStore):
         self.individual: dict[str, IndividualEnrollment] = {}
         self.groups: dict[str, EnrollmentGroup] = {}
         self.registrations: dict[str, RegistrationState] = {}
-        self.writes = 0
+        self.writes = 0  # every write, single or in bulk
+        self.single_writes = 0  # put_individual calls
+        self.bulk_calls = 0
+        #: registration ids a bulk operation answers 412 for (as if changed meanwhile)
+        self.fail_bulk: set[str] = set()
 
     def get_individual(self, registration_id: str) -> IndividualEnrollment:
         try:
@@ -123,6 +129,10 @@ class FakeEnrollments(EnrollmentStore):
             raise NotFoundError(f"no enrollment {registration_id}") from None
 
     def put_individual(self, enrollment: IndividualEnrollment) -> IndividualEnrollment:
+        self.single_writes += 1
+        return self._put(enrollment)
+
+    def _put(self, enrollment: IndividualEnrollment) -> IndividualEnrollment:
         stored = self.individual.get(enrollment.registration_id)
         _check_write("enrollment", enrollment.registration_id, enrollment.etag, stored)
         new = copy.deepcopy(enrollment)
@@ -132,6 +142,27 @@ class FakeEnrollments(EnrollmentStore):
         self.individual[new.registration_id] = new
         self.writes += 1
         return copy.deepcopy(new)
+
+    def update_individuals_if_match(
+        self, enrollments: Sequence[IndividualEnrollment]
+    ) -> list[BulkItemError]:
+        errors: list[BulkItemError] = []
+        self.bulk_calls += 1
+        for enrollment in bulk_items(enrollments):
+            rid = enrollment.registration_id
+            if rid in self.fail_bulk:
+                errors.append(BulkItemError(rid, 412, "changed (injected)"))
+                continue
+            if rid not in self.individual:
+                errors.append(BulkItemError(rid, 404, f"no enrollment {rid}"))
+                continue
+            try:
+                self._put(enrollment)
+            except NotFoundError as exc:
+                errors.append(BulkItemError(rid, 404, str(exc)))
+            except ConcurrencyError as exc:
+                errors.append(BulkItemError(rid, 412, str(exc)))
+        return errors
 
     def delete_individual(self, registration_id: str, etag: str | None = None) -> None:
         _pop(self.individual, "enrollment", registration_id, etag)
