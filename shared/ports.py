@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 
 from shared.domain.auth import Caller
 from shared.domain.campaign import Campaign, CampaignState
+from shared.domain.certs import pem_key_sha256
 from shared.domain.errors import ConcurrencyError, NotFoundError
 from shared.domain.model import (
     AuditEvent,
@@ -136,6 +137,16 @@ class CertificateLedger(abc.ABC):
     @abc.abstractmethod
     def list_revoked(self) -> Iterator[CertificateRecord]:
         """Every revoked certificate (for the CRL)."""
+
+    def revoked_with_key(self, key_sha256: str) -> str | None:
+        """The serial of a revoked certificate whose public key is ``key_sha256``
+        (:func:`shared.domain.certs.key_sha256`), if any: the issuer asks at every
+        issuance (docs/issuing.md, "The key and slot rule"). This default walks
+        :meth:`list_revoked`; the Table ledger answers with one point read."""
+        for record in self.list_revoked():
+            if pem_key_sha256(record.pem) == key_sha256:
+                return record.serial
+        return None
 
     def list_all(self) -> Iterator[CertificateRecord]:
         """Every certificate of the ledger, in no particular order (the fleet report and
