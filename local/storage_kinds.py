@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import re
-import urllib.parse
-
 #: the tables of one run, by the suffix ``shared.adapters.storage_clients.table_names``
 #: and the CA roll's store put after the prefix (the longest suffix first)
 _TABLE_ROLES = (
@@ -16,35 +13,46 @@ _TABLE_ROLES = (
     ("Campaigns", "campaigns"),
     ("CaRoll", "ca_roll"),
 )
-_TABLE_PATH = re.compile(r"/(?P<table>[A-Za-z][A-Za-z0-9]*)(?P<key>\([^)]*\))?$")
+_OPERATIONS = {
+    "POST": "insert",
+    "PUT": "replace",
+    "PATCH": "merge",
+    "MERGE": "merge",
+    "DELETE": "delete",
+}
+
+
+def _service(host: str) -> str:
+    """``table``, ``queue``, ``blob`` or ``""`` from ``host[:port]``: Azurite's ports
+    (10002, 10001, 10000) or an account's ``<account>.<service>.core.windows.net``."""
+    if host.endswith(":10002") or ".table." in host:
+        return "table"
+    if host.endswith(":10001") or ".queue." in host:
+        return "queue"
+    if host.endswith(":10000") or ".blob." in host:
+        return "blob"
+    return ""
 
 
 def storage_call_kind(method: str, url: str) -> str:
     """What a storage request is, for the benchmark's per-kind counts: ``<table>_<op>``
     for Table storage (``ledger_query``, ``state_point_read``, ``audit_insert``, ...),
-    else ``queue``, ``blob`` or ``other``. Azurite's URLs put the account name first."""
-    parts = urllib.parse.urlsplit(url)
-    path = urllib.parse.unquote(parts.path)
-    match = _TABLE_PATH.search(path)
-    if parts.port == 10002 or (parts.hostname or "").split(".")[1:2] == ["table"]:
-        if match is None:
-            return "table_other"
-        name = match["table"]
-        role = next((r for suffix, r in _TABLE_ROLES if name.endswith(suffix)), "other")
-        if name == "Tables":
-            role = "tables"
-        query = "$filter" in urllib.parse.unquote(parts.query)
-        op = {
-            "GET": "query" if query or not match["key"] else "point_read",
-            "POST": "insert",
-            "PUT": "replace",
-            "PATCH": "merge",
-            "MERGE": "merge",
-            "DELETE": "delete",
-        }.get(method.upper(), method.lower())
-        return f"{role}_{op}"
-    if parts.port == 10001 or (parts.hostname or "").split(".")[1:2] == ["queue"]:
-        return "queue"
-    if parts.port == 10000 or (parts.hostname or "").split(".")[1:2] == ["blob"]:
-        return "blob"
-    return "other"
+    else ``queue``, ``blob`` or ``other``. Plain string work: it runs on every request
+    the benchmark measures."""
+    rest = url.split("://", 1)[-1]
+    host, _, path_and_query = rest.partition("/")
+    service = _service(host)
+    if service != "table":
+        return service or "other"
+    path, _, query = path_and_query.partition("?")
+    segment = path.rsplit("/", 1)[-1]
+    name, paren, _ = segment.partition("(")
+    role = next((r for suffix, r in _TABLE_ROLES if name.endswith(suffix)), "other")
+    if name == "Tables":
+        role = "tables"
+    if method.upper() == "GET":
+        keyed = paren and not segment.endswith("()")
+        op = "point_read" if keyed and "filter=" not in query else "query"
+    else:
+        op = _OPERATIONS.get(method.upper(), method.lower())
+    return f"{role}_{op}"
