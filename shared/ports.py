@@ -139,9 +139,8 @@ class CertificateLedger(abc.ABC):
         """Every revoked certificate (for the CRL)."""
 
     def revoked_with_key(self, key_sha256: str) -> str | None:
-        """The serial of a revoked certificate whose public key is ``key_sha256``
-        (:func:`shared.domain.certs.key_sha256`), if any: the issuer asks at every
-        issuance (docs/issuing.md, "The key and slot rule"). This default walks
+        """The serial of a revoked certificate carrying the key ``key_sha256``
+        (``shared.domain.certs.key_sha256``), asked at every issuance. This default walks
         :meth:`list_revoked`; the Table ledger answers with one point read."""
         for record in self.list_revoked():
             if pem_key_sha256(record.pem) == key_sha256:
