@@ -6,6 +6,10 @@ real event paths (sweep, work queue, twin changes, Event Grid lifecycle events, 
 writes, delivery, reprovision), certificates signed with the issuing key (SoftHSM2 when
 installed), state, ledger and audit in Azurite. Devices renewed / wall-clock seconds.
 
+``e2e_storage_calls_per_rotation_<n>_<kind>``: the same requests by table and operation
+(``local/storage_kinds.py``: ``ledger_query``, ``state_point_read``, ``queue``, ...), so a
+request added to the rotation path shows where it goes.
+
 ``naive_openssl_loop_certs_per_s``: per device ``openssl genrsa 2048``, ``openssl req
 -new`` and ``openssl x509 -req`` with the issuing CA, each a subprocess, over ~30 devices
 (what a shell script renewing certificates one by one does, without any enrollment or
@@ -180,6 +184,15 @@ def run() -> list[BenchRow]:
                     "calls",
                     "Azurite requests per rotation (state, ledger, audit, queue, CRL)",
                 ),
+            ]
+            rows += [
+                BenchRow(
+                    f"e2e_storage_calls_per_rotation_{label}_{kind}",
+                    count / max(renewed, 1),
+                    "calls",
+                    f"Azurite requests per rotation: {kind.replace('_', ' ')}",
+                )
+                for kind, count in sorted(result.rotation_storage_calls_by_kind.items())
             ]
             rows += _cpu_rows(result.rotation_cpu_seconds, renewed, label)
     after = naive_openssl_rate()

@@ -198,6 +198,8 @@ class DemoResult:
     rotation_seconds: float = 0.0
     #: storage requests made during that time
     rotation_storage_calls: int = 0
+    #: the same by kind (``local.storage_kinds.storage_call_kind``: ``ledger_query``, ...)
+    rotation_storage_calls_by_kind: dict[str, int] = field(default_factory=dict)
     #: CPU seconds used during that time: ``python`` (this process: functions, emulator,
     #: devices) and ``azurite`` when it runs on this machine
     rotation_cpu_seconds: dict[str, float] = field(default_factory=dict)
@@ -460,6 +462,7 @@ def _run(
     with _frozen_heap():  # the rotation phase, measured
         rotation_started = time.perf_counter()
         calls_before = STORAGE_CALLS.value
+        kinds_before = STORAGE_CALLS.snapshot()
         cpu_before = cpu_seconds()
         stack.fire_timer()
         stack.pump()
@@ -488,6 +491,7 @@ def _run(
         _drain(stack, sim)
         rotation_seconds = time.perf_counter() - rotation_started
         rotation_calls = STORAGE_CALLS.value - calls_before
+        rotation_kinds = dict(STORAGE_CALLS.snapshot() - kinds_before)
         cpu_after = cpu_seconds()
         rotation_cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after if k in cpu_before}
     comeback += try_comeback(stack, sim, disallowed_id)
@@ -535,6 +539,7 @@ def _run(
         after_at=clock.now(),
         rotation_seconds=rotation_seconds,
         rotation_storage_calls=rotation_calls,
+        rotation_storage_calls_by_kind=rotation_kinds,
         rotation_cpu_seconds=rotation_cpu,
         metrics=stack.services.instrumentation.metrics(),
     )

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import json
@@ -47,6 +48,7 @@ from werkzeug.test import Client
 
 from local.devhost import DevHost
 from local.emulator import CONNECTIONS, LIFECYCLE, TWIN_CHANGES, FleetEmulator
+from local.storage_kinds import storage_call_kind
 from shared.bootstrap import (
     CRL_NAME,
     Services,
@@ -128,18 +130,25 @@ def backend_note(backend: str) -> str:
 
 
 class _Counter:
+    """A count of requests, in total and by kind (:func:`storage_call_kind`)."""
+
     def __init__(self) -> None:
         self.value = 0
+        self.kinds: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
-    def add(self) -> None:
+    def add(self, kind: str = "other") -> None:
         with self._lock:
             self.value += 1
+            self.kinds[kind] += 1
+
+    def snapshot(self) -> collections.Counter[str]:
+        with self._lock:
+            return collections.Counter(self.kinds)
 
 
 #: storage requests sent by the local stack's clients (the benchmark divides by rotations)
 STORAGE_CALLS = _Counter()
-
 
 def loopback_transport() -> Any:
     """The HTTP transport of the local stack's storage clients (Azurite on loopback):
@@ -148,7 +157,7 @@ def loopback_transport() -> Any:
 
     class CountingTransport(CurlTransport):
         def send(self, request: Any, **kwargs: Any) -> Any:
-            STORAGE_CALLS.add()
+            STORAGE_CALLS.add(storage_call_kind(request.method, request.url))
             return super().send(request, **kwargs)
 
     return CountingTransport()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.domain.fleet import STATUSES, FleetSnapshot, build_snapshot
-from shared.domain.model import DomainEvent, Trigger
+from shared.domain.model import CertificateRecord, DomainEvent, Trigger
 from shared.domain.policy import RotationPolicy
 from shared.ports import AuditLog, CertificateLedger, EventSink, Telemetry
 
@@ -52,12 +52,17 @@ class ObservedEvents(EventSink):
             except Exception:  # metrics never break a rotation
                 logger.exception("event %s: metric not recorded", event.event_id)
 
-    def _due(self, device_id: str, data: dict[str, Any]) -> datetime | None:
+    def _due(self, device_id: str, event: DomainEvent) -> datetime | None:
         """When the renewal fell due: the previous certificate's renewal point for an
-        expiry-driven rotation, else the moment the rotation started (audit)."""
+        expiry-driven rotation, else the moment the rotation started (audit). The
+        previous certificate comes with the event when the finish had it in hand
+        (``DomainEvent.observed``), else from the ledger."""
+        data = event.data
         previous = data.get("previousSerial")
         if data.get("reason") == Trigger.EXPIRING.value and previous:
-            cert = self.ledger.get(str(previous))
+            cert = event.observed.get("previous_certificate")
+            if not isinstance(cert, CertificateRecord) or cert.serial != previous:
+                cert = self.ledger.get(str(previous))
             return self.policy.renewal_time(device_id, cert.not_before, cert.not_after)
         for entry in self.audit.list(device_id, 20):
             if entry.action == "rotation_start" and entry.request_id == data.get("requestId"):
@@ -66,7 +71,7 @@ class ObservedEvents(EventSink):
 
     def _completed(self, event: DomainEvent) -> None:
         device_id = str(event.data.get("deviceId", ""))
-        due = self._due(device_id, event.data)
+        due = self._due(device_id, event)
         if due is None or event.at is None:
             return
         seconds = max(0.0, (event.at - due).total_seconds())

@@ -23,6 +23,7 @@ from shared.domain.campaign import (
     EnrollmentPassProgress,
     KnownEnrollment,
 )
+from shared.domain.certs import pem_key_sha256
 from shared.domain.errors import ConcurrencyError, NotFoundError
 from shared.domain.model import (
     AuditEvent,
@@ -142,6 +143,15 @@ class CertificateLedger(abc.ABC):
     @abc.abstractmethod
     def list_revoked(self) -> Iterator[CertificateRecord]:
         """Every revoked certificate (for the CRL)."""
+
+    def revoked_with_key(self, key_sha256: str) -> str | None:
+        """The serial of a revoked certificate carrying the key ``key_sha256``
+        (``shared.domain.certs.key_sha256``), asked at every issuance. This default walks
+        :meth:`list_revoked`; the Table ledger answers with one point read."""
+        for record in self.list_revoked():
+            if pem_key_sha256(record.pem) == key_sha256:
+                return record.serial
+        return None
 
     def list_all(self) -> Iterator[CertificateRecord]:
         """Every certificate of the ledger, in no particular order (the fleet report and

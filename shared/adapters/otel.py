@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -181,6 +182,8 @@ class OtelTracer(Tracer):
     def __init__(self, tracer: otel_trace.Tracer, telemetry: Telemetry) -> None:
         self._tracer = tracer
         self._telemetry = telemetry
+        #: (port class, operation) -> (span name, service, span attributes)
+        self._names: dict[tuple[type, str], tuple[str, str, dict[str, str]]] = {}
 
     @contextlib.contextmanager
     def span(self, name: str, **attributes: str | int) -> Iterator[None]:
@@ -205,30 +208,47 @@ class OtelTracer(Tracer):
             yield
 
     def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
-        service, operation = call_name(fn)
+        """``fn`` inside a CLIENT span named ``<service>.<operation>``, one per call.
+
+        The rotation service wraps every port call as it makes it, about 25 a rotation,
+        so this stays lean: the span's name and attributes are worked out once per port
+        class and operation, and the span is started and made current directly rather
+        than through ``start_as_current_span``'s generator-based context manager
+        (docs/performance.md)."""
+        owner = getattr(fn, "__self__", None)
+        key = (type(owner), getattr(fn, "__name__", "call"))
+        named = self._names.get(key)
+        if named is None:
+            service, operation = call_name(fn)
+            named = self._names[key] = (
+                f"{service}.{operation}",
+                service,
+                {"certroll.service": service},
+            )
+        span_name, service, attributes = named
         tracer = self._tracer
         telemetry = self._telemetry
 
-        @functools.wraps(fn)
         def traced(*args: P.args, **kwargs: P.kwargs) -> R:
-            with tracer.start_as_current_span(
-                f"{service}.{operation}",
-                kind=SpanKind.CLIENT,
-                attributes={"certroll.service": service},
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
-                try:
-                    return fn(*args, **kwargs)
-                except ThrottledError:
-                    span.set_status(Status(StatusCode.ERROR, "throttled"))
-                    span.set_attribute("certroll.throttled", True)
-                    telemetry.increment(THROTTLED, service=service)
-                    raise
-                except Exception as exc:
-                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                    raise
+            span = tracer.start_span(span_name, kind=SpanKind.CLIENT, attributes=attributes)
+            token = otel_context.attach(otel_trace.set_span_in_context(span))
+            try:
+                return fn(*args, **kwargs)
+            except ThrottledError:
+                span.set_status(Status(StatusCode.ERROR, "throttled"))
+                span.set_attribute("certroll.throttled", True)
+                telemetry.increment(THROTTLED, service=service)
+                raise
+            except Exception as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
+            finally:
+                otel_context.detach(token)
+                span.end()
 
+        traced.__qualname__ = getattr(fn, "__qualname__", span_name)  # the retry's log
+        traced.__name__ = key[1]
+        traced.__wrapped__ = fn  # type: ignore[attr-defined]
         return traced
 
 

@@ -6,6 +6,8 @@ a certificate by its SHA-1 thumbprint); a serial is lower-case hex without leadi
 
 from __future__ import annotations
 
+import hashlib
+
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -37,3 +39,19 @@ def spki_der(public_key: CertificatePublicKeyTypes) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def key_sha256(public_key: CertificatePublicKeyTypes) -> str:
+    """Lower-case hex SHA-256 of :func:`spki_der`: names a public key (the ledger's
+    revoked-key look-up)."""
+    return hashlib.sha256(spki_der(public_key)).hexdigest()
+
+
+def pem_key_sha256(pem: str) -> str | None:
+    """:func:`key_sha256` of the first certificate in ``pem``; None when it does not
+    parse (a ledger record without a readable certificate names no key)."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    except ValueError:
+        return None
+    return key_sha256(cert.public_key())

@@ -354,3 +354,8 @@ class DomainEvent:
     data: dict[str, Any]
     event_id: str = ""
     at: datetime | None = None
+    #: what the publishing step already holds, for in-process observers
+    #: (``shared.observability``); never published. ``RotationCompleted``:
+    #: ``previous_certificate``, the ledger record of the certificate it replaced, so
+    #: the observer does not read it again.
+    observed: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

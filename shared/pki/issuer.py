@@ -148,8 +148,6 @@ class Issuer:
         if not self._chain_pem:
             self._chain_pem = authority.certificate.public_bytes(PEM).decode("ascii")
         self._crl_lock = threading.Lock()
-        #: serial -> SubjectPublicKeyInfo of revoked certificates already looked at
-        self._revoked_spki: dict[str, bytes] = {}
         self._last_crl_number = 0
 
     # ------------------------------------------------------------------ issue
@@ -179,7 +177,8 @@ class Issuer:
         certs: list[CertificateRecord],
     ) -> None:
         """``key_reused`` when ``spki`` is the key of an earlier certificate of the device
-        (``certs``) or of any revoked certificate."""
+        (``certs``) or of any revoked certificate (one look-up by the key's SHA-256,
+        ``CertificateLedger.revoked_with_key``, not a walk of the revoked list)."""
         for record in certs:
             if _record_spki(record) == spki:
                 raise CsrRejectedError(
@@ -187,18 +186,13 @@ class Issuer:
                     f"the CSR's key is the key of certificate {record.serial} "
                     f"({record.status.value}); a new certificate needs a new key",
                 )
-        for record in self.ledger.list_revoked():
-            if record.device_id == device_id:
-                continue
-            held = self._revoked_spki.get(record.serial)
-            if held is None:  # revoked is final: a revoked certificate's key is kept
-                held = self._revoked_spki[record.serial] = _record_spki(record)
-            if held == spki:
-                raise CsrRejectedError(
-                    "key_reused",
-                    f"the CSR's key is the key of revoked certificate {record.serial}; "
-                    "a new certificate needs a new key",
-                )
+        revoked = self.ledger.revoked_with_key(hashlib.sha256(spki).hexdigest())
+        if revoked is not None:
+            raise CsrRejectedError(
+                "key_reused",
+                f"the CSR's key is the key of revoked certificate {revoked}; "
+                "a new certificate needs a new key",
+            )
 
     def issue(
         self,

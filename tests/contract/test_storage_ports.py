@@ -8,7 +8,15 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from azure.data.tables import TableServiceClient
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from shared.adapters.tables import TableLedger
+from shared.adapters.tables import ledger as ledger_module
+from shared.domain.certs import certificate_pem, key_sha256
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
@@ -274,6 +282,66 @@ def test_ledger_set_statuses_refuses_foreign_serials_and_revoking(
     assert ledger.get("b2").status is CertificateStatus.ISSUED
     assert list(ledger.list_revoked()) == []
     assert ledger.set_statuses("dev-1", {}) == {}
+
+
+def _certificate_pem(common_name: str) -> tuple[str, str]:
+    """(a PEM certificate with a fresh key, that key's SHA-256 as the ledger names it)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(T0)
+        .not_valid_after(T0 + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate_pem(cert), key_sha256(key.public_key())
+
+
+def test_ledger_revoked_with_key_names_only_revoked_certificates(
+    ledger: CertificateLedger,
+) -> None:
+    keys = {}
+    for i, serial in enumerate(("k1", "k2", "k3")):
+        pem, keys[serial] = _certificate_pem(f"dev-{i}")
+        ledger.add(
+            dataclasses.replace(make_record(device_id=f"dev-{i}", serial=serial, csr=f"{i}" * 64),
+                                pem=pem)
+        )
+    assert ledger.revoked_with_key(keys["k1"]) is None
+    ledger.set_status("k1", CertificateStatus.REVOKED, reason=RevocationReason.KEY_COMPROMISE)
+    ledger.set_status("k2", CertificateStatus.SUPERSEDED)
+    assert ledger.revoked_with_key(keys["k1"]) == "k1"
+    assert ledger.revoked_with_key(keys["k2"]) is None  # superseded is not revoked
+    assert ledger.revoked_with_key(keys["k3"]) is None
+    assert ledger.revoked_with_key("0" * 64) is None
+    ledger.set_status("k3", CertificateStatus.REVOKED)
+    assert ledger.revoked_with_key(keys["k3"]) == "k3"
+
+
+@pytest.mark.azurite
+def test_table_ledger_finds_keys_revoked_before_key_rows_existed(
+    tables: TableServiceClient, table_name: str
+) -> None:
+    """A ledger whose revoked rows were written without revoked-key rows (as before they
+    existed): a worker's first look-up writes them, once, and a marker says so."""
+    old = TableLedger(tables, table_name)
+    pem, key = _certificate_pem("dev-old")
+    old.add(dataclasses.replace(make_record(device_id="dev-old", serial="0d"), pem=pem))
+    old.set_status("0d", CertificateStatus.REVOKED, at=T0)
+    index = tables.get_table_client(old.index_table_name)
+    key_rows = "PartitionKey ge '~revkey' and PartitionKey lt '~revkez'"
+    for row in list(index.query_entities(key_rows)):
+        index.delete_entity(row["PartitionKey"], row["RowKey"])  # no key row, no marker
+    assert [r["RowKey"] for r in index.query_entities("PartitionKey eq '~revoked'")] == ["0d"]
+    fresh = TableLedger(tables, table_name)  # a worker started after the upgrade
+    assert fresh.revoked_with_key(key) == "0d"
+    assert index.get_entity(*ledger_module._REVOKED_KEYS_DONE) is not None
+    # the next worker reads the marker and finds the key row by one point read
+    assert TableLedger(tables, table_name).revoked_with_key(key) == "0d"
 
 
 # --------------------------------------------------------------------------- rotation state

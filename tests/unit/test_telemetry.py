@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from opentelemetry import trace as otel_trace
 
 from local.device.simulator import FleetSimulator
 from local.emulator import LIFECYCLE, TWIN_CHANGES, FleetEmulator
@@ -269,6 +270,44 @@ def test_a_throttled_call_is_counted_by_service_and_each_try_is_a_span() -> None
     assert inst.spans is not None
     tries = [s for s in inst.spans.get_finished_spans() if s.name == "queue.send"]
     assert [s.attributes.get("certroll.throttled") for s in tries] == [True, None]
+
+
+def test_a_port_call_span_is_named_once_per_port_operation_and_is_current_inside(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rotation service wraps each port call as it makes it: the span's name is
+    worked out once per port class and operation, not per call, and the call still
+    runs inside its own CLIENT span, a child of the step's span."""
+    named: list[str] = []
+    real = otel.call_name
+
+    def counting(fn: Any) -> tuple[str, str]:
+        named.append(fn.__name__)
+        return real(fn)
+
+    monkeypatch.setattr(otel, "call_name", counting)
+    inst = otel.in_memory()
+    seen: list[Any] = []
+
+    class SeeingQueue(MemoryWorkQueue):
+        def send(self, message: dict[str, Any]) -> None:
+            seen.append(otel_trace.get_current_span())
+            super().send(message)
+
+    bound = SeeingQueue().send
+    with inst.tracer.span("step"):
+        for _ in range(3):
+            inst.tracer.wrap(bound)({"kind": "rotate"})
+    assert named == ["send"]
+    assert inst.spans is not None
+    spans = {s.name: s for s in inst.spans.get_finished_spans()}
+    calls = [s for s in inst.spans.get_finished_spans() if s.name == "queue.send"]
+    assert len(calls) == 3
+    assert all(s.kind is otel_trace.SpanKind.CLIENT for s in calls)
+    assert all(s.parent is not None and s.parent.span_id == spans["step"].context.span_id
+               for s in calls)
+    assert [s.get_span_context().span_id for s in seen] == [s.context.span_id for s in calls]
+    assert inst.tracer.wrap(bound).__qualname__.endswith("SeeingQueue.send")
 
 
 def test_device_and_request_dimensions_are_dropped() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from shared.adapters.tables._common import (
     _TableBase,
     _utc,
 )
+from shared.domain.certs import pem_key_sha256
 from shared.domain.errors import ConcurrencyError, ConflictError, NotFoundError
 from shared.domain.model import (
     CertificateRecord,
@@ -37,6 +39,11 @@ logger = logging.getLogger(__name__)
 _SET_STATUS_ATTEMPTS = 8
 _CERT_PREFIX = "cert-"
 _REVOKED_PK = "~revoked"
+#: the revoked-key rows: one per public key a revoked certificate carried, keyed by the
+#: key's SHA-256, so the issuer's key rule is one point read (``revoked_with_key``)
+_REVOKED_KEY_PREFIX = "~revkey-"
+#: written once every revoked row of the index has its key row (``_ensure_key_rows``)
+_REVOKED_KEYS_DONE = ("~revkey", "complete")
 
 
 def _serial_pk(serial: str) -> str:
@@ -45,6 +52,10 @@ def _serial_pk(serial: str) -> str:
 
 def _thumb_pk(thumbprint: str) -> str:
     return "~thumb-" + thumbprint[:2].lower()
+
+
+def _revoked_key_pk(key_sha256: str) -> str:
+    return _REVOKED_KEY_PREFIX + key_sha256[:2].lower()
 
 
 def _record_to_entity(rec: CertificateRecord, pk: str, rk: str) -> dict[str, Any]:
@@ -116,6 +127,8 @@ class TableLedger(_TableBase, CertificateLedger):
     ) -> None:
         super().__init__(service, table_name)
         self.index_table_name = index_table_name or f"{table_name}Index"
+        self._key_rows_ready = False
+        self._key_rows_lock = threading.Lock()
 
     @property
     def _index(self) -> TableClient:
@@ -186,6 +199,57 @@ class TableLedger(_TableBase, CertificateLedger):
             "PartitionKey eq @pk", {"pk": _REVOKED_PK}, "revoked certificates", table=self._index
         ):
             yield _entity_to_record(entity)
+
+    def revoked_with_key(self, key_sha256: str) -> str | None:
+        """One point read of the key's revoked-key row (the index table). Revocations
+        write that row before the revoked row; the first look-up of a worker makes sure
+        rows revoked before key rows existed have one (once per ledger, then a marker
+        row says so)."""
+        if not key_sha256:
+            return None
+        self._ensure_key_rows()
+        row = self._point_read(
+            _revoked_key_pk(key_sha256),
+            _key(key_sha256.lower()),
+            f"revoked key {key_sha256}",
+            self._index,
+        )
+        return None if row is None else str(row["serial"])
+
+    def _write_key_row(self, record: CertificateRecord) -> None:
+        key = pem_key_sha256(record.pem)
+        if key is None:
+            logger.warning("ledger: revoked certificate %s has no readable key", record.serial)
+            return
+        try:
+            self._index.upsert_entity(
+                {
+                    "PartitionKey": _revoked_key_pk(key),
+                    "RowKey": _key(key),
+                    "serial": record.serial,
+                    "device_id": record.device_id,
+                },
+                mode=UpdateMode.REPLACE,
+            )
+        except AzureError as exc:
+            raise_storage_error(exc, f"revoked key of {record.serial}")
+
+    def _ensure_key_rows(self) -> None:
+        if self._key_rows_ready:
+            return
+        with self._key_rows_lock:
+            if self._key_rows_ready:
+                return
+            if self._point_read(*_REVOKED_KEYS_DONE, "revoked keys marker", self._index) is None:
+                for record in self.list_revoked():
+                    self._write_key_row(record)
+                try:
+                    self._index.upsert_entity(
+                        {"PartitionKey": _REVOKED_KEYS_DONE[0], "RowKey": _REVOKED_KEYS_DONE[1]}
+                    )
+                except AzureError as exc:
+                    raise_storage_error(exc, "revoked keys marker")
+            self._key_rows_ready = True
 
     def list_all(self) -> Iterator[CertificateRecord]:
         for entity in self._query(
@@ -283,7 +347,9 @@ class TableLedger(_TableBase, CertificateLedger):
                 record.revocation_reason = (
                     RevocationReason(reason) if reason else RevocationReason.UNSPECIFIED
                 )
-                # The CRL list first: a crash in between errs on the revoked side.
+                # The key row, then the CRL list, then the row: a crash in between errs
+                # on the revoked side.
+                self._write_key_row(record)
                 try:
                     self._index.upsert_entity(
                         _record_to_entity(record, _REVOKED_PK, _key(serial)),

@@ -46,7 +46,7 @@ class Completion:
         """confirmed -> idle: retire the old certificate, clear the desired twin, tell."""
         ctx = self.ctx
         compromise = trigger_of(rec.reason) is Trigger.COMPROMISE
-        new_cert, revoked_any = self.retire_previous(rec, compromise=compromise)
+        new_cert, revoked_any, previous = self.retire_previous(rec, compromise=compromise)
         if revoked_any:
             ctx.call(ctx.deps.issuer.publish_crl)
         ctx.call(
@@ -64,6 +64,7 @@ class Completion:
             previousSerial=rec.current_serial,
             notAfter=iso(new_cert.not_after),
             reason=rec.reason,
+            observed={} if previous is None else {"previous_certificate": previous},
         )
         detail = {} if evidence is None else {"confirmedBy": evidence}
         ctx.audit(
@@ -84,12 +85,14 @@ class Completion:
 
     def retire_previous(
         self, rec: RotationRecord, *, compromise: bool, full: bool = False
-    ) -> tuple[CertificateRecord, bool]:
+    ) -> tuple[CertificateRecord, bool, CertificateRecord | None]:
         """The device runs on ``rec.new_serial``: retire what came before it. The old
         individual-enrollment slot is emptied, the hub identity keeps only the new
         thumbprint, older certificates are superseded in the ledger (the current one
         revoked on ``compromise``) and the new one is active. Every step is idempotent.
-        Returns (the new certificate's record, whether anything was revoked)."""
+        Returns (the new certificate's record, whether anything was revoked, the ledger
+        record of ``rec.current_serial`` as listed before the change, if the device has
+        it)."""
         ctx = self.ctx
         if rec.new_serial is None or rec.new_thumbprint is None:
             raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
@@ -128,7 +131,8 @@ class Completion:
         new_cert = ctx.call(ctx.deps.ledger.set_statuses, rec.device_id, statuses, certs)[
             rec.new_serial
         ]
-        return new_cert, revoked_any
+        previous = next((c for c in certs if c.serial == rec.current_serial), None)
+        return new_cert, revoked_any, previous
 
     def retire_before(self, rec: RotationRecord, serial: str, thumbprint: str) -> None:
         """``rec``'s device turned out to run on ``serial`` (a renewal whose confirmation

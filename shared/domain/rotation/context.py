@@ -134,13 +134,24 @@ class RotationContext:
         )
         self.call(self.deps.audit.append, event)
 
-    def publish(self, event_type: str, device_id: str, event_id: str, **data: Any) -> None:
+    def publish(
+        self,
+        event_type: str,
+        device_id: str,
+        event_id: str,
+        *,
+        observed: dict[str, Any] | None = None,
+        **data: Any,
+    ) -> None:
+        """Publish one event; ``observed`` goes to in-process observers only
+        (:attr:`DomainEvent.observed`)."""
         event = DomainEvent(
             event_type=event_type,
             subject=f"devices/{device_id}",
             data={"deviceId": device_id, **data},
             event_id=event_id,
             at=self.now(),
+            observed=observed or {},
         )
         self.call(self.deps.events.publish, [event])
 
