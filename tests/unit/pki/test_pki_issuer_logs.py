@@ -19,9 +19,7 @@ def env() -> Env:
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
-    return [
-        (r.levelname, r.getMessage()) for r in caplog.records if r.name == "shared.pki.issuer"
-    ]
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "shared.pki.issuer"]
 
 
 def test_an_issuance_and_its_reuse_are_logged_with_device_request_and_serial(
