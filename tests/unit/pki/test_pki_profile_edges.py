@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from shared.pki import profile
@@ -97,3 +97,42 @@ def test_the_csr_size_limit_comes_from_its_setting() -> None:
     assert dataclasses.replace(policy, csr_max_bytes=4096) == IssuancePolicy.from_settings(
         Settings.from_env({})
     )
+
+
+def test_the_ca_expiring_before_the_start_is_named_in_the_refusal() -> None:
+    authority = make_test_authority(now=NOW - timedelta(days=1))
+    late = authority.certificate.not_valid_after_utc + timedelta(days=1)
+    with pytest.raises(
+        ValueError, match=r"^the issuing CA expires before the certificate would start\Z"
+    ):
+        build_device_certificate(_csr(), "dev-1", authority, IssuancePolicy(), late)
+
+
+@pytest.mark.parametrize("serial", [1, (1 << 159) - 1])
+def test_a_serial_at_either_end_of_its_range_is_used(serial: int) -> None:
+    authority = make_test_authority(now=NOW - timedelta(days=1))
+    cert = build_device_certificate(
+        _csr(), "dev-1", authority, IssuancePolicy(), NOW, serial=serial
+    )
+    assert cert.serial_number == serial
+
+
+@pytest.mark.parametrize("serial", [0, 1 << 159])
+def test_a_serial_past_its_range_is_refused_by_name(serial: int) -> None:
+    authority = make_test_authority(now=NOW - timedelta(days=1))
+    with pytest.raises(ValueError, match=r"^a serial is a positive integer of at most 159 bits\Z"):
+        build_device_certificate(_csr(), "dev-1", authority, IssuancePolicy(), NOW, serial=serial)
+
+
+def test_a_key_that_is_neither_ec_nor_rsa_is_refused_by_name() -> None:
+    authority = make_test_authority(now=NOW - timedelta(days=1))
+    key = ed25519.Ed25519PrivateKey.generate()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-1")]))
+        .sign(key, None)
+    )
+    with pytest.raises(
+        ValueError, match=r"^device keys are EC or RSA \(check the CSR with csr_policy first\)\Z"
+    ):
+        build_device_certificate(csr, "dev-1", authority, IssuancePolicy(), NOW)
