@@ -5,12 +5,13 @@ the shapes; these pin the words and the choices)."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from functions.parsing.common import load_json
+from functions.parsing.common import load_json, parse_time
 from functions.parsing.hub_events import (
     parse_connection_log,
     parse_connection_record,
@@ -137,6 +138,12 @@ def _record(**fields: Any) -> dict[str, Any]:
             "work queue message is not a JSON object: str",
         ),
         (
+            lambda: parse_work_message(b"{"),
+            "malformed_json",
+            "work queue message is not UTF-8 JSON: Expecting property name enclosed in double "
+            "quotes: line 1 column 2 (char 1)",
+        ),
+        (
             lambda: parse_any_work_message(b"{"),
             "malformed_json",
             "work queue message is not UTF-8 JSON: Expecting property name enclosed in double "
@@ -146,6 +153,16 @@ def _record(**fields: Any) -> dict[str, Any]:
 )
 def test_each_rejection_has_its_code_and_message(call: Any, code: str, message: str) -> None:
     assert _rejects(call) == (code, message)
+
+
+def test_a_naive_datetime_is_utc_whatever_the_hosts_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_time(datetime(2026, 1, 1, 12, 0), "t") == datetime(2026, 1, 1, 12, tzinfo=UTC)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_the_problems_of_a_batch_name_each_bad_record_by_index() -> None:
