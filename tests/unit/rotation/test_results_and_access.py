@@ -7,9 +7,23 @@ from datetime import timedelta
 
 import pytest
 
-from shared.domain.commands import Allow, Disallow, OperatorCsr, StartRenewal, Status, TwinReported
+from shared.domain.commands import (
+    Allow,
+    DeviceCreated,
+    Disallow,
+    OperatorCsr,
+    StartRenewal,
+    Status,
+    TwinReported,
+)
 from shared.domain.errors import CsrRejectedError, NotFoundError
-from shared.domain.model import ConnectionFailure, ProvisioningStatus, RotationState, Trigger
+from shared.domain.model import (
+    AuthType,
+    ConnectionFailure,
+    ProvisioningStatus,
+    RotationState,
+    Trigger,
+)
 from shared.domain.rotation import RotationService
 from tests.support.pki import make_csr
 from tests.unit.rotation.fakes import Device, World, thumb
@@ -201,3 +215,28 @@ def test_a_reconcile_answers_for_its_device(world: World) -> None:
         ConnectionFailure(device_id="ghost", code=401003, at=world.clock.now())
     )
     assert (unknown.device_id, unknown.action) == ("ghost", "unknown_device")
+
+
+def test_a_disallow_names_its_actor_on_the_hub_identity_and_a_second_one_changes_nothing(
+    world: World,
+) -> None:
+    _ready(world)
+    svc = world.service()
+    svc.disallow(Disallow("dev-1", "stolen", "ops"))
+    assert world.registry.devices["dev-1"].status_reason == "disallowed by ops: stolen"
+    again = svc.disallow(Disallow("dev-1", "stolen", "ops"))
+    assert (again.device_id, again.changed) == ("dev-1", False)
+    assert (again.enrollment, again.hub_identity) == ("already_disabled", "already_disabled")
+
+
+def test_a_created_device_adopts_the_certificate_its_thumbprint_identity_holds(
+    world: World,
+) -> None:
+    dev = world.add_device("dev-1")
+    world.add_device("dev-2", auth=AuthType.CERTIFICATE_AUTHORITY)
+    svc = world.service()
+    rec = svc.on_device_created(DeviceCreated("dev-1"))
+    serial = world.ledger.list_for_device("dev-1")[0].serial
+    assert (rec.current_serial, rec.current_thumbprint) == (serial, thumb(dev.cert))
+    other = svc.on_device_created(DeviceCreated("dev-2"))
+    assert other.current_serial is None
