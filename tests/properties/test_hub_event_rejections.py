@@ -61,6 +61,23 @@ def _record(**fields: Any) -> dict[str, Any]:
             "the thing is nested too deeply",
         ),
         (
+            lambda: parse_twin_change(b"{"),
+            "malformed_json",
+            "twin change message is not UTF-8 JSON: Expecting property name enclosed in double "
+            "quotes: line 1 column 2 (char 1)",
+        ),
+        (
+            lambda: parse_connection_log(b"{"),
+            "malformed_json",
+            "resource log event is not UTF-8 JSON: Expecting property name enclosed in double "
+            "quotes: line 1 column 2 (char 1)",
+        ),
+        (
+            lambda: parse_connection_record(_record(time=None), "soon"),  # type: ignore[arg-type]
+            "malformed_time",
+            "enqueued time is not an ISO 8601 timestamp: 'soon'",
+        ),
+        (
             lambda: parse_twin_change(b"[1]"),
             "malformed_event",
             "twin change message is not a JSON object",
