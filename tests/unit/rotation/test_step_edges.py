@@ -1,0 +1,125 @@
+"""Edges of the forward steps: a CSR accepted while the issuer is throttled and the same
+answer redelivered, a reprovision call the device refuses, the slot rule with one
+expiry known, what a finished rotation audits and tells its campaign."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from shared.domain.commands import StartRenewal, TwinReported
+from shared.domain.errors import ThrottledError
+from shared.domain.model import MethodResult, RotationState, Trigger
+from shared.domain.rotation import RotationService
+from shared.domain.rotation.slots import choose_slot
+from tests.unit.rotation.fakes import Device, World, thumb
+from tests.unit.rotation.test_flow import adopt
+from tests.unit.rotation.test_sweep_batch_edges import Campaigns
+
+
+def _asked(world: World, device_id: str = "dev-1", **kw: Any) -> tuple[Device, RotationService]:
+    dev = world.add_device(device_id, **kw)
+    svc = world.service()
+    adopt(svc, dev)
+    svc.start_renewal(StartRenewal(device_id, Trigger.MANUAL, "op"))
+    return dev, svc
+
+
+def test_a_csr_taken_while_the_issuer_is_throttled_waits_then_resumes_on_redelivery(
+    world: World,
+) -> None:
+    dev, svc = _asked(world)
+    answer = dev.answer()
+    assert answer is not None
+    issue = world.issuer.issue
+
+    def throttled(*_args: Any, **_kwargs: Any) -> Any:
+        raise ThrottledError("429 from the HSM", retry_after=1.0)
+
+    world.issuer.issue = throttled  # type: ignore[method-assign]
+    received_at = world.clock.now()
+    with pytest.raises(ThrottledError):
+        svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    assert rec.state is RotationState.CSR_RECEIVED
+    assert rec.deadline == received_at + world.policy.work_timeout
+    world.issuer.issue = issue  # type: ignore[method-assign]
+    resumed = svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    assert resumed.state is RotationState.REPROVISION_SENT
+    assert not [e for e in world.audit.list("dev-1", limit=100) if e.action == "csr_ignored"]
+
+
+def test_a_refused_reprovision_call_is_recorded_and_counted(world: World) -> None:
+    dev, svc = _asked(world)
+    world.registry.on_method = lambda _d, _m, _p: MethodResult(404, None)
+    answer = dev.answer()
+    assert answer is not None
+    rec = svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    assert rec.state is RotationState.DELIVERED
+    assert rec.last_error == "reprovision answered 404"
+    assert rec.deadline is not None
+    assert rec.deadline > world.clock.now()
+    assert world.metrics.counts["certroll.device_offline"] == 1
+
+
+T1 = datetime(2026, 1, 1, tzinfo=UTC)
+T2 = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("args", "slot"),
+    [
+        (("a", "b", "a"), "secondary"),
+        (("a", "b", "b"), "primary"),
+        ((None, "b", None), "primary"),
+        (("a", None, None), "secondary"),
+        (("a", "b", None, T1, T2), "primary"),
+        (("a", "b", None, T2, T1), "secondary"),
+        (("a", "b", None, T1, T1), "primary"),
+        (("a", "b", None, T1, None), "secondary"),
+        (("a", "b", None, None, T1), "secondary"),
+        (("a", "b", None), "secondary"),
+    ],
+)
+def test_the_slot_rule(args: tuple[Any, ...], slot: str) -> None:
+    assert choose_slot(*args) == slot
+
+
+def test_a_finished_rotation_audits_its_evidence_and_tells_its_campaigns(world: World) -> None:
+    campaigns = Campaigns(done=set())
+    dev = world.add_device("dev-1")
+    deps = world.deps()
+    deps.campaigns = campaigns
+    svc = RotationService(deps)
+    adopt(svc, dev)
+    svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
+    answer = dev.answer()
+    assert answer is not None
+    svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    new_thumb = thumb(dev.delivered())  # type: ignore[arg-type]
+    [write] = [e for e in world.audit.list("dev-1", limit=100) if e.action == "slot_write"]
+    assert (write.outcome, write.detail["thumbprint"], write.detail["oldRemoved"]) == (
+        "ok",
+        new_thumb,
+        False,
+    )
+    enr = world.enrollments.individual["dev-1"]
+    assert new_thumb in {s.thumbprint_sha256 for s in (enr.primary, enr.secondary) if s is not None}
+    svc.on_twin_reported(TwinReported.parse("dev-1", dev.install()))
+    [done] = [e for e in world.audit.list("dev-1", limit=100) if e.action == "rotation_complete"]
+    assert done.outcome == "ok"
+    assert done.detail["confirmedBy"] == "installed"
+    assert campaigns.reports == [("dev-1", "completed", None)]
+
+
+def test_a_group_members_certificate_goes_to_its_group(world: World) -> None:
+    dev, svc = _asked(world, group=True)
+    answer = dev.answer()
+    assert answer is not None
+    rec = svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    assert rec.slot == "group"
+    [write] = [e for e in world.audit.list("dev-1", limit=100) if e.action == "slot_write"]
+    assert write.detail["slot"] == "group"
