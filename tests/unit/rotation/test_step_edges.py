@@ -4,15 +4,17 @@ expiry known, what a finished rotation audits and tells its campaign."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import dataclasses
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from shared.domain.commands import StartRenewal, TwinReported
-from shared.domain.errors import ThrottledError
+from shared.domain.commands import Allow, Disallow, StartRenewal, TwinReported
+from shared.domain.errors import ConcurrencyError, ThrottledError
 from shared.domain.model import MethodResult, RotationState, Trigger
 from shared.domain.rotation import RotationService
+from shared.domain.rotation.admissible import admissible_certificates
 from shared.domain.rotation.slots import choose_slot
 from tests.unit.rotation.fakes import Device, World, thumb
 from tests.unit.rotation.test_flow import adopt
@@ -123,3 +125,69 @@ def test_a_group_members_certificate_goes_to_its_group(world: World) -> None:
     assert rec.slot == "group"
     [write] = [e for e in world.audit.list("dev-1", limit=100) if e.action == "slot_write"]
     assert write.detail["slot"] == "group"
+
+
+def test_a_compromise_rotation_leaves_only_the_new_thumbprint_on_the_hub(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    old = thumb(dev.cert)
+    svc.start_renewal(StartRenewal("dev-1", Trigger.COMPROMISE, "op"))
+    answer = dev.answer()
+    assert answer is not None
+    svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    report = dev.install()
+    new = thumb(dev.cert)
+    ident = world.registry.devices["dev-1"]
+    ident.primary_thumbprint, ident.secondary_thumbprint = new, old  # the old one lingers
+    done = svc.on_twin_reported(TwinReported.parse("dev-1", report))
+    assert done.state is RotationState.IDLE
+    ident = world.registry.devices["dev-1"]
+    assert (ident.primary_thumbprint, ident.secondary_thumbprint) == (new, None)
+
+
+def _always_changing(world: World) -> None:
+    def put(*_args: Any, **_kwargs: Any) -> Any:
+        raise ConcurrencyError("etag mismatch")
+
+    world.state.put = put  # type: ignore[method-assign]
+
+
+def test_a_renewal_whose_record_keeps_changing_says_so(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    _always_changing(world)
+    with pytest.raises(
+        ConcurrencyError, match=r"^dev-1: the rotation record kept changing during start\Z"
+    ):
+        svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
+
+
+def test_an_allow_whose_record_keeps_changing_says_so(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    svc.disallow(Disallow("dev-1", "stolen", "ops"))
+    _always_changing(world)
+    with pytest.raises(
+        ConcurrencyError, match=r"^dev-1: the rotation record kept changing during allow\Z"
+    ):
+        svc.allow(Allow("dev-1", "ops"))
+
+
+def test_the_current_certificate_comes_first_even_when_issued_later(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
+    answer = dev.answer()
+    assert answer is not None
+    rec = svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    certs = world.ledger.list_for_device("dev-1")
+    current = next(c for c in certs if c.serial == rec.current_serial)
+    new = next(c for c in certs if c.serial == rec.new_serial)
+    # the current certificate recorded after the new one (an adopted or re-recorded one)
+    shifted = dataclasses.replace(current, issued_at=new.issued_at + timedelta(seconds=1))
+    found = admissible_certificates("dev-1", rec, [new, shifted], world.clock.now())
+    assert [c.serial for c in found] == [current.serial, new.serial]
