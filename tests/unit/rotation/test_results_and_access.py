@@ -240,3 +240,37 @@ def test_a_created_device_adopts_the_certificate_its_thumbprint_identity_holds(
     assert (rec.current_serial, rec.current_thumbprint) == (serial, thumb(dev.cert))
     other = svc.on_device_created(DeviceCreated("dev-2"))
     assert other.current_serial is None
+
+
+def test_a_refused_or_unchanged_reconcile_answers_for_its_device(world: World) -> None:
+    _ready(world)
+    svc = world.service()
+    disabled = svc.on_connection_failure(
+        ConnectionFailure(device_id="dev-1", code=403012, at=world.clock.now())
+    )
+    assert (disabled.device_id, disabled.action) == ("dev-1", "disabled_device")
+    same = svc.on_connection_failure(
+        ConnectionFailure(device_id="dev-1", code=401003, at=world.clock.now())
+    )
+    assert (same.device_id, same.action) == ("dev-1", "already_consistent")
+
+
+def test_a_reconcile_moves_the_current_thumbprint_up_when_the_primary_was_retired(
+    world: World,
+) -> None:
+    dev, svc = _ready(world)
+    old = thumb(dev.cert)
+    svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
+    answer = dev.answer()
+    assert answer is not None
+    svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    svc.on_twin_reported(TwinReported.parse("dev-1", dev.install()))
+    new = thumb(dev.cert)
+    ident = world.registry.devices["dev-1"]
+    ident.primary_thumbprint, ident.secondary_thumbprint = old, new  # the retired one first
+    outcome = svc.on_connection_failure(
+        ConnectionFailure(device_id="dev-1", code=401003, at=world.clock.now())
+    )
+    assert outcome.action == "reconciled"
+    ident = world.registry.devices["dev-1"]
+    assert (ident.primary_thumbprint, ident.secondary_thumbprint) == (new, None)

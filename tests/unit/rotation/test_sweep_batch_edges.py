@@ -190,3 +190,27 @@ def test_a_device_that_registered_again_is_confirmed_by_its_connection(world: Wo
     assert done is not None
     assert done.state is RotationState.IDLE
     assert world.metrics.counts["certroll.rotation_completed"] == 1
+
+
+def test_the_ca_expiry_warning_names_the_ca(world: World) -> None:
+    _dev, svc = _ready(world, "dev-1")
+    ca = world.authority.certificate
+    world.clock.advance((ca.not_valid_after_utc - world.clock.now()).total_seconds() - DAY)
+    [warning] = svc.sweep(Sweep(dry_run=True)).ca_expiring
+    assert warning["subject"] == ca.subject.rfc4514_string()
+    assert warning["daysLeft"] == 1
+
+
+def test_a_continued_sweep_lists_as_silent_only_idle_devices_that_stopped_reporting(
+    world: World,
+) -> None:
+    """A continued sweep sees only its last pages: an idle record past notAfter whose twin
+    still reports a due certificate was listed by an earlier part, not again as silent."""
+    _ready(world, "reports")
+    _ready(world, "quiet")
+    world.registry.twins["quiet"].reported.pop("x509")
+    world.clock.advance(31 * DAY)
+    plan = world.service().sweep(
+        Sweep(dry_run=True, continuation="5", started_at=world.clock.now())
+    )
+    assert plan.silent == ["quiet"]
