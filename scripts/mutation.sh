@@ -24,4 +24,4 @@ else
     --sample shared.domain.rotation. "$sample" "$seed")
   mutmut "${names[@]}"
 fi
-"$venv/bin/python" scripts/mutation_report.py
+"$venv/bin/python" scripts/mutation_report.py --total=shared/domain/rotation/

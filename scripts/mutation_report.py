@@ -1,6 +1,6 @@
 """Kill rate per module from a ``mutmut run`` (reads mutants/**/*.py.meta).
 
-    python scripts/mutation_report.py [--markdown]              # equivalents from the list below
+    python scripts/mutation_report.py [--markdown] [--total=DIR/]  # one row for DIR/
     python scripts/mutation_report.py --sample PREFIX N SEED   # names of a random sample
     python scripts/mutation_report.py --reset-survivors PREFIX # run them again next time
 
@@ -63,12 +63,20 @@ def main(argv: list[str]) -> int:
     for meta in sorted(root.rglob("*.py.meta")):
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         ran = {name: c for name, c in codes.items() if c is not None}
-        if not ran:
-            continue
         killed = sum(1 for c in ran.values() if c not in SURVIVED)
         equivalent = sum(1 for n, c in ran.items() if c in SURVIVED and n in known)
         module = str(meta.relative_to(root)).removesuffix(".meta")
         rows.append((module, len(codes), len(ran), killed, equivalent))
+    for package in [a.removeprefix("--total=") for a in argv if a.startswith("--total=")]:
+        inside = [r for r in rows if r[0].startswith(package)]
+        rows = [r for r in rows if not r[0].startswith(package)]
+        rows.append(
+            (
+                f"{package} (all modules)",
+                *(sum(r[i] for r in inside) for i in range(1, 5)),  # type: ignore[misc]
+            )
+        )
+    rows = [r for r in rows if r[2]]  # modules with no mutant run are not shown
     markdown = "--markdown" in argv
     if markdown:
         print(

@@ -191,3 +191,23 @@ def test_the_current_certificate_comes_first_even_when_issued_later(world: World
     shifted = dataclasses.replace(current, issued_at=new.issued_at + timedelta(seconds=1))
     found = admissible_certificates("dev-1", rec, [new, shifted], world.clock.now())
     assert [c.serial for c in found] == [current.serial, new.serial]
+
+
+def test_the_renewal_request_and_every_event_follow_the_device_contract(world: World) -> None:
+    dev, svc = _asked(world)
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    renewal = world.registry.twins["dev-1"].desired["x509"]["renewal"]
+    assert renewal == {
+        "requestId": rec.request_id,
+        "reason": "manual",
+        "keyAlgorithm": world.policy.key_algorithm,
+    }
+    answer = dev.answer()
+    assert answer is not None
+    svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    svc.on_twin_reported(TwinReported.parse("dev-1", dev.install()))
+    events = world.events.events
+    assert [e.event_type for e in events] == ["CertificateIssued", "RotationCompleted"]
+    assert all(e.data["deviceId"] == "dev-1" for e in events)
+    assert all(e.subject == "devices/dev-1" for e in events)
