@@ -46,11 +46,12 @@ def sample(prefix: str, count: int, seed: int) -> list[str]:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--reset-survivors"]:
+        known = equivalents()  # an equivalent mutant survives any test: not run again
         for meta in sorted(Path("mutants").rglob("*.py.meta")):
             data = json.loads(meta.read_text())
             codes = data["exit_code_by_key"]
             for name, code in codes.items():
-                if code in SURVIVED and name.startswith(argv[1]):
+                if code in SURVIVED and name.startswith(argv[1]) and name not in known:
                     codes[name] = None
             meta.write_text(json.dumps(data))
         return 0

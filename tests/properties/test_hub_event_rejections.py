@@ -56,6 +56,18 @@ def _record(**fields: Any) -> dict[str, Any]:
             "invalid start byte",
         ),
         (
+            lambda: load_json("{}".encode("utf-16"), "the thing"),
+            "malformed_json",
+            "the thing is not UTF-8 JSON: 'utf-8' codec can't decode byte 0xff in position 0: "
+            "invalid start byte",
+        ),
+        (
+            lambda: load_json(b'"\xed\xa0\x80"', "the thing"),
+            "malformed_json",
+            "the thing is not UTF-8 JSON: 'utf-8' codec can't decode byte 0xed in position 1: "
+            "invalid continuation byte",
+        ),
+        (
             lambda: load_json("[" * 100_000, "the thing"),
             "malformed_json",
             "the thing is nested too deeply",

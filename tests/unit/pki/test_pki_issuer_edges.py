@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from shared.domain.errors import CsrRejectedError, DeviceDisallowedError, InvalidRequestError
 from shared.domain.model import RevocationReason
@@ -144,6 +145,11 @@ def test_the_chain_holds_every_intermediate_in_order(env: Env) -> None:
         env.authority.certificate,
         intermediate,
     ]
+    pem = [
+        c.public_bytes(serialization.Encoding.PEM).decode()
+        for c in (issued.certificate, env.authority.certificate, intermediate)
+    ]
+    assert issued.chain_pem == "".join(pem)  # PEM blocks back to back, nothing between
 
 
 def test_a_certificate_expired_before_a_live_one_does_not_hide_it_from_the_crl(

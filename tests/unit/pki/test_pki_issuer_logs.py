@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from shared.domain.errors import CsrRejectedError
+from shared.domain.errors import CsrRejectedError, SigningError
 from shared.domain.model import RevocationReason
 from tests.support.pki import make_csr
 from tests.unit.pki.test_pki_issuer import Env
@@ -53,6 +53,20 @@ def test_a_signature_dropped_for_a_concurrent_record_is_logged_with_both_serials
             f"device dev-1 request r1: CSR already issued as {first.record.serial}; "
             f"{dropped} dropped",
         )
+    ]
+
+
+def test_a_signing_failure_is_logged_as_an_error(
+    env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise SigningError("hsm unavailable")
+
+    monkeypatch.setattr("shared.pki.issuer.build_device_certificate", fail)
+    with caplog.at_level(logging.INFO, logger="shared.pki.issuer"), pytest.raises(SigningError):
+        env.issue("dev-1", make_csr("dev-1"), request_id="r9")
+    assert _lines(caplog) == [
+        ("ERROR", "signing failed for device dev-1 request r9: hsm unavailable"),
     ]
 
 

@@ -108,6 +108,19 @@ def test_the_ca_expiring_before_the_start_is_named_in_the_refusal() -> None:
         build_device_certificate(_csr(), "dev-1", authority, IssuancePolicy(), late)
 
 
+def test_a_ca_expiring_as_the_certificate_would_start_issues_nothing() -> None:
+    """The last second a certificate can be issued is one before the CA's notAfter minus
+    the backdate; at that instant the certificate would be valid for no time at all."""
+    authority = make_test_authority(now=NOW - timedelta(days=1))
+    policy = IssuancePolicy(backdate_seconds=300)
+    ca_end = authority.certificate.not_valid_after_utc
+    last = ca_end + policy.backdate - timedelta(seconds=1)
+    cert = build_device_certificate(_csr(), "dev-1", authority, policy, last)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == timedelta(seconds=1)
+    with pytest.raises(ValueError, match=r"^the issuing CA expires before the certificate"):
+        build_device_certificate(_csr(), "dev-1", authority, policy, ca_end + policy.backdate)
+
+
 @pytest.mark.parametrize("serial", [1, (1 << 159) - 1])
 def test_a_serial_at_either_end_of_its_range_is_used(serial: int) -> None:
     authority = make_test_authority(now=NOW - timedelta(days=1))
