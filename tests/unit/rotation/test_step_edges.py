@@ -211,3 +211,21 @@ def test_the_renewal_request_and_every_event_follow_the_device_contract(world: W
     assert [e.event_type for e in events] == ["CertificateIssued", "RotationCompleted"]
     assert all(e.data["deviceId"] == "dev-1" for e in events)
     assert all(e.subject == "devices/dev-1" for e in events)
+
+
+def test_a_request_driven_before_its_deadline_counts_no_wait(world: World) -> None:
+    """Driving a csr_requested record early (the queue worker, ``advance``) asks the
+    device again if need be but counts a wait and moves the deadline only once it passed."""
+    _dev, svc = _asked(world)
+    asked = world.state.get("dev-1")
+    assert asked is not None
+    assert asked.deadline is not None
+    world.clock.advance(60)
+    early = svc.advance("dev-1")
+    assert early.state is RotationState.CSR_REQUESTED
+    assert (early.attempts, early.deadline) == (asked.attempts, asked.deadline)
+    world.clock.advance((asked.deadline - world.clock.now()).total_seconds())
+    due = svc.advance("dev-1")
+    assert due.state is RotationState.CSR_REQUESTED
+    assert due.attempts == asked.attempts + 1
+    assert due.deadline == world.clock.now() + world.policy.rotation_deadline
