@@ -229,3 +229,36 @@ def test_a_request_driven_before_its_deadline_counts_no_wait(world: World) -> No
     assert due.state is RotationState.CSR_REQUESTED
     assert due.attempts == asked.attempts + 1
     assert due.deadline == world.clock.now() + world.policy.rotation_deadline
+
+
+def test_a_report_with_nothing_new_writes_nothing_and_a_new_expiry_is_kept(
+    world: World,
+) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopted = adopt(svc, dev)
+    again = svc.on_twin_reported(TwinReported.parse("dev-1", dev.section()))
+    assert (again.etag, again.updated_at) == (adopted.etag, adopted.updated_at)
+    stale = world.state.get("dev-1")
+    assert stale is not None
+    stale.current_not_after = None  # a record written before the expiry was kept
+    world.state.put(stale)
+    seen = svc.on_twin_reported(TwinReported.parse("dev-1", dev.section()))
+    assert seen.current_not_after == dev.cert.not_valid_after_utc
+    assert seen.etag != adopted.etag
+
+
+def test_a_twin_report_whose_record_keeps_changing_says_so(world: World) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    stale = world.state.get("dev-1")
+    assert stale is not None
+    stale.current_not_after = None  # the report has something to write
+    world.state.put(stale)
+    section = dev.section()
+    _always_changing(world)
+    with pytest.raises(
+        ConcurrencyError, match=r"^dev-1: the rotation record kept changing during twin report\Z"
+    ):
+        svc.on_twin_reported(TwinReported.parse("dev-1", section))
