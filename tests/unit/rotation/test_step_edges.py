@@ -5,6 +5,7 @@ expiry known, what a finished rotation audits and tells its campaign."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -262,3 +263,20 @@ def test_a_twin_report_whose_record_keeps_changing_says_so(world: World) -> None
         ConcurrencyError, match=r"^dev-1: the rotation record kept changing during twin report\Z"
     ):
         svc.on_twin_reported(TwinReported.parse("dev-1", section))
+
+
+def test_each_state_change_and_an_answer_to_an_old_request_are_logged(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    with caplog.at_level(logging.INFO, logger="shared.domain.rotation"):
+        started = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
+        stale = {"csr": {"requestId": "old-request", "pem": dev.new_csr("old-request")}}
+        svc.on_twin_reported(TwinReported.parse("dev-1", stale))
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("shared.domain.rotation")]
+    assert f"device dev-1 request {started.request_id}: idle -> csr_requested" in lines
+    assert (
+        f"device dev-1: CSR for request old-request ignored (current request {started.request_id})"
+    ) in lines
