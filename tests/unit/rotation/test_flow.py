@@ -446,7 +446,9 @@ def test_a_basic_tier_hub_gets_no_job(world: World) -> None:
     assert len([m for _, m, _ in world.registry.methods if m == "reprovision"]) == 2
 
 
-@pytest.mark.parametrize(("sku", "jobs"), [("F1", 1), ("S1", 1), ("s2", 5), ("S3", 10), ("B1", 0)])
+@pytest.mark.parametrize(
+    ("sku", "jobs"), [("F1", 1), ("S1", 1), ("s2", 5), ("S3", 10), ("B1", 0)]
+)
 def test_the_tier_sets_the_concurrent_jobs(sku: str, jobs: int) -> None:
     from shared.domain.policy import RotationPolicy
     from shared.settings import Settings
