@@ -3,13 +3,13 @@
 # pyproject.toml), fast tests only, then the kill rate per module (docs/reliability.md).
 #
 #   MUTATION_ROTATION_SAMPLE=all|N  rotation mutants run: all, or N drawn at random
-#                                    (default 400) with MUTATION_SEED (default 20)
+#                                    (default 200) with MUTATION_SEED (default 20)
 #   MUTATION_JOBS                    parallel mutants (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"
 jobs="${MUTATION_JOBS:-2}"
-sample="${MUTATION_ROTATION_SAMPLE:-400}"
+sample="${MUTATION_ROTATION_SAMPLE:-200}"
 seed="${MUTATION_SEED:-20}"
 export HYPOTHESIS_PROFILE=mutation
 mutmut() { nice -n 10 "$venv/bin/mutmut" run --max-children "$jobs" "$@"; }
@@ -24,4 +24,4 @@ else
     --sample shared.domain.rotation. "$sample" "$seed")
   mutmut "${names[@]}"
 fi
-"$venv/bin/python" scripts/mutation_report.py
+"$venv/bin/python" scripts/mutation_report.py --total=shared/domain/rotation/

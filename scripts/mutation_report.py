@@ -1,6 +1,6 @@
 """Kill rate per module from a ``mutmut run`` (reads mutants/**/*.py.meta).
 
-    python scripts/mutation_report.py [--markdown]
+    python scripts/mutation_report.py [--markdown] [--total=DIR/]  # one row for DIR/
     python scripts/mutation_report.py --sample PREFIX N SEED   # names of a random sample
     python scripts/mutation_report.py --reset-survivors PREFIX # run them again next time
 
@@ -9,6 +9,9 @@ mutmut keeps a verdict until the mutated function changes; after tests were adde
 
 A mutant is killed when its tests failed (exit code 1), timed out or crashed; it
 survives when they passed (exit code 0); it is not counted when it was not run.
+A surviving mutant named in ``scripts/mutation_equivalents.txt`` (one name a line, then
+``#`` and why no test can tell it from the original) is counted as equivalent: the kill
+rate is given over all mutants run and over those that are not equivalent.
 """
 
 from __future__ import annotations
@@ -20,6 +23,15 @@ from pathlib import Path
 
 KILLED = {1, 3, -24, 36, 152}  # tests failed, timeout, killed by signal, type-check
 SURVIVED = {0, 5}  # tests passed, or no test ran
+EQUIVALENTS = Path(__file__).with_name("mutation_equivalents.txt")
+
+
+def equivalents(path: Path = EQUIVALENTS) -> set[str]:
+    """The mutant names listed in ``path`` (text after ``#`` is the reason)."""
+    if not path.exists():
+        return set()
+    names = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return {name for name in names if name}
 
 
 def sample(prefix: str, count: int, seed: int) -> list[str]:
@@ -34,11 +46,12 @@ def sample(prefix: str, count: int, seed: int) -> list[str]:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--reset-survivors"]:
+        known = equivalents()  # an equivalent mutant survives any test: not run again
         for meta in sorted(Path("mutants").rglob("*.py.meta")):
             data = json.loads(meta.read_text())
             codes = data["exit_code_by_key"]
             for name, code in codes.items():
-                if code in SURVIVED and name.startswith(argv[1]):
+                if code in SURVIVED and name.startswith(argv[1]) and name not in known:
                     codes[name] = None
             meta.write_text(json.dumps(data))
         return 0
@@ -46,25 +59,45 @@ def main(argv: list[str]) -> int:
         print("\n".join(sample(argv[1], int(argv[2]), int(argv[3]))))
         return 0
     root = Path("mutants")
+    known = equivalents()
     rows = []
     for meta in sorted(root.rglob("*.py.meta")):
         codes = json.loads(meta.read_text())["exit_code_by_key"]
-        ran = [c for c in codes.values() if c is not None]
-        if not ran:
-            continue
-        killed = sum(1 for c in ran if c not in SURVIVED)
+        ran = {name: c for name, c in codes.items() if c is not None}
+        killed = sum(1 for c in ran.values() if c not in SURVIVED)
+        equivalent = sum(1 for n, c in ran.items() if c in SURVIVED and n in known)
         module = str(meta.relative_to(root)).removesuffix(".meta")
-        rows.append((module, len(codes), len(ran), killed))
+        rows.append((module, len(codes), len(ran), killed, equivalent))
+    for package in [a.removeprefix("--total=") for a in argv if a.startswith("--total=")]:
+        inside = [r for r in rows if r[0].startswith(package)]
+        rows = [r for r in rows if not r[0].startswith(package)]
+        rows.append(
+            (
+                f"{package} (all modules)",
+                *(sum(r[i] for r in inside) for i in range(1, 5)),  # type: ignore[misc]
+            )
+        )
+    rows = [r for r in rows if r[2]]  # modules with no mutant run are not shown
     markdown = "--markdown" in argv
     if markdown:
-        print("| module | mutants | run | killed | kill rate |")
-        print("| --- | ---: | ---: | ---: | ---: |")
-    for module, total, ran, killed in rows:
+        print(
+            "| module | mutants | run | killed | equivalent | kill rate | "
+            "kill rate without equivalents |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for module, total, ran, killed, equivalent in rows:
         rate = 100.0 * killed / ran
+        net = 100.0 * killed / (ran - equivalent) if ran > equivalent else 100.0
         if markdown:
-            print(f"| `{module}` | {total} | {ran} | {killed} | {rate:.1f} % |")
+            print(
+                f"| `{module}` | {total} | {ran} | {killed} | {equivalent} | {rate:.1f} % "
+                f"| {net:.1f} % |"
+            )
         else:
-            print(f"{module:45} {total:5} {ran:5} {killed:5} {rate:6.1f} %")
+            print(
+                f"{module:45} {total:5} {ran:5} {killed:5} {equivalent:4} "
+                f"{rate:6.1f} % {net:6.1f} %"
+            )
     return 0
 
 

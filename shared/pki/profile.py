@@ -233,7 +233,7 @@ def build_device_certificate(
     not_after = min(now + policy.validity, parts.not_after)
     if not_before < EARLIEST_TIME:
         raise ValueError("the certificate cannot start before 1950")
-    if not_after < not_before:
+    if not_after <= not_before:  # a certificate valid for no time at all is not issued
         raise ValueError("the issuing CA expires before the certificate would start")
     if serial is None:
         serial = random_serial()
