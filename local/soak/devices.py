@@ -1,0 +1,50 @@
+"""Device-side faults: clocks skewed by minutes, devices offline for hours."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from local.device.simulator import FleetSimulator
+from local.soak.plan import FaultPlan
+from shared.ports import Clock
+
+SKEW_SECONDS = (30, 240)  # within the issuer's 300 s backdate (CERTROLL_BACKDATE_SECONDS)
+OFFLINE_HOURS = (1.0, 6.0)
+
+
+class SkewedClock(Clock):
+    """A device's own clock: the stack's, off by ``offset``."""
+
+    def __init__(self, base: Clock, offset: timedelta) -> None:
+        self.base = base
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return self.base.now() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        self.base.sleep(seconds)
+
+
+def skew_clocks(sim: FleetSimulator, plan: FaultPlan, device_ids: list[str]) -> dict[str, float]:
+    """Give a share of the devices a clock off by minutes, ahead or behind; the offsets."""
+    chosen = plan.rng.sample(device_ids, round(plan.rates.skew * len(device_ids)))
+    offsets: dict[str, float] = {}
+    for device_id in sorted(chosen):
+        seconds = plan.rng.randint(*SKEW_SECONDS) * plan.rng.choice((-1, 1))
+        agent = sim.agents[device_id]
+        agent.clock = SkewedClock(agent.clock, timedelta(seconds=seconds))
+        offsets[device_id] = seconds
+    plan.count("device_clock_skew", len(offsets))
+    return offsets
+
+
+def offline_wave(sim: FleetSimulator, plan: FaultPlan, device_ids: list[str]) -> list[str]:
+    """Power off a share of the devices, each for its own number of hours."""
+    online = [d for d in device_ids if not sim.agents[d].offline]
+    chosen = sorted(plan.rng.sample(online, min(len(online), round(plan.rates.offline * len(device_ids)))))
+    for device_id in chosen:
+        hours = plan.rng.uniform(*OFFLINE_HOURS)
+        sim.take_offline([device_id], timedelta(hours=hours))
+    plan.count("device_offline_hours", len(chosen))
+    return chosen
