@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from local.device.simulator import FleetSimulator
 from local.soak.plan import FaultPlan
-from shared.ports import Clock
 
 SKEW_SECONDS = (30, 240)  # within the issuer's 300 s backdate (CERTROLL_BACKDATE_SECONDS)
 OFFLINE_HOURS = (1.0, 6.0)
-
-
-class SkewedClock(Clock):
-    """A device's own clock: the stack's, off by ``offset``."""
-
-    def __init__(self, base: Clock, offset: timedelta) -> None:
-        self.base = base
-        self.offset = offset
-
-    def now(self) -> datetime:
-        return self.base.now() + self.offset
-
-    def sleep(self, seconds: float) -> None:
-        self.base.sleep(seconds)
 
 
 def skew_clocks(sim: FleetSimulator, plan: FaultPlan, device_ids: list[str]) -> dict[str, float]:
@@ -32,8 +17,7 @@ def skew_clocks(sim: FleetSimulator, plan: FaultPlan, device_ids: list[str]) -> 
     offsets: dict[str, float] = {}
     for device_id in sorted(chosen):
         seconds = plan.rng.randint(*SKEW_SECONDS) * plan.rng.choice((-1, 1))
-        agent = sim.agents[device_id]
-        agent.clock = SkewedClock(agent.clock, timedelta(seconds=seconds))
+        sim.agents[device_id].clock_skew = timedelta(seconds=seconds)
         offsets[device_id] = seconds
     plan.count("device_clock_skew", len(offsets))
     return offsets

@@ -107,7 +107,7 @@ def verdict_of(
                 enrollment_thumbprints=enrolled,
                 hub_thumbprints=held,
                 refusals=agent.timeline.connect_failures,
-                max_gap_seconds=agent.timeline.gap_seconds(agent.clock.now()),
+                max_gap_seconds=agent.timeline.gap_seconds(clock.now()),
             )
         )
     crl = x509.load_der_x509_crl(services.crl_publisher.fetch(CRL_NAME))

@@ -52,10 +52,14 @@ def all_kinds() -> tuple[str, ...]:
 class FaultRates:
     """How often each fault strikes (probabilities per call, batch, message or device)."""
 
-    port_call: float = 0.004  # a DPS, hub, storage or signing-key call fails
+    # a call fails, per port (storage is called ten times as often as the others)
+    dps_call: float = 0.03
+    hub_call: float = 0.02
+    storage_call: float = 0.004
+    signing_key_call: float = 0.03
     response_lost: float = 0.5  # a timed-out write was applied before the response was lost
     etag_conflict: float = 0.02  # a concurrent writer changes a state record just before a put
-    worker_kill: float = 0.05  # a work-queue invocation dies mid-batch
+    worker_kill: float = 0.15  # a work-queue invocation dies mid-batch
     batch_duplicate: float = 0.1  # an Event Hub batch carries some messages twice
     batch_reorder: float = 0.2  # an Event Hub batch arrives shuffled
     batch_coalesce: float = 0.1  # a message waits and arrives with the next pass's batch
@@ -90,7 +94,7 @@ class FaultPlan:
         """``(fault, applied)`` when this call of ``stream`` at ``port`` fails, else None;
         ``applied``: a timed-out write took effect before its response was lost."""
         rng = self.draw(f"{port}/{stream}")
-        if rng.random() >= self.rates.port_call:
+        if rng.random() >= getattr(self.rates, f"{port}_call"):
             return None
         fault = rng.choice(PORT_FAULTS)
         applied = fault == "timeout" and rng.random() < self.rates.response_lost
