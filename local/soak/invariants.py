@@ -82,8 +82,13 @@ def double_issuances(ledger: Iterable[CertificateRecord]) -> list[str]:
     per_request = Counter((r.device_id, r.request_id) for r in rows)
     out += [f"{d}/{q}" for (d, q), n in sorted(per_request.items()) for _ in range(n - 1)]
     dead = {CertificateStatus.FAILED, CertificateStatus.REVOKED}
-    live = Counter(r.device_id for r in rows if r.status not in dead)
-    out += [d for d, n in sorted(live.items()) for _ in range(n - 1)]
+    live: dict[str, list[CertificateRecord]] = {}
+    for r in rows:
+        if r.status not in dead:
+            live.setdefault(r.device_id, []).append(r)
+    for d, certs in sorted(live.items()):
+        shown = " ".join(f"{r.status}/{r.trigger}/{r.request_id[:8]}" for r in certs)
+        out += [f"{d} ({shown})"] * (len(certs) - 1)
     return out
 
 

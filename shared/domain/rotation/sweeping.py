@@ -17,7 +17,8 @@ from shared.domain.errors import (
     NotFoundError,
     ThrottledError,
 )
-from shared.domain.model import JobStatus, RotationRecord, RotationState
+from shared.domain.model import JobStatus, RotationRecord, RotationState, Trigger
+from shared.domain.policy import Renewal
 from shared.domain.rotation import transitions
 from shared.domain.rotation.context import RotationContext
 from shared.domain.rotation.daily_sweep import DailySweep
@@ -73,6 +74,8 @@ class FleetWork:
                     if driven.state is RotationState.DELIVERED:
                         waiting[device_id] = driven
                     result.advanced.append(device_id)
+                elif self._renewed_since(batch, rec):
+                    result.skipped[device_id] = "not-due"
                 else:
                     reason = batch.reason
                     if rec is not None and rec.state is RotationState.FAILED and campaign is None:
@@ -99,6 +102,31 @@ class FleetWork:
             # the message is redelivered; finished devices are no-ops the second time
             raise throttled
         return result
+
+    def _renewed_since(self, batch: RotateBatch, rec: RotationRecord | None) -> bool:
+        """Whether an ``expiring`` batch from the sweep comes too late for this device: its
+        record changed after the batch was enqueued and its current certificate is no
+        longer due (a rotation finished in between, through the device's own twin report
+        or an earlier delivery of this very message). The queue delivers at least once
+        and a message comes back after a crash or a failure, so without this a stale
+        message would open a second rotation and issue a second certificate."""
+        if batch.campaign_id is not None or batch.reason is not Trigger.EXPIRING:
+            return False
+        if rec is None or rec.state is not RotationState.IDLE or not rec.current_serial:
+            return False
+        if (
+            batch.enqueued_at is not None
+            and rec.updated_at is not None
+            and rec.updated_at < batch.enqueued_at
+        ):
+            return False  # untouched since the sweep found it due: still due
+        current = self.ctx.ledger_get(rec.current_serial)
+        if current is None:
+            return False
+        decision = self.ctx.policy.decide(
+            rec.device_id, current.not_before, current.not_after, self.ctx.now()
+        )
+        return decision is Renewal.NOT_DUE
 
     def _campaign_done(self, campaign_id: str, device_id: str) -> bool:
         campaigns = self.ctx.deps.campaigns
