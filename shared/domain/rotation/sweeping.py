@@ -114,11 +114,9 @@ class FleetWork:
             return False
         if rec is None or rec.state is not RotationState.IDLE or not rec.current_serial:
             return False
-        if (
-            batch.enqueued_at is not None
-            and rec.updated_at is not None
-            and rec.updated_at < batch.enqueued_at
-        ):
+        if batch.enqueued_at is None or rec.updated_at is None:
+            return False  # no time to compare with: the message is taken as it is
+        if rec.updated_at < batch.enqueued_at:
             return False  # untouched since the sweep found it due: still due
         current = self.ctx.ledger_get(rec.current_serial)
         if current is None:
