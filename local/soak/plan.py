@@ -56,7 +56,7 @@ class FaultRates:
     dps_call: float = 0.03
     hub_call: float = 0.02
     storage_call: float = 0.004
-    signing_key_call: float = 0.03
+    signing_key_call: float = 0.06
     response_lost: float = 0.5  # a timed-out write was applied before the response was lost
     etag_conflict: float = 0.02  # a concurrent writer changes a state record just before a put
     worker_kill: float = 0.15  # a work-queue invocation dies mid-batch
