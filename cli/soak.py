@@ -43,8 +43,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        for key in ("devices", "rotations_completed", "lost", "double_issuances",
-                    "max_gap_seconds", "elapsed_seconds"):
+        for key in (
+            "devices",
+            "rotations_completed",
+            "lost",
+            "double_issuances",
+            "max_gap_seconds",
+            "elapsed_seconds",
+        ):
             print(f"{key}: {summary[key]}")
         print("faults_injected:")
         for kind, count in summary["faults_injected"].items():

@@ -21,9 +21,7 @@ logger = logging.getLogger(__name__)
 
 #: Azurite's well-known development account (docs: "Use the Azurite emulator")
 DEV_ACCOUNT = "devstoreaccount1"
-DEV_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def _free_port() -> int:
@@ -96,7 +94,7 @@ class PrivateAzurite:
             "--tablePort",
             str(p["table"]),
         ]
-        log = open(self.location / "azurite.log", "ab")  # noqa: SIM115 - the process keeps it
+        log = open(self.location / "azurite.log", "ab")
         self._proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

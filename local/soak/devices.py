@@ -26,7 +26,9 @@ def skew_clocks(sim: FleetSimulator, plan: FaultPlan, device_ids: list[str]) -> 
 def offline_wave(sim: FleetSimulator, plan: FaultPlan, device_ids: list[str]) -> list[str]:
     """Power off a share of the devices, each for its own number of hours."""
     online = [d for d in device_ids if not sim.agents[d].offline]
-    chosen = sorted(plan.rng.sample(online, min(len(online), round(plan.rates.offline * len(device_ids)))))
+    chosen = sorted(
+        plan.rng.sample(online, min(len(online), round(plan.rates.offline * len(device_ids))))
+    )
     for device_id in chosen:
         hours = plan.rng.uniform(*OFFLINE_HOURS)
         sim.take_offline([device_id], timedelta(hours=hours))

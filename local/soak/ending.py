@@ -43,7 +43,9 @@ def _chain_valid(cert: x509.Certificate, issuing: x509.Certificate, at: Any) -> 
     return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc
 
 
-def _accepts(clock: ManualClock, stack: SoakStack, sim: FleetSimulator, device_id: str) -> tuple[bool, bool]:
+def _accepts(
+    clock: ManualClock, stack: SoakStack, sim: FleetSimulator, device_id: str
+) -> tuple[bool, bool]:
     """(DPS accepts, hub accepts) the device's current certificate: a real registration
     and a real connection with it."""
     agent = sim.agents[device_id]
@@ -74,7 +76,9 @@ def _slots(clock: ManualClock, stack: SoakStack, device_id: str) -> tuple[Any, A
     ident = _patiently(clock, lambda: emulator.hub.get_device(device_id))
     held = None
     if ident.primary_thumbprint or ident.secondary_thumbprint:
-        held = frozenset(t.lower() for t in (ident.primary_thumbprint, ident.secondary_thumbprint) if t)
+        held = frozenset(
+            t.lower() for t in (ident.primary_thumbprint, ident.secondary_thumbprint) if t
+        )
     return enrolled, held
 
 

@@ -145,7 +145,8 @@ def check(
     add(
         "the CRL lists exactly the revoked certificates",
         crl_bad,
-        f"{len(listed)} listed, {len(revoked)} revoked" + (f"; {_some(crl_bad)}" if crl_bad else ""),
+        f"{len(listed)} listed, {len(revoked)} revoked"
+        + (f"; {_some(crl_bad)}" if crl_bad else ""),
     )
 
     barred_bad = [

@@ -40,7 +40,7 @@ READ_PREFIXES = ("get", "list", "find", "query", "fetch", "peek", "count", "acti
 RETRY_AFTER_SECONDS = ("1", "2", "5", "10")
 
 
-class WorkerKilled(BaseException):  # noqa: N818 - it is not an error the code may handle
+class WorkerKilled(BaseException):
     """The worker process died here: nothing after this point of the invocation runs
     (a ``BaseException``, so no ``except Exception`` of the product catches it)."""
 

@@ -87,8 +87,13 @@ class SoakResult:
         return self.verdict.ok
 
 
-def _wrapper(plan: FaultPlan, kill: KillSwitch, armed: Callable[[], bool], clock: ManualClock,
-             keys: list[FaultySigningKey]) -> Callable[[Settings, dict[str, Any]], dict[str, Any]]:
+def _wrapper(
+    plan: FaultPlan,
+    kill: KillSwitch,
+    armed: Callable[[], bool],
+    clock: ManualClock,
+    keys: list[FaultySigningKey],
+) -> Callable[[Settings, dict[str, Any]], dict[str, Any]]:
     """The ``wrap_ports`` hook: every port the functions use, wrapped."""
 
     def port(inner: Any, name: str, make: Any, cls: type[FaultyPort] = FaultyPort) -> Any:
@@ -189,15 +194,22 @@ def _run(
 
         def issue_initial(device_id: str, csr_pem: str) -> str:
             issued = services.issuer.issue(
-                device_id, csr_pem, request_id=str(uuid.uuid4()),
-                trigger=PROVISION_TRIGGER, actor=SOAK_ACTOR,
+                device_id,
+                csr_pem,
+                request_id=str(uuid.uuid4()),
+                trigger=PROVISION_TRIGGER,
+                actor=SOAK_ACTOR,
             )
             return str(issued.chain_pem)
 
         sim = FleetSimulator(
-            stack.emulator, issue_initial, options.devices,
-            group_fraction=options.group_fraction, seed=options.seed,
-            trust_anchor=root, id_prefix="dev-",
+            stack.emulator,
+            issue_initial,
+            options.devices,
+            group_fraction=options.group_fraction,
+            seed=options.seed,
+            trust_anchor=root,
+            id_prefix="dev-",
         )
         say(f"provisioning {options.devices} devices (seed {options.seed})")
         connected = sim.start(wait=True, max_rounds=40 * options.devices)
@@ -255,7 +267,9 @@ def _disallow(stack: SoakStack, device_id: str, clock: ManualClock) -> None:
     assert stack.url is not None
     for _ in range(20):
         status, body = call_api(
-            stack.url, "POST", f"/api/devices/{device_id}/disallow",
+            stack.url,
+            "POST",
+            f"/api/devices/{device_id}/disallow",
             function_key=stack.function_key,
             token=stack.operator_token("operator@soak.local"),
             body={"reason": "soak: device reported stolen"},

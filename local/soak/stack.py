@@ -78,7 +78,9 @@ class SoakStack(LocalStack):
                     self.settings.get("CERTROLL_WORK_QUEUE")
                 )
                 queue.update_message(
-                    msg.id, pop_receipt=msg.pop_receipt, visibility_timeout=KILLED_VISIBILITY_SECONDS
+                    msg.id,
+                    pop_receipt=msg.pop_receipt,
+                    visibility_timeout=KILLED_VISIBILITY_SECONDS,
                 )
                 raise
             finally:
