@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 PROVISION_TRIGGER = "provision"
 SOAK_ACTOR = "system:soak"
 SIGNING_OUTAGE = timedelta(minutes=20)
-IDLE_STEP = timedelta(minutes=20)  # clock moved, and the sweep fired, when nothing moves
+IDLE_STEP = timedelta(hours=1)  # clock moved, and the sweep fired, when nothing moves
 MAX_CLOCK = timedelta(days=3)  # the run gives up waiting this long after the timer fired
 
 
