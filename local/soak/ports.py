@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
@@ -223,14 +223,17 @@ class FaultySigningKey(DigestSigningEcKey):
         kill: KillSwitch,
         armed: Callable[[], bool],
         now: Callable[[], datetime],
-        outage: tuple[datetime, datetime] | None,
+        outage: tuple[datetime, timedelta] | None,
     ) -> None:
         self.inner = inner
         self._plan = plan
         self._kill = kill
         self._armed = armed
         self._now = now
+        #: (from, for): the key goes out at its first signature from ``from`` on, for
+        #: ``for`` of clock time (so a clock that jumps cannot skip the outage)
         self.outage = outage
+        self._outage_ends: datetime | None = None
         self.backend_name = getattr(inner, "backend_name", "remote")
 
     @property
@@ -243,10 +246,17 @@ class FaultySigningKey(DigestSigningEcKey):
     def _sign_digest(self, digest: bytes, algorithm: hashes.HashAlgorithm) -> bytes:
         if self._armed():
             self._kill.tick()
-            if self.outage is not None and self.outage[0] <= self._now() < self.outage[1]:
+            if self._out(self._now()):
                 self._plan.count("signing_key_outage")
                 raise signing_error(self.key_id, "503", "10")
             struck = self._plan.port_fault("signing_key", "sign")
             if struck is not None:
                 raise signing_error(self.key_id, struck[0], "2")
         return self.inner.sign(digest, ec.ECDSA(utils.Prehashed(algorithm)))
+
+    def _out(self, now: datetime) -> bool:
+        if self.outage is None or now < self.outage[0]:
+            return False
+        if self._outage_ends is None:
+            self._outage_ends = now + self.outage[1]
+        return now < self._outage_ends

@@ -223,9 +223,7 @@ def _run(
 
         barred = plan.rng.choice(sorted(sim.group_members) or ids)
         others = [d for d in ids if d != barred]
-        outage_at = clock.now() + timedelta(minutes=plan.rng.uniform(0, 10))
-        keys[0].outage = (outage_at, outage_at + SIGNING_OUTAGE)
-        plan.count("signing_key_outage", 0)
+        keys[0].outage = (clock.now() + timedelta(minutes=plan.rng.uniform(0, 10)), SIGNING_OUTAGE)
         restart_at = plan.rng.uniform(0.2, 0.5)  # share of the fleet renewed when it happens
         say(f"{clock.now():%Y-%m-%d %H:%M} UTC: every certificate is due; faults on")
         switch.set()

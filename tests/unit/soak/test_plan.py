@@ -98,3 +98,34 @@ def test_the_kill_switch_ends_the_invocation_after_its_count() -> None:
     with pytest.raises(WorkerKilled):
         port.put("c")
     port.put("d")  # disarmed once it fired
+
+
+def test_the_signing_key_outage_starts_at_its_first_signature_and_lasts() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from local.soak.ports import FaultySigningKey
+
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    now = [t0 - timedelta(minutes=1)]
+    plan = FaultPlan(1, FaultRates(signing_key_call=0.0))
+    key = FaultySigningKey(
+        ec.generate_private_key(ec.SECP256R1()),
+        plan,
+        KillSwitch(),
+        lambda: True,
+        lambda: now[0],
+        (t0, timedelta(minutes=20)),
+    )
+    key.sign(b"before", ec.ECDSA(hashes.SHA256()))
+    now[0] = t0 + timedelta(hours=5)  # the clock jumped past the start
+    with pytest.raises(SigningError):
+        key.sign(b"out", ec.ECDSA(hashes.SHA256()))
+    now[0] += timedelta(minutes=19)
+    with pytest.raises(SigningError):
+        key.sign(b"still out", ec.ECDSA(hashes.SHA256()))
+    now[0] += timedelta(minutes=2)
+    key.sign(b"back", ec.ECDSA(hashes.SHA256()))
+    assert plan.injected()["signing_key_outage"] == 2
