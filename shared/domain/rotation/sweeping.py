@@ -11,10 +11,13 @@ from datetime import timedelta
 
 from shared.domain.commands import RotateBatch, Sweep
 from shared.domain.errors import (
+    CertrollError,
     ConcurrencyError,
     DeviceDisallowedError,
     JobQuotaExceededError,
     NotFoundError,
+    ServiceError,
+    SigningError,
     ThrottledError,
 )
 from shared.domain.model import JobStatus, RotationRecord, RotationState, Trigger
@@ -52,11 +55,16 @@ class FleetWork:
 
         A campaign's batch (``batch.campaign_id``) skips a device that already has an
         outcome in the campaign (the batch was enqueued again after a crash) and counts
-        a device with nothing to do (disallowed, unknown) as ``skipped``."""
+        a device with nothing to do (disallowed, unknown) as ``skipped``. A device that
+        fails transiently (throttled, a service error, the signing key) does not stop the
+        others: the batch goes on and then raises, so the message comes back for it."""
         ctx = self.ctx
         result = BatchResult()
         bulk = len(batch.device_ids) >= ctx.policy.bulk_threshold
+        # transient failures (throttling; a service's 5xx or lost connection; the signing
+        # key): the other devices carry on, then one is raised so the message comes back
         throttled: ThrottledError | None = None
+        failed: CertrollError | None = None
         waiting: dict[str, RotationRecord] = {}  # left in delivered for the bulk job
         campaign = batch.campaign_id
         for device_id in batch.device_ids:
@@ -90,6 +98,11 @@ class FleetWork:
             except ThrottledError as exc:
                 throttled = exc
                 result.errors[device_id] = f"throttled: {exc}"
+            except (ServiceError, SigningError) as exc:
+                # one device's transient failure does not hold up the rest of the batch
+                failed = failed or exc
+                result.errors[device_id] = f"{type(exc).__name__}: {exc}"
+                logger.warning("device %s: %s; the message will come back", device_id, exc)
             except (NotFoundError, DeviceDisallowedError, ConcurrencyError) as exc:
                 result.errors[device_id] = f"{type(exc).__name__}: {exc}"
                 logger.warning("device %s: %s", device_id, exc)
@@ -98,9 +111,10 @@ class FleetWork:
         if bulk:
             job = self.reprovision_job(list(waiting.values()))
             result.reprovision_job = job.job_id if job is not None else None
-        if throttled is not None:
+        error = throttled or failed
+        if error is not None:
             # the message is redelivered; finished devices are no-ops the second time
-            raise throttled
+            raise error
         return result
 
     def _renewed_since(self, batch: RotateBatch, rec: RotationRecord | None) -> bool:

@@ -21,6 +21,7 @@ from shared.domain.errors import (
     InvalidRequestError,
     JobQuotaExceededError,
     NotFoundError,
+    ServiceError,
 )
 from shared.domain.messages import parse_rotate_message
 from shared.domain.model import (
@@ -611,3 +612,32 @@ def test_sweep_message_for_a_device_still_due_starts_its_rotation(world: World) 
     world.state.put(rec)  # touched after the sweep, still due
     result = svc.process_batch(parse_rotate_message(message))
     assert result.started == ["dev-1"]
+
+
+def test_one_devices_service_error_does_not_hold_up_its_batch(world: World) -> None:
+    """A 500 for one device lets the rest of the batch go on; the batch then fails so the
+    message comes back for that device (found by the soak: one transient error held up
+    a whole batch, and after five tries poisoned it)."""
+    devs = [world.add_device(f"dev-{i}") for i in range(3)]
+    svc = world.service()
+    for dev in devs:
+        adopt(svc, dev)
+    inner = world.registry.patch_desired
+    failed: list[str] = []
+
+    def patch_desired(device_id: str, *args: Any, **kwargs: Any) -> Any:
+        if device_id == "dev-1" and not failed:
+            failed.append(device_id)
+            raise ServiceError("IoT Hub patch_desired dev-1: HTTP 500", status=500)
+        return inner(device_id, *args, **kwargs)
+
+    world.registry.patch_desired = patch_desired  # type: ignore[method-assign]
+    message = {"kind": "rotate", "deviceIds": [d.device_id for d in devs], "reason": "manual"}
+    with pytest.raises(ServiceError):
+        svc.process_batch(parse_rotate_message(message))
+    for dev in (devs[0], devs[2]):
+        assert dev.renewal_request() is not None  # asked in the first delivery
+    assert devs[1].renewal_request() is None
+    again = svc.process_batch(parse_rotate_message(message))
+    assert again.errors == {}
+    assert devs[1].renewal_request() is not None
