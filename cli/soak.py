@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from cli.common import Command
@@ -38,6 +39,8 @@ def _run(args: argparse.Namespace) -> int:
         if not args.json:
             print(text, file=sys.stderr)
 
+    # a SIGTERM ends the run through its clean-up (the soak's own Azurite is stopped)
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(128 + signal.SIGTERM))
     result = run_soak(settings, options, say=say)
     summary = result.summary
     if args.json:
