@@ -258,12 +258,12 @@ def _run(
 
 
 def _disallow(stack: SoakStack, device_id: str, clock: ManualClock) -> None:
-    """An operator disallows ``device_id`` through the HTTP API, retrying a 5xx as a
-    patient operator would."""
+    """An operator disallows ``device_id`` through the HTTP API, retrying a 5xx every 5
+    minutes as a patient operator would (the CRL cannot be signed while the key is out)."""
     from local.demo import call_api
 
     assert stack.url is not None
-    for _ in range(20):
+    for _ in range(40):
         status, body = call_api(
             stack.url,
             "POST",
@@ -275,7 +275,7 @@ def _disallow(stack: SoakStack, device_id: str, clock: ManualClock) -> None:
         if status == 200:
             return
         logger.info("disallow of %s answered %s: %s; retrying", device_id, status, body)
-        clock.advance(30)
+        clock.advance(300)
     raise CertrollError(f"disallow of {device_id} kept failing: {status} {body}")
 
 
