@@ -223,7 +223,7 @@ def _run(
 
         barred = plan.rng.choice(sorted(sim.group_members) or ids)
         others = [d for d in ids if d != barred]
-        keys[0].outage = (clock.now() + timedelta(minutes=plan.rng.uniform(0, 10)), SIGNING_OUTAGE)
+        outage_in = plan.rng.uniform(0, 10)
         restart_at = plan.rng.uniform(0.2, 0.5)  # share of the fleet renewed when it happens
         say(f"{clock.now():%Y-%m-%d %H:%M} UTC: every certificate is due; faults on")
         switch.set()
@@ -232,6 +232,8 @@ def _run(
         stack.pump()
         _disallow(stack, barred, clock)
         sim.agents[barred].go_offline()
+        # the key goes out while the fleet rotates (not during the operator's disallow)
+        keys[0].outage = (clock.now() + timedelta(minutes=outage_in), SIGNING_OUTAGE)
         restarter = _rotate(stack, sim, others, azurite, restart_at, plan, clock)
         if restarter is not None:
             restarter.join()
