@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export CERTROLL_HOME ?= $(CURDIR)/.certroll
 
-.PHONY: install test demo bench azurite azurite-stop lint typecheck serve clean mutation
+.PHONY: install test demo soak bench azurite azurite-stop lint typecheck serve clean mutation
 
 install: $(VENV)/.installed node_modules/.installed .certroll/.softhsm .certroll/.chromium
 
@@ -47,6 +47,10 @@ typecheck: install
 demo: install
 	scripts/azurite.sh start
 	$(VENV)/bin/certroll demo --devices $${DEVICES:-1000}
+
+# faults at scale (docs/reliability.md, "Soak"); starts and restarts its own Azurite
+soak: install
+	$(VENV)/bin/certroll soak --devices $${DEVICES:-1000} --seed $${SEED:-7}
 
 # mutmut over the PKI, parsing and rotation modules (see docs/reliability.md); CPU-heavy
 mutation: install

@@ -9,13 +9,13 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from cli import ca, campaign, localstack, pki, rotation
+from cli import ca, campaign, localstack, pki, rotation, soak
 from cli.common import Command, Run
 from cli.exits import ExitCode, exit_for
 from shared.domain.errors import CertrollError
 
 #: The modules whose ``COMMANDS`` make up ``certroll``, in help order.
-COMMAND_MODULES: tuple[ModuleType, ...] = (pki, ca, rotation, campaign, localstack)
+COMMAND_MODULES: tuple[ModuleType, ...] = (pki, ca, rotation, campaign, localstack, soak)
 
 
 def commands() -> dict[str, Command]:

@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -84,6 +84,9 @@ MAX_REDELIVERIES = 8  # the Event Hubs triggers' retry policy (functions/hub_eve
 #: way, up to host.json ``queues.maxPollingInterval`` (1 min by default)
 QUEUE_IDLE_POLL_SECONDS = 1.0
 EVENT_GRID = "eventgrid:device_lifecycle"
+#: ``LocalStack(wrap_ports=...)``: gets the settings and the ports the services are built
+#: from (``Services`` overrides) and returns them, e.g. wrapped to inject faults (the soak)
+WrapPorts = Callable[[Settings, dict[str, Any]], dict[str, Any]]
 
 
 def load_function_app() -> Any:
@@ -409,6 +412,7 @@ class LocalStack:
         seed: int = 0,
         partitions: int = EVENT_HUB_PARTITIONS,
         hub_units: int = 1,
+        wrap_ports: WrapPorts | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise InvalidRequestError(
@@ -433,6 +437,7 @@ class LocalStack:
         self.pki_not_before = pki_not_before
         self.enforce_limits = enforce_limits
         self.hub_units = hub_units
+        self.wrap_ports = wrap_ports
         self.duplicate_fraction = duplicate_fraction
         self._rng = random.Random(seed)
         self._held_back: list[dict[str, Any]] = []
@@ -489,18 +494,20 @@ class LocalStack:
         from shared.adapters.memory import MemoryEventSink
 
         storage, queues = local_storage(self.settings)
-        self.services = Services(
-            self.settings,
-            clock=self.clock,
-            enrollments=fleet.enrollments,
-            registry=fleet.registry,
-            events=MemoryEventSink(),
-            storage=storage,
-            ca_certificate_services=(
+        ports: dict[str, Any] = {
+            "clock": self.clock,
+            "enrollments": fleet.enrollments,
+            "registry": fleet.registry,
+            "events": MemoryEventSink(),
+            "storage": storage,
+            "ca_certificate_services": (
                 self.emulator.dps_certificates,
                 self.emulator.hub_certificates,
             ),
-        )
+        }
+        if self.wrap_ports is not None:
+            ports = self.wrap_ports(self.settings, ports)
+        self.services = Services(self.settings, **ports)
         # wire and check storage and the issuing key now, not on the first event
         self.services.issuer.publish_crl()
         self._exit.enter_context(override_services(self.services))

@@ -201,6 +201,9 @@ class DeviceAgent:
         self.answer_delay = answer_delay
         self.on_work = on_work
         self.timeline = DeviceTimeline()
+        #: how far the device's wall clock is off; it judges certificate validity by it
+        #: (its timers run on the shared clock, as a device's monotonic timers would)
+        self.clock_skew = timedelta(0)
 
         self._key: DeviceKey = key
         self._chain: list[x509.Certificate] = list(chain)
@@ -485,7 +488,7 @@ class DeviceAgent:
                 device_id=self.device_id,
                 pending_key=pending.key,
                 trust_anchor=self.trust_anchor,
-                now=now,
+                now=now + self.clock_skew,  # validity by the device's own wall clock
             )
         except ContractError as exc:
             # keep the pending key: a corrected delivery for the same request may follow
@@ -731,7 +734,8 @@ class DeviceAgent:
         )
 
     def _throttle_delay(self, retry_after: float) -> float:
-        window = min(2.0**self._throttled_in_a_row, THROTTLE_WINDOW_CAP_SECONDS)
+        # the exponent is capped: 2.0**1024 overflows a float
+        window = min(2.0 ** min(self._throttled_in_a_row, 16), THROTTLE_WINDOW_CAP_SECONDS)
         self._throttled_in_a_row += 1
         return max(retry_after, 0.001) + self._rng.uniform(0, window)
 

@@ -77,7 +77,7 @@ def test_one_parser_over_the_listed_modules() -> None:
     assert set(commands()) == set(names) == {
         "pki", "issue", "revoke", "crl", "ca",
         "disallow", "allow", "renew", "status", "sweep", "campaign",
-        "serve", "demo", "report", "token",
+        "serve", "demo", "report", "token", "soak",
     }  # fmt: skip
     parser = build_parser()
     assert parser.parse_args(["status"]).func is commands()["status"].run

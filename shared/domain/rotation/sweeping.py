@@ -11,13 +11,17 @@ from datetime import timedelta
 
 from shared.domain.commands import RotateBatch, Sweep
 from shared.domain.errors import (
+    CertrollError,
     ConcurrencyError,
     DeviceDisallowedError,
     JobQuotaExceededError,
     NotFoundError,
+    ServiceError,
+    SigningError,
     ThrottledError,
 )
-from shared.domain.model import JobStatus, RotationRecord, RotationState
+from shared.domain.model import JobStatus, RotationRecord, RotationState, Trigger
+from shared.domain.policy import Renewal
 from shared.domain.rotation import transitions
 from shared.domain.rotation.context import RotationContext
 from shared.domain.rotation.daily_sweep import DailySweep
@@ -51,11 +55,16 @@ class FleetWork:
 
         A campaign's batch (``batch.campaign_id``) skips a device that already has an
         outcome in the campaign (the batch was enqueued again after a crash) and counts
-        a device with nothing to do (disallowed, unknown) as ``skipped``."""
+        a device with nothing to do (disallowed, unknown) as ``skipped``. A device that
+        fails transiently (throttled, a service error, the signing key) does not stop the
+        others: the batch goes on and then raises, so the message comes back for it."""
         ctx = self.ctx
         result = BatchResult()
         bulk = len(batch.device_ids) >= ctx.policy.bulk_threshold
+        # transient failures (throttling; a service's 5xx or lost connection; the signing
+        # key): the other devices carry on, then one is raised so the message comes back
         throttled: ThrottledError | None = None
+        failed: CertrollError | None = None
         waiting: dict[str, RotationRecord] = {}  # left in delivered for the bulk job
         campaign = batch.campaign_id
         for device_id in batch.device_ids:
@@ -73,6 +82,8 @@ class FleetWork:
                     if driven.state is RotationState.DELIVERED:
                         waiting[device_id] = driven
                     result.advanced.append(device_id)
+                elif self._renewed_since(batch, rec):
+                    result.skipped[device_id] = "not-due"
                 else:
                     reason = batch.reason
                     if rec is not None and rec.state is RotationState.FAILED and campaign is None:
@@ -87,6 +98,11 @@ class FleetWork:
             except ThrottledError as exc:
                 throttled = exc
                 result.errors[device_id] = f"throttled: {exc}"
+            except (ServiceError, SigningError) as exc:
+                # one device's transient failure does not hold up the rest of the batch
+                failed = failed or exc
+                result.errors[device_id] = f"{type(exc).__name__}: {exc}"
+                logger.warning("device %s: %s; the message will come back", device_id, exc)
             except (NotFoundError, DeviceDisallowedError, ConcurrencyError) as exc:
                 result.errors[device_id] = f"{type(exc).__name__}: {exc}"
                 logger.warning("device %s: %s", device_id, exc)
@@ -95,10 +111,34 @@ class FleetWork:
         if bulk:
             job = self.reprovision_job(list(waiting.values()))
             result.reprovision_job = job.job_id if job is not None else None
-        if throttled is not None:
+        error = throttled or failed
+        if error is not None:
             # the message is redelivered; finished devices are no-ops the second time
-            raise throttled
+            raise error
         return result
+
+    def _renewed_since(self, batch: RotateBatch, rec: RotationRecord | None) -> bool:
+        """Whether an ``expiring`` batch from the sweep comes too late for this device: its
+        record changed after the batch was enqueued and its current certificate is no
+        longer due (a rotation finished in between, through the device's own twin report
+        or an earlier delivery of this very message). The queue delivers at least once
+        and a message comes back after a crash or a failure, so without this a stale
+        message would open a second rotation and issue a second certificate."""
+        if batch.campaign_id is not None or batch.reason is not Trigger.EXPIRING:
+            return False
+        if rec is None or rec.state is not RotationState.IDLE or not rec.current_serial:
+            return False
+        if batch.enqueued_at is None or rec.updated_at is None:
+            return False  # no time to compare with: the message is taken as it is
+        if rec.updated_at < batch.enqueued_at:
+            return False  # untouched since the sweep found it due: still due
+        current = self.ctx.ledger_get(rec.current_serial)
+        if current is None:
+            return False
+        decision = self.ctx.policy.decide(
+            rec.device_id, current.not_before, current.not_after, self.ctx.now()
+        )
+        return decision is Renewal.NOT_DUE
 
     def _campaign_done(self, campaign_id: str, device_id: str) -> bool:
         campaigns = self.ctx.deps.campaigns

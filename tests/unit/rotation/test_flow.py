@@ -21,6 +21,7 @@ from shared.domain.errors import (
     InvalidRequestError,
     JobQuotaExceededError,
     NotFoundError,
+    ServiceError,
 )
 from shared.domain.messages import parse_rotate_message
 from shared.domain.model import (
@@ -568,3 +569,75 @@ def test_no_rotation_waits_on_device_connected_alone(world: World) -> None:
     assert rec.state is RotationState.REPROVISION_SENT
     done = svc.on_twin_reported(TwinReported.parse("dev-1", dev.install()))
     assert done.state is RotationState.IDLE
+
+
+def test_stale_sweep_message_after_the_rotation_finished_issues_nothing(world: World) -> None:
+    """The sweep finds the device due and enqueues it; the device's own twin report
+    rotates it before the message is handled (or the message comes back after a crash).
+    The late message must not open a second rotation (found by the soak: a second
+    certificate for one renewal)."""
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    world.clock.advance(29 * DAY)  # the 30-day certificate is due
+    plan = svc.sweep()
+    assert "dev-1" in plan.device_ids()
+    message = world.queue.receive()[0]
+    world.clock.advance(60)
+    done = rotate(svc, dev, Trigger.EXPIRING)
+    assert done.state is RotationState.IDLE
+    world.clock.advance(60)
+    result = svc.process_batch(parse_rotate_message(message))
+    assert result.skipped == {"dev-1": "not-due"}
+    assert result.started == []
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    assert rec.state is RotationState.IDLE
+    renewals = [r for r in world.ledger.list_for_device("dev-1") if r.trigger == "expiring"]
+    assert len(renewals) == 1
+
+
+def test_sweep_message_for_a_device_still_due_starts_its_rotation(world: World) -> None:
+    """The guard above skips only devices renewed since: a device whose record changed
+    after the sweep (a twin report) but whose certificate is still due is rotated."""
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    adopt(svc, dev)
+    world.clock.advance(29 * DAY)
+    svc.sweep()
+    message = world.queue.receive()[0]
+    world.clock.advance(60)
+    rec = world.state.get("dev-1")
+    assert rec is not None
+    world.state.put(rec)  # touched after the sweep, still due
+    result = svc.process_batch(parse_rotate_message(message))
+    assert result.started == ["dev-1"]
+
+
+def test_one_devices_service_error_does_not_hold_up_its_batch(world: World) -> None:
+    """A 500 for one device lets the rest of the batch go on; the batch then fails so the
+    message comes back for that device (found by the soak: one transient error held up
+    a whole batch, and after five tries poisoned it)."""
+    devs = [world.add_device(f"dev-{i}") for i in range(3)]
+    svc = world.service()
+    for dev in devs:
+        adopt(svc, dev)
+    inner = world.registry.patch_desired
+    failed: list[str] = []
+
+    def patch_desired(device_id: str, *args: Any, **kwargs: Any) -> Any:
+        if device_id == "dev-1" and not failed:
+            failed.append(device_id)
+            raise ServiceError("IoT Hub patch_desired dev-1: HTTP 500", status=500)
+        return inner(device_id, *args, **kwargs)
+
+    world.registry.patch_desired = patch_desired  # type: ignore[method-assign]
+    message = {"kind": "rotate", "deviceIds": [d.device_id for d in devs], "reason": "manual"}
+    with pytest.raises(ServiceError):
+        svc.process_batch(parse_rotate_message(message))
+    for dev in (devs[0], devs[2]):
+        assert dev.renewal_request() is not None  # asked in the first delivery
+    assert devs[1].renewal_request() is None
+    again = svc.process_batch(parse_rotate_message(message))
+    assert again.errors == {}
+    assert devs[1].renewal_request() is not None
