@@ -18,6 +18,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="seed of the fault plan (default 7)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
+        "--dump",
+        metavar="FILE",
+        default=None,
+        help="write the end state of each device failing an invariant (ledger rows, rotation "
+        "record, slots, hub identity, audit entries, the device's timeline) to FILE as JSON",
+    )
+    parser.add_argument(
         "--key-backend",
         choices=("pkcs11", "file"),
         default=None,
@@ -43,6 +50,9 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(128 + signal.SIGTERM))
     result = run_soak(settings, options, say=say)
     summary = result.summary
+    if args.dump:
+        with open(args.dump, "w", encoding="utf-8") as out:
+            json.dump(result.evidence, out, indent=2, sort_keys=True)
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:

@@ -132,6 +132,8 @@ class DeviceTimeline:
     certificates: list[CertificateUse] = field(default_factory=list)
     connect_failures: int = 0
     last_connect_failure: int | None = None
+    #: every refusal: (when, refused thumbprint, HTTP status, a session was up meanwhile)
+    refusals: list[tuple[datetime, str, int | None, bool]] = field(default_factory=list)
     registrations: int = 0
     csrs_made: int = 0
     renewals_installed: int = 0
@@ -652,6 +654,9 @@ class DeviceAgent:
                 return _Attempt(False, throttled_for=wait, error=str(exc))
             self.timeline.connect_failures += 1
             self.timeline.last_connect_failure = _status(exc)
+            self.timeline.refusals.append(
+                (now, contract.thumbprint(chain[0]).lower(), _status(exc), self.connected)
+            )
             return _Attempt(False, "connect_failed", f"connect refused: {exc}", status=_status(exc))
         self._session = session
         # like an SDK client that listens for cloud-to-device messages: IoT Hub reports

@@ -58,6 +58,11 @@ class PrivateAzurite:
         self.ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
         self._proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        #: every stop: (seconds it took, whether SIGKILL ended it). Azurite writes its
+        #: table and queue databases on a graceful exit and otherwise every 5 s (LokiJS
+        #: autosave), so a killed Azurite comes back without the writes it acknowledged
+        #: since its last save: storage that Azure does not have.
+        self.stops: list[tuple[float, bool]] = []
 
     @property
     def connection_string(self) -> str:
@@ -114,14 +119,23 @@ class PrivateAzurite:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        began = time.monotonic()
+        killed = False
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            killed = True
+            logger.warning(
+                "the soak's Azurite did not exit %.0f s after SIGTERM; killed (writes since "
+                "its last save are lost)",
+                timeout,
+            )
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        self.stops.append((round(time.monotonic() - began, 2), killed))
 
     def restart(self, down_seconds: float = 1.0) -> None:
         """Stop, stay down ``down_seconds``, start again on the same ports and data."""

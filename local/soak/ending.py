@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from enum import Enum
 from typing import Any, TypeVar
 
 from cryptography import x509
@@ -130,3 +133,66 @@ def verdict_of(
         stack.poisoned,
         sorted(stack.killed_messages - stack.redelivered_after_kill),
     )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready data (dataclasses, enums, datetimes, sets made plain)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def evidence(
+    stack: SoakStack, sim: FleetSimulator, clock: ManualClock, device_ids: Iterable[str]
+) -> dict[str, Any]:
+    """What each of ``device_ids`` left behind, read before the soak's storage goes: its
+    ledger rows, rotation record, enrollment slots, hub identity, audit entries and the
+    device's own timeline (its refusals among them)."""
+    return {d: _evidence_of(stack, sim, clock, d) for d in device_ids}
+
+
+_LEDGER_FIELDS = (
+    "serial", "thumbprint_sha256", "status", "trigger", "request_id",
+    "issued_at", "not_before", "not_after", "revoked_at", "revocation_reason",
+)  # fmt: skip
+
+
+def _evidence_of(
+    stack: SoakStack, sim: FleetSimulator, clock: ManualClock, device_id: str
+) -> dict[str, Any]:
+    services = stack.services
+    emulator = stack.emulator
+    item: dict[str, Any] = {}
+    try:
+        rows = services.ledger.list_for_device(device_id)
+        item["ledger"] = [{k: _plain(getattr(r, k)) for k in _LEDGER_FIELDS} for r in rows]
+        rec = _plain(services.state.get(device_id)) or {}
+        item["rotation"] = {k: v for k, v in rec.items() if k not in ("csr_pem", "etag")}
+        try:
+            enr = _patiently(clock, lambda: emulator.dps.get_individual(device_id))
+            item["enrollment"] = {
+                "primary": enr.primary.thumbprint_sha256.lower() if enr.primary else None,
+                "secondary": enr.secondary.thumbprint_sha256.lower() if enr.secondary else None,
+            }
+        except NotFoundError:
+            item["enrollment"] = None
+        ident = _patiently(clock, lambda: emulator.hub.get_device(device_id))
+        item["hub"] = {"primary": ident.primary_thumbprint, "secondary": ident.secondary_thumbprint}
+        item["audit"] = [_plain(e) for e in services.audit.list(device_id, limit=200)]
+    except Exception as exc:  # evidence is best effort; the verdict stands regardless
+        item["error"] = f"{type(exc).__name__}: {exc}"
+    agent = sim.agents.get(device_id)
+    if agent is not None:
+        item["timeline"] = _plain(agent.timeline)
+        item["device_thumbprint"] = contract.thumbprint(agent.certificate).lower()
+    return item

@@ -71,6 +71,7 @@ class SoakOptions:
     key_backend: str | None = None
     progress: bool = False
     private_azurite: bool = True
+    evidence_limit: int = 50  # failing devices whose end state is kept (``--dump``)
 
     def __post_init__(self) -> None:
         if self.devices < 10:
@@ -81,6 +82,8 @@ class SoakOptions:
 class SoakResult:
     summary: dict[str, Any]
     verdict: Verdict
+    #: per failing device (at most ``evidence_limit``): its end state, read before teardown
+    evidence: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -156,7 +159,7 @@ def _run(
     started: float,
     say: Callable[[str], None],
 ) -> SoakResult:
-    from local.soak.ending import verdict_of
+    from local.soak.ending import evidence, verdict_of
 
     plan = FaultPlan(options.seed, options.rates)
     kill = KillSwitch()
@@ -240,6 +243,8 @@ def _run(
         switch.clear()
         _settle(stack, sim, clock)
         verdict = verdict_of(stack, sim, initial, barred, clock)
+        failing = sorted({d for bad in verdict.failures.values() for d in bad if d in sim.agents})
+        found = evidence(stack, sim, clock, failing[: options.evidence_limit])
     summary = {
         "devices": options.devices,
         "seed": options.seed,
@@ -256,7 +261,14 @@ def _run(
         "clock_hours": round((clock.now() - rotation_start).total_seconds() / 3600, 2),
         "elapsed_seconds": round(time.perf_counter() - started, 1),
     }
-    return SoakResult(summary, verdict)
+    if azurite is not None:
+        # the mid-run restart's stop: seconds, and whether Azurite had to be killed
+        summary["azurite_stops"] = [
+            {"seconds": secs, "killed": killed} for secs, killed in azurite.stops
+        ]
+    if failing:
+        summary["failing_devices"] = failing
+    return SoakResult(summary, verdict, found)
 
 
 def _disallow(stack: SoakStack, device_id: str, clock: ManualClock) -> None:
