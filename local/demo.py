@@ -41,7 +41,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,6 +52,7 @@ from cryptography.exceptions import InvalidSignature
 
 from local.device.simulator import FleetSimulator
 from local.emulator import HubConnectError, RegistrationError
+from local.fleet import PROVISION_TRIGGER, provision_fleet
 from local.stack import (
     EVENT_HUB_PARTITIONS,
     STORAGE_CALLS,
@@ -68,7 +68,6 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PROVISION_TRIGGER = "provision"  # ledger trigger of the certificates the fleet starts with
 DEMO_ACTOR = "system:demo"
 SUMMARY_KEYS = (
     "devices",
@@ -407,36 +406,20 @@ def _run(
     services = stack.services
     authority = services.authority
     root = authority.root or authority.chain[-1]
-    issuer = services.issuer
 
-    def issue_initial(device_id: str, csr_pem: str) -> str:
-        issued = issuer.issue(
-            device_id,
-            csr_pem,
-            request_id=str(uuid.uuid4()),
-            trigger=PROVISION_TRIGGER,
-            actor=DEMO_ACTOR,
-        )
-        chain_pem: str = issued.chain_pem
-        return chain_pem
-
-    sim = FleetSimulator(
-        stack.emulator,
-        issue_initial,
-        options.devices,
-        group_fraction=options.group_fraction,
-        seed=options.seed,
-        trust_anchor=root,
-        id_prefix="dev-",
-    )
     say(
         f"provisioning {options.devices} devices at {clock.now():%Y-%m-%d %H:%M} UTC "
         f"({options.validity_days}-day certificates)"
     )
-    connected = sim.start(wait=True, max_rounds=10 * options.rounds)
-    _drain(stack, sim)
-    if connected != options.devices:
-        raise CertrollError(f"only {connected} of {options.devices} devices connected")
+    sim = provision_fleet(
+        stack,
+        devices=options.devices,
+        group_fraction=options.group_fraction,
+        seed=options.seed,
+        actor=DEMO_ACTOR,
+        max_rounds=10 * options.rounds,
+        drain=_drain,
+    )
     initial_serials = {d: int(a.certificate.serial_number) for d, a in sim.agents.items()}
     if clock.now() >= rotation_start:
         raise CertrollError("provisioning used up the clock margin; raise the margin")

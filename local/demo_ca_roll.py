@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 
 from local.device.simulator import FleetSimulator
 from local.emulator import RegistrationError
+from local.fleet import provision_fleet
 from local.stack import LocalStack
 from shared.clock import ManualClock
 from shared.domain.ca_roll import CaStatus, RollState
@@ -64,38 +64,22 @@ def run_ca_roll(
 ) -> dict[str, Any]:
     """Provision, roll, verify; returns the parts of a ``DemoResult``."""
     services = stack.services
-    issuer = services.issuer
     old_authority = services.authority
     root = old_authority.root or old_authority.chain[-1]
 
-    def issue_initial(device_id: str, csr_pem: str) -> str:
-        issued = issuer.issue(
-            device_id,
-            csr_pem,
-            request_id=str(uuid.uuid4()),
-            trigger="provision",
-            actor="system:demo",
-        )
-        chain_pem: str = issued.chain_pem
-        return chain_pem
-
-    sim = FleetSimulator(
-        stack.emulator,
-        issue_initial,
-        options.devices,
-        group_fraction=options.group_fraction,
-        seed=options.seed,
-        trust_anchor=root,
-        id_prefix="dev-",
-    )
     say(
         f"provisioning {options.devices} devices under the issuing CA "
         f"{sha256_thumbprint(old_authority.certificate)[:16]} at {clock.now():%Y-%m-%d %H:%M} UTC"
     )
-    connected = sim.start(wait=True, max_rounds=10 * options.rounds)
-    drain(stack, sim)
-    if connected != options.devices:
-        raise CertrollError(f"only {connected} of {options.devices} devices connected")
+    sim = provision_fleet(
+        stack,
+        devices=options.devices,
+        group_fraction=options.group_fraction,
+        seed=options.seed,
+        actor="system:demo",
+        max_rounds=10 * options.rounds,
+        drain=drain,
+    )
     settle(stack, sim, clock, drain)
     initial = {d: a.chain for d, a in sim.agents.items()}
     before = [a.certificate.not_valid_after_utc for a in sim.agents.values()]

@@ -52,13 +52,13 @@ def _svg(title: str, counts: Counter[int], lo: int, hi: int, colour: str) -> str
                 f'text-anchor="middle">{day}</text>'
             )
     return (
-        f'<figure><figcaption>{html.escape(title)}</figcaption>'
+        f"<figure><figcaption>{html.escape(title)}</figcaption>"
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'role="img" aria-label="{html.escape(title)}">'
         f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
         f'stroke="#444"/>'
         f'<text x="{pad}" y="{pad - 10}" font-size="11">peak {peak} devices/day</text>'
-        f'{"".join(bars)}{"".join(ticks)}'
+        f"{''.join(bars)}{''.join(ticks)}"
         f'<text x="{width / 2}" y="{height - 4}" font-size="11" text-anchor="middle">'
         f"days until expiry</text></svg></figure>"
     )
@@ -87,10 +87,24 @@ def render_report(
 table{{border-collapse:collapse}}th,td{{padding:.2rem .8rem;border-bottom:1px solid #ddd;
 text-align:left}}figure{{margin:1rem 0}}figcaption{{font-weight:600}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-{_svg(f"Before: {sum(h_before.values())} devices at {before_at:%Y-%m-%d %H:%M} UTC",
-      h_before, lo, hi, "#c0392b")}
-{_svg(f"After: {sum(h_after.values())} devices at {after_at:%Y-%m-%d %H:%M} UTC",
-      h_after, lo, hi, "#27ae60")}
+{
+        _svg(
+            f"Before: {sum(h_before.values())} devices at {before_at:%Y-%m-%d %H:%M} UTC",
+            h_before,
+            lo,
+            hi,
+            "#c0392b",
+        )
+    }
+{
+        _svg(
+            f"After: {sum(h_after.values())} devices at {after_at:%Y-%m-%d %H:%M} UTC",
+            h_after,
+            lo,
+            hi,
+            "#27ae60",
+        )
+    }
 <h2>Summary</h2><table>{rows}</table></body></html>
 """
 

@@ -153,6 +153,7 @@ class _Counter:
 #: storage requests sent by the local stack's clients (the benchmark divides by rotations)
 STORAGE_CALLS = _Counter()
 
+
 def loopback_transport() -> Any:
     """The HTTP transport of the local stack's storage clients (Azurite on loopback):
     libcurl (:mod:`local.curl_transport`), counting requests in :data:`STORAGE_CALLS`."""
@@ -295,9 +296,7 @@ def fleet_ports(
         server = serve(emulator)
         return FleetPorts(
             DpsEnrollmentStore(server.url, token, retry_total=retry_total),
-            IotHubRegistry(
-                server.host, token, scheme="http", clock=clock, retry_total=retry_total
-            ),
+            IotHubRegistry(server.host, token, scheme="http", clock=clock, retry_total=retry_total),
             server,
         )
     from azure.core.pipeline.transport import RequestsTransport

@@ -12,9 +12,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from local.fleet import PROVISION_TRIGGER
 from shared.domain.model import CertificateRecord, CertificateStatus
-
-PROVISION_TRIGGER = "provision"
 
 
 @dataclass(frozen=True)

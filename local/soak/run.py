@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from local.device.simulator import FleetSimulator
+from local.fleet import provision_fleet
 from local.soak.azurite import PrivateAzurite
 from local.soak.devices import offline_wave, skew_clocks
 from local.soak.invariants import Verdict
@@ -51,7 +52,6 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PROVISION_TRIGGER = "provision"
 SOAK_ACTOR = "system:soak"
 SIGNING_OUTAGE = timedelta(minutes=20)
 IDLE_STEP = timedelta(hours=1)  # clock moved, and the sweep fired, when nothing moves
@@ -188,37 +188,22 @@ def _run(
         stack.armed = armed
         services = stack.services
         authority = services.authority
-        root = authority.root or authority.chain[-1]
         if authority.certificate.not_valid_before_utc > birth:
             raise CertrollError(
                 f"the issuing CA under {stack.home / 'pki'} is newer than the soak's fleet; "
                 "remove that directory"
             )
 
-        def issue_initial(device_id: str, csr_pem: str) -> str:
-            issued = services.issuer.issue(
-                device_id,
-                csr_pem,
-                request_id=str(uuid.uuid4()),
-                trigger=PROVISION_TRIGGER,
-                actor=SOAK_ACTOR,
-            )
-            return str(issued.chain_pem)
-
-        sim = FleetSimulator(
-            stack.emulator,
-            issue_initial,
-            options.devices,
+        say(f"provisioning {options.devices} devices (seed {options.seed})")
+        sim = provision_fleet(
+            stack,
+            devices=options.devices,
             group_fraction=options.group_fraction,
             seed=options.seed,
-            trust_anchor=root,
-            id_prefix="dev-",
+            actor=SOAK_ACTOR,
+            max_rounds=40 * options.devices,
+            drain=_drain,
         )
-        say(f"provisioning {options.devices} devices (seed {options.seed})")
-        connected = sim.start(wait=True, max_rounds=40 * options.devices)
-        _drain(stack, sim)
-        if connected != options.devices:
-            raise CertrollError(f"only {connected} of {options.devices} devices connected")
         initial = {d: format(a.certificate.serial_number, "x") for d, a in sim.agents.items()}
         ids = sorted(sim.agents)
         skew_clocks(sim, plan, ids)
