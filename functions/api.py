@@ -94,12 +94,10 @@ class DevicesApi:
             return refusal.response
 
     def _handle(self, req: func.HttpRequest) -> func.HttpResponse:
-        route = OperatorRoute(req, "unknown", self._audit, self._authenticator)
         action = req.route_params.get("action") or None
         raw_id = req.route_params.get("id")
-        operation = OPERATIONS.get((route.method, action))
-        route.operation = operation or "unknown"
-        route.context["operation"] = route.operation
+        operation = OPERATIONS.get(((req.method or "").upper(), action))
+        route = OperatorRoute(req, operation or "unknown", self._audit, self._authenticator)
         caller = route.authenticate()  # a verified token first, then the operator role
         principal = _Actor(caller)
         if operation is None:
