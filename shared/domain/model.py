@@ -125,6 +125,9 @@ class RotationRecord:
     current_thumbprint: str | None = None
     current_not_after: datetime | None = None
     slot: str | None = None  # "primary" | "secondary": where the new certificate went
+    #: a 401 reconcile wrote the hub identity during this rotation: the finish reads it
+    #: and leaves only the new thumbprint (economy.py skips that read otherwise)
+    hub_cleanup: bool = False
     attempts: int = 0
     deadline: datetime | None = None  # when a non-idle record counts as stuck
     updated_at: datetime | None = None

@@ -368,7 +368,9 @@ def test_state_get_unknown_is_none(state_store: RotationStateStore) -> None:
 
 
 def test_state_create_and_get_round_trip(state_store: RotationStateStore) -> None:
-    record = make_state(csr_pem="-----BEGIN CERTIFICATE REQUEST-----\n", slot="secondary")
+    record = make_state(
+        csr_pem="-----BEGIN CERTIFICATE REQUEST-----\n", slot="secondary", hub_cleanup=True
+    )
     stored = state_store.put(record)
     assert stored.etag
     assert record.etag is None  # the caller's object is untouched

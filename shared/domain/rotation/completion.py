@@ -97,11 +97,8 @@ class Completion:
         if rec.new_serial is None or rec.new_thumbprint is None:
             raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
         new = rec.new_thumbprint
-        # ``full``: every slot checked; else what the rotation may have left (economy.py)
-        if full or enrollment_cleanup_after_confirmation(rec):
-            keep_only_in_enrollment(ctx, rec.device_id, new)
-        if full or hub_cleanup_after_confirmation(rec):
-            hub_accept(ctx, rec.device_id, new, keep=new, clear_others=True, enable=False)
+        # the ledger first, the slots after: a 401 reconcile reads the slots before the
+        # ledger, so it never puts back what this retires (reconcile.py, ``let_in``)
         # ledger: old certificates superseded (revoked on compromise), the new one active
         revoked_any = False
         certs = ctx.call(ctx.deps.ledger.list_for_device, rec.device_id)
@@ -132,6 +129,11 @@ class Completion:
             rec.new_serial
         ]
         previous = next((c for c in certs if c.serial == rec.current_serial), None)
+        # ``full``: every slot checked; else what the rotation may have left (economy.py)
+        if full or enrollment_cleanup_after_confirmation(rec):
+            keep_only_in_enrollment(ctx, rec.device_id, new)
+        if full or rec.hub_cleanup or hub_cleanup_after_confirmation(rec):
+            hub_accept(ctx, rec.device_id, new, keep=new, clear_others=True, enable=False)
         return new_cert, revoked_any, previous
 
     def retire_before(self, rec: RotationRecord, serial: str, thumbprint: str) -> None:
@@ -199,14 +201,7 @@ class Completion:
         if current is not None and slot_refusal(current, rec.device_id, rec, ctx.now()):
             current = None
         for cert in certs:
-            withdraw_from_enrollment(ctx, rec.device_id, cert.thumbprint_sha256, current)
-            withdraw_from_hub(
-                ctx,
-                rec.device_id,
-                cert.thumbprint_sha256,
-                current.thumbprint_sha256 if current is not None else None,
-            )
-            withdrawn.append(cert.serial)
+            # the ledger first, the slots after (see retire_previous)
             if revoke and cert.status is not CertificateStatus.REVOKED:
                 ctx.call(
                     ctx.deps.issuer.revoke,
@@ -217,6 +212,14 @@ class Completion:
                 revoked.append(cert.serial)
             elif cert.status not in (CertificateStatus.REVOKED, CertificateStatus.FAILED):
                 ctx.call(ctx.deps.ledger.set_status, cert.serial, CertificateStatus.FAILED)
+            withdraw_from_enrollment(ctx, rec.device_id, cert.thumbprint_sha256, current)
+            withdraw_from_hub(
+                ctx,
+                rec.device_id,
+                cert.thumbprint_sha256,
+                current.thumbprint_sha256 if current is not None else None,
+            )
+            withdrawn.append(cert.serial)
         if revoked:
             ctx.call(ctx.deps.issuer.publish_crl)
         ctx.forget_issued(rec)

@@ -35,12 +35,16 @@ from shared.domain.model import (
     AuthType,
     CertificateRecord,
     ConnectionFailure,
+    DeviceIdentity,
+    IndividualEnrollment,
     RotationState,
 )
+from shared.domain.rotation import transitions
 from shared.domain.rotation.admissible import admissible_certificates
 from shared.domain.rotation.context import RotationContext
 from shared.domain.rotation.results import ReconcileOutcome
 from shared.domain.rotation.slots import lower, slot_of, thumb
+from shared.domain.rotation.states import IN_FLIGHT
 from shared.domain.rotation.unit_of_work import MAX_ATTEMPTS
 
 logger = logging.getLogger(__name__)
@@ -127,17 +131,11 @@ class Reconciler:
         if rec is not None and rec.state is RotationState.DISALLOWED:
             logger.warning("device %s: 401003 not reconciled (disallowed)", device_id)
             return quiet("rejected", "device_disallowed")
-        allowed = admissible_certificates(device_id, rec, certs, ctx.now())
+        changed, allowed = self.let_in(device_id)
         if not allowed:
             logger.warning("device %s: 401003 not reconciled (no admissible certificate)",
                            device_id)
             return quiet("rejected", "no_admissible_certificate")
-        allowed_serials = {c.serial for c in allowed}
-        retired: set[str] = set()
-        for cert in certs:
-            if cert.serial not in allowed_serials:
-                retired |= _thumbprints(cert)
-        changed = self.let_in(device_id, allowed, retired)
         serials = [c.serial for c in allowed]
         if not changed:
             return quiet("noop", "already_consistent", serials=serials)
@@ -168,15 +166,63 @@ class Reconciler:
 
     # ------------------------------------------------------------------ the slots
 
-    def let_in(
-        self, device_id: str, allowed: Sequence[CertificateRecord], retired: set[str]
-    ) -> list[str]:
-        """Make the individual enrollment and a self-signed hub identity hold ``allowed``
-        and none of ``retired`` (thumbprints); what changed."""
-        changed = self._enrollment(device_id, allowed, retired)
-        if self._hub_identity(device_id, allowed, retired):
-            changed.append("hub_identity")
-        return changed
+    def let_in(self, device_id: str) -> tuple[list[str], list[CertificateRecord]]:
+        """Make the individual enrollment and a self-signed hub identity hold what the slot
+        rule allows and none of the device's other certificates. Returns what changed and
+        the certificates allowed.
+
+        Safe against a rotation ending in another worker: a finish or a failure marks
+        the ledger first and cleans the slots after (completion.py). Here the slots are
+        read, then the record and the ledger, the slots are written with the ETags read
+        (a 412 decides again), and after a write the ledger is read once more. A
+        certificate retired before that last read is taken out in another round; one
+        retired after it is taken out by the retiring worker, whose clean-up reads the
+        slots after this write. The finish reads the hub identity only when the record
+        asks it to (economy.py), so a write to it mid-rotation marks the record first
+        (ETag-checked: a finish that read the record before the mark fails its own save
+        and finishes again, with the mark)."""
+        ctx = self.ctx
+        changed: list[str] = []
+        for _ in range(MAX_ATTEMPTS):
+            enr = ctx.individual(device_id)
+            ident = ctx.identity(device_id)
+            rec = ctx.uow.get(device_id)
+            certs = ctx.call(ctx.deps.ledger.list_for_device, device_id)
+            allowed = admissible_certificates(device_id, rec, certs, ctx.now())
+            if not allowed:
+                return changed, []
+            serials = {c.serial for c in allowed}
+            retired: set[str] = set()
+            for cert in certs:
+                if cert.serial not in serials:
+                    retired |= _thumbprints(cert)
+            wrote: list[str] = []
+            hub = self._hub_update(ident, allowed, retired) if ident is not None else None
+            try:
+                if hub is not None and rec is not None and rec.state in IN_FLIGHT:
+                    if not rec.hub_cleanup:
+                        ctx.uow.save(rec, transitions.hub_written())
+                if enr is not None:
+                    wrote += self._enrollment(device_id, enr, allowed, retired)
+                if hub is not None:
+                    ctx.call(ctx.deps.registry.update_device, hub)
+                    wrote.append("hub_identity")
+            except ConcurrencyError:
+                changed += wrote
+                continue
+            changed += wrote
+            if not wrote or serials <= self._admissible_now(device_id):
+                return list(dict.fromkeys(changed)), allowed
+            # retired meanwhile by a worker whose slot clean-up came before this write:
+            # the next round takes it out again
+        raise ConcurrencyError(f"{device_id}: the enrollment or hub identity kept changing")
+
+    def _admissible_now(self, device_id: str) -> set[str]:
+        ctx = self.ctx
+        rec = ctx.uow.get(device_id)
+        certs = ctx.call(ctx.deps.ledger.list_for_device, device_id)
+        return {c.serial for c in admissible_certificates(device_id, rec, certs, ctx.now())}
+        raise ConcurrencyError(f"{device_id}: the enrollment or hub identity kept changing")
 
     @staticmethod
     def _place(
@@ -207,58 +253,45 @@ class Reconciler:
         return writes
 
     def _enrollment(
-        self, device_id: str, allowed: Sequence[CertificateRecord], retired: set[str]
+        self,
+        device_id: str,
+        enr: IndividualEnrollment,
+        allowed: Sequence[CertificateRecord],
+        retired: set[str],
     ) -> list[str]:
-        ctx = self.ctx
+        """Write ``enr``'s slots (ETag-checked: ConcurrencyError when it changed)."""
         held = {c.serial: {c.thumbprint_sha256.lower()} for c in allowed}
-        for _ in range(MAX_ATTEMPTS):
-            enr = ctx.individual(device_id)
-            if enr is None:  # a group member: its group trusts the issuing CA
-                return []
-            current = {"primary": thumb(enr.primary), "secondary": thumb(enr.secondary)}
-            writes = self._place(current, allowed, retired, held)
-            if not writes:
-                return []
-            changes: dict[str, Any] = {
-                n: (slot_of(device_id, c) if c is not None else None) for n, c in writes.items()
-            }
-            try:
-                ctx.call(ctx.deps.enrollments.put_individual, dataclasses.replace(enr, **changes))
-            except ConcurrencyError:
-                continue
-            return [f"enrollment.{n}" for n in SLOTS if n in writes]
-        raise ConcurrencyError(f"{device_id}: the enrollment kept changing")
-
-    def _hub_identity(
-        self, device_id: str, allowed: Sequence[CertificateRecord], retired: set[str]
-    ) -> bool:
+        current = {"primary": thumb(enr.primary), "secondary": thumb(enr.secondary)}
+        writes = self._place(current, allowed, retired, held)
+        if not writes:
+            return []
+        changes: dict[str, Any] = {
+            n: (slot_of(device_id, c) if c is not None else None) for n, c in writes.items()
+        }
         ctx = self.ctx
-        held = {c.serial: _thumbprints(c) for c in allowed}
-        for _ in range(MAX_ATTEMPTS):
-            ident = ctx.identity(device_id)
-            if ident is None or ident.auth_type is not AuthType.SELF_SIGNED:
-                return False  # DPS creates it at registration; CA identities need nothing
-            current = {
-                "primary": lower(ident.primary_thumbprint),
-                "secondary": lower(ident.secondary_thumbprint),
-            }
-            writes = self._place(current, allowed, retired, held)
-            if not writes:
-                return False
-            values = dict(current)
-            for name, cert in writes.items():
-                values[name] = cert.thumbprint_sha256.lower() if cert is not None else None
-            if values["primary"] is None:
-                values["primary"], values["secondary"] = values["secondary"], None
-            updated = dataclasses.replace(
-                ident,
-                primary_thumbprint=values["primary"],
-                secondary_thumbprint=values["secondary"],
-            )
-            try:
-                ctx.call(ctx.deps.registry.update_device, updated)
-            except ConcurrencyError:
-                continue
-            return True
-        raise ConcurrencyError(f"{device_id}: the hub identity kept changing")
+        ctx.call(ctx.deps.enrollments.put_individual, dataclasses.replace(enr, **changes))
+        return [f"enrollment.{n}" for n in SLOTS if n in writes]
 
+    def _hub_update(
+        self, ident: DeviceIdentity, allowed: Sequence[CertificateRecord], retired: set[str]
+    ) -> DeviceIdentity | None:
+        """``ident`` holding what it should (None: a CA identity, or nothing to change).
+        DPS creates the identity at registration; CA identities need nothing."""
+        if ident.auth_type is not AuthType.SELF_SIGNED:
+            return None
+        held = {c.serial: _thumbprints(c) for c in allowed}
+        current = {
+            "primary": lower(ident.primary_thumbprint),
+            "secondary": lower(ident.secondary_thumbprint),
+        }
+        writes = self._place(current, allowed, retired, held)
+        if not writes:
+            return None
+        values = dict(current)
+        for name, cert in writes.items():
+            values[name] = cert.thumbprint_sha256.lower() if cert is not None else None
+        if values["primary"] is None:
+            values["primary"], values["secondary"] = values["secondary"], None
+        return dataclasses.replace(
+            ident, primary_thumbprint=values["primary"], secondary_thumbprint=values["secondary"]
+        )

@@ -28,6 +28,7 @@ NO_REQUEST: Mapping[str, Any] = {
     "new_serial": None,
     "new_thumbprint": None,
     "slot": None,
+    "hub_cleanup": False,
     "attempts": 0,
     "deadline": None,
     "last_error": None,
@@ -128,6 +129,12 @@ def redeliver(now: datetime) -> Changes:
 def confirmed() -> Changes:
     """enrolled/delivered/reprovision_sent -> confirmed (never written on its own)."""
     return {"state": RotationState.CONFIRMED, "last_error": None}
+
+
+def hub_written() -> Changes:
+    """A 401 reconcile is about to write the hub identity of a device mid-rotation: its
+    finish cleans the identity (economy.py otherwise leaves that read out)."""
+    return {"hub_cleanup": True}
 
 
 def finished(rec: RotationRecord, new_not_after: datetime) -> Changes:

@@ -641,6 +641,7 @@ class Device:
         if ident is not None and ident.auth_type is AuthType.SELF_SIGNED:
             ident.primary_thumbprint = thumb(self.cert)
             ident.secondary_thumbprint = None
+            ident.etag = _etag()  # a new version, as any write of the identity makes
 
     def fail(self, error: str = "registration refused") -> dict[str, Any]:
         rid = self.renewal_request()
