@@ -162,6 +162,8 @@ class _Staged:
     request_id: str
     key: DeviceKey
     chain: list[x509.Certificate]
+    #: DPS accepted it (the hub connect was throttled): the hub identity names it now
+    registered: bool = False
 
 
 @dataclass
@@ -171,6 +173,7 @@ class _Attempt:
     error: str | None = None
     throttled_for: float | None = None
     status: int | None = None  # 401003, 403012, 401, ... when the service gave one
+    registered: bool = False  # the DPS registration succeeded
 
 
 class DeviceAgent:
@@ -526,6 +529,7 @@ class DeviceAgent:
         attempt = self._register_and_connect(staged.key, staged.chain)
         if attempt.throttled_for is not None:
             # not the certificate's fault: keep it staged and try again later
+            staged.registered = staged.registered or attempt.registered
             self._reprovision_wanted.append(rid)
             self._schedule_retry(attempt, keep_session=True)
             return
@@ -575,12 +579,23 @@ class DeviceAgent:
         self._reported_thumbprint = contract.thumbprint(staged.chain[0])
 
     def _reconnect(self) -> None:
-        """Connect with the current certificate; on 401/404 reprovision by itself."""
+        """Connect with the current certificate -- the staged one first when DPS has
+        registered it, which put its thumbprint on the hub identity in place of the
+        current one's; on 401/404 reprovision by itself."""
         if not self._registered:  # first boot not finished yet
             attempt = self._register_and_connect(self._key, self._chain)
             if not attempt.ok:
                 self._schedule_retry(attempt)
             return
+        staged = self._staged
+        if staged is not None and staged.registered:
+            attempt = self._connect(staged.key, staged.chain)
+            if attempt.ok:
+                self._adopt(staged)
+                return
+            if attempt.throttled_for is not None:
+                self._schedule_retry(attempt)
+                return
         attempt = self._connect(self._key, self._chain)
         if attempt.ok:
             return
@@ -637,7 +652,9 @@ class DeviceAgent:
                 self.device_id,
                 result.device_id,
             )
-        return self._connect(key, chain)
+        attempt = self._connect(key, chain)
+        attempt.registered = True
+        return attempt
 
     def _connect(self, key: DeviceKey, chain: list[x509.Certificate]) -> _Attempt:
         """A hub connection with ``chain``. The current connection stays up meanwhile: the

@@ -434,6 +434,29 @@ def test_a_throttled_connection_with_the_new_certificate_keeps_the_old_one_up(
     assert agent.timeline.max_gap_seconds == 0
 
 
+def test_a_link_lost_after_dps_took_the_new_certificate_comes_back_with_it(
+    emulator: FleetEmulator, pki: TestPki, service: ServiceDouble
+) -> None:
+    """DPS registered the new certificate (the hub identity names only it now) and the
+    hub throttled the connect; then the old link drops. The device reconnects with the
+    staged certificate first: the old one would only be refused (401003)."""
+    agent, old, new = renew_against(emulator, pki, service, "throttled")
+    assert emulator.hub.get_device("dev-1").primary_thumbprint == contract.thumbprint(new)
+    registrations = agent.timeline.registrations
+    emulator.session("dev-1").disconnect()  # type: ignore[union-attr]
+    due = agent.next_due()
+    assert due is not None
+    emulator.clock.advance((due - emulator.clock.now()).total_seconds())
+    agent.step()
+
+    assert agent.connected
+    assert agent.certificate == new
+    assert agent.timeline.refusals == []
+    assert agent.timeline.registrations == registrations  # no reprovision needed
+    assert service.reported_x509("dev-1")["renewal"]["status"] == "installed"
+    assert old != new
+
+
 def test_rolls_back_when_the_hub_refuses_the_new_certificate(
     emulator: FleetEmulator, pki: TestPki, service: ServiceDouble
 ) -> None:
