@@ -222,7 +222,6 @@ class Reconciler:
         rec = ctx.uow.get(device_id)
         certs = ctx.call(ctx.deps.ledger.list_for_device, device_id)
         return {c.serial for c in admissible_certificates(device_id, rec, certs, ctx.now())}
-        raise ConcurrencyError(f"{device_id}: the enrollment or hub identity kept changing")
 
     @staticmethod
     def _place(
