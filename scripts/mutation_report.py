@@ -8,7 +8,8 @@ mutmut keeps a verdict until the mutated function changes; after tests were adde
 ``--reset-survivors`` makes the next ``mutmut run`` try the survivors against them.
 
 A mutant is killed when its tests failed (exit code 1), timed out or crashed; it
-survives when they passed (exit code 0); it is not counted when it was not run.
+survives when they passed (exit code 0) or when no test calls its function (mutmut's
+"no tests", 33); it is not counted when it was not run.
 A surviving mutant named in ``scripts/mutation_equivalents.txt`` (one name a line, then
 ``#`` and why no test can tell it from the original) is counted as equivalent: the kill
 rate is given over all mutants run and over those that are not equivalent.
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 KILLED = {1, 3, -24, 36, 152}  # tests failed, timeout, killed by signal, type-check
-SURVIVED = {0, 5}  # tests passed, or no test ran
+SURVIVED = {0, 5, 33}  # tests passed, no test ran, or no test calls the function
 EQUIVALENTS = Path(__file__).with_name("mutation_equivalents.txt")
 
 

@@ -49,6 +49,31 @@ def _rejects(call: Any) -> tuple[str, str]:
         ),
         (lambda: parse_disallow("d", b"", "o"), "body_required", "a JSON object body is required"),
         (lambda: parse_status("d", b"{}"), "unexpected_body", "GET takes no request body"),
+        (
+            lambda: parse_disallow("d", b"[1]", "o"),
+            "malformed_json",
+            "request body is not a JSON object",
+        ),
+        (
+            lambda: parse_disallow("d", b"{}", "o"),
+            "reason_required",
+            "the body must carry 'reason'",
+        ),
+        (
+            lambda: parse_disallow("d", b'{"reason": "r", "b": 1, "a": 2}', "o"),
+            "unknown_field",
+            "unknown field(s) 'a', 'b'; allowed: ['reason']",
+        ),
+        (
+            lambda: parse_allow("d", b'{"c": 1, "b": 2, "a": 3}', "o"),
+            "unknown_field",
+            "unknown field(s) 'a', 'b', 'c'; allowed: ['csr']",
+        ),
+        (
+            lambda: parse_renew("d", b'{"d": 1, "c": 2, "b": 3, "a": 4}', "o"),
+            "unknown_field",
+            "unknown field(s) 'a', 'b', 'c' and 1 more; allowed: ['reason']",
+        ),
         (lambda: Disallow("d", " ", "o"), "reason_required", "a disallow needs a reason"),
         (lambda: Disallow("d", "r", " "), "actor_required", "a disallow needs an actor"),
         (lambda: Allow("d", ""), "actor_required", "an allow needs an actor"),
@@ -81,6 +106,11 @@ def _rejects(call: Any) -> tuple[str, str]:
             "'csr' does not hold base64 data",
         ),
         (
+            lambda: OperatorCsr.parse(PEM.replace("MIIB", "QQ==\nQQ==")),  # data after padding
+            "csr_invalid",
+            "'csr' does not hold base64 data",
+        ),
+        (
             lambda: parse_lifecycle(DEVICE_CONNECTED, None, {}, None),
             "malformed_event",
             f"{DEVICE_CONNECTED} event names no device (data.deviceId or subject)",
@@ -100,6 +130,26 @@ def test_the_smallest_batch_and_an_exactly_full_csr_are_accepted() -> None:
     assert Sweep(batch_size=1).batch_size == 1
     size = len(PEM.encode())
     assert OperatorCsr.parse(PEM, max_bytes=size).pem == PEM
+
+
+def test_a_body_that_is_not_json_is_named_the_request_body() -> None:
+    code, message = _rejects(lambda: parse_disallow("d", b"{", "o"))
+    assert code == "malformed_json"
+    assert message.startswith("request body is not UTF-8 JSON: ")
+
+
+def test_an_unknown_field_name_is_shown_up_to_40_characters() -> None:
+    forty, longer = "f" * 40, "g" * 41
+    body = json.dumps({forty: 1, longer: 2, "reason": "r"}).encode()
+    assert _rejects(lambda: parse_disallow("d", body, "o")) == (
+        "unknown_field",
+        f"unknown field(s) '{forty}', '{longer[:40]}...'; allowed: ['reason']",
+    )
+
+
+def test_line_breaks_anywhere_in_the_base64_are_blanks() -> None:
+    split_padding = PEM.replace("MIIB", "QQ=\n=")  # "QQ==" (one byte) broken in its padding
+    assert OperatorCsr.parse(split_padding).pem == split_padding
 
 
 def test_an_empty_or_blank_body_is_no_fields_for_allow_and_renew() -> None:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from shared.domain.errors import CsrRejectedError
-from shared.pki.csr_policy import check_csr, check_signature, parse_csr
+from shared.pki.csr_policy import check_csr, check_key, check_signature, parse_csr
 from tests.support.pki import make_csr, make_device_key
 
 DEVICE = "dev-001"
@@ -21,6 +21,8 @@ P256_OID = bytes.fromhex("06082a8648ce3d030107")  # prime256v1
 ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
 RSA_SHA256 = bytes.fromhex("300d06092a864886f70d01010b0500")
 UNKNOWN_ALG = bytes.fromhex("3006060429010105")  # 1.1.1.1.5 (no such signature algorithm)
+ED25519_OID = bytes.fromhex("06032b6570")  # 1.3.101.112
+X25519_OID = bytes.fromhex("06032b656e")  # 1.3.101.110
 
 
 def _der_len(n: int) -> bytes:
@@ -125,6 +127,40 @@ def test_an_unsupported_key_type_is_named_without_underscores() -> None:
     assert error.code == "key_not_allowed"
     assert (
         error.message == "Ed25519PublicKey keys are not allowed (EC P-256/P-384 or RSA 2048-4096)"
+    )
+
+
+def test_a_key_agreement_key_in_a_csr_is_named_in_full() -> None:
+    """An X25519 key (key agreement, no signatures) put in a CSR's SubjectPublicKeyInfo:
+    refused before its signature is looked at, and named with its leading ``X``."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DEVICE)])
+    der = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(name)
+        .sign(key, None)
+        .public_bytes(serialization.Encoding.DER)
+    )
+    x25519_spki = der.replace(ED25519_OID, X25519_OID, 1)  # the key's; the signature's kept
+    assert type(x509.load_der_x509_csr(x25519_spki).public_key()).__name__ == "X25519PublicKey"
+    error = _rejected(x25519_spki)
+    assert (error.code, error.message) == (
+        "key_not_allowed",
+        "X25519PublicKey keys are not allowed (EC P-256/P-384 or RSA 2048-4096)",
+    )
+
+
+class _DSAPublicKey:
+    """A key of a backend's private class (cryptography's OpenSSL backend named its key
+    classes so, ``_RSAPublicKey``, ``_DSAPublicKey``, before the Rust one)."""
+
+
+def test_a_private_key_class_is_named_without_its_leading_underscore() -> None:
+    with pytest.raises(CsrRejectedError) as caught:
+        check_key(_DSAPublicKey())  # type: ignore[arg-type]
+    assert (caught.value.code, caught.value.message) == (
+        "key_not_allowed",
+        "DSAPublicKey keys are not allowed (EC P-256/P-384 or RSA 2048-4096)",
     )
 
 

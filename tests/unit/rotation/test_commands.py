@@ -75,6 +75,33 @@ def test_sweep_batch_size_must_be_positive() -> None:
     assert info.value.code == "batch_size_invalid"
 
 
+def test_allow_strips_its_actor() -> None:
+    assert Allow("dev-1", "  ops\t").actor == "ops"
+
+
+def _refusal(**fields: object) -> tuple[str, str]:
+    with pytest.raises(InvalidRequestError) as info:
+        Sweep(**fields)  # type: ignore[arg-type]
+    return info.value.code, info.value.message
+
+
+def test_sweep_page_size_is_1_to_1000() -> None:
+    assert Sweep(page_size=1).page_size == 1
+    assert Sweep(page_size=1000).page_size == 1000
+    for page_size in (0, 1001, True):
+        assert _refusal(page_size=page_size) == ("page_size_invalid", "page_size must be 1-1000")
+
+
+def test_sweep_time_budget_is_positive_or_none() -> None:
+    assert Sweep(time_budget_s=None).time_budget_s is None
+    assert Sweep(time_budget_s=0.5).time_budget_s == 0.5
+    for budget in (0, -1.0):
+        assert _refusal(time_budget_s=budget) == (
+            "time_budget_invalid",
+            "time_budget_s must be positive",
+        )
+
+
 def test_twin_reported_carries_the_parsed_report() -> None:
     section = {
         "thumbprint": THUMB.upper(),
@@ -90,3 +117,4 @@ def test_twin_reported_carries_the_parsed_report() -> None:
     with pytest.raises(InvalidRequestError) as info:
         TwinReported.parse("dev-1", {"csr": {"requestId": "r1", "pem": "P"}})
     assert info.value.code == "malformed_report"
+    assert info.value.message == "dev-1: x509.csr.pem is not a PEM certificate request"

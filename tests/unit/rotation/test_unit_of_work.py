@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -122,3 +123,23 @@ def test_other_errors_propagate_at_once(uow: RecordUnitOfWork) -> None:
     with pytest.raises(ValueError, match="bug"):
         uow.run("dev-1", "test", broken)
     assert calls == 1
+
+
+def test_a_lost_race_is_logged_with_what_was_being_done(
+    uow: RecordUnitOfWork, store: MemoryRotationStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    uow.save(RotationRecord(device_id="dev-1"))
+    tries: list[int] = []
+
+    def decide(rec: RotationRecord | None) -> RotationRecord:
+        assert rec is not None
+        tries.append(1)
+        if len(tries) == 1:
+            store.put(rec)  # bumps the ETag under us
+        return uow.save(rec, {"attempts": len(tries)})
+
+    with caplog.at_level(logging.INFO, logger="shared.domain.rotation"):
+        uow.run("dev-1", "a test step", decide)
+    assert "device dev-1: record changed during a test step; deciding again" in [
+        r.getMessage() for r in caplog.records
+    ]
