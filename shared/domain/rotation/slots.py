@@ -85,14 +85,6 @@ def slot_of(device_id: str, cert: CertificateRecord) -> CertificateSlot:
     )
 
 
-def with_slot(
-    enr: IndividualEnrollment, slot: str, value: CertificateSlot | None
-) -> IndividualEnrollment:
-    if slot == "primary":
-        return dataclasses.replace(enr, primary=value)
-    return dataclasses.replace(enr, secondary=value)
-
-
 def place_in_enrollment(
     ctx: RotationContext,
     device_id: str,
