@@ -83,6 +83,8 @@ def parse_twin_change(
         # carries the parent's device id: it must not speak for the device
         return None
     op_type = app.get("opType")
+    if op_type is not None and not isinstance(op_type, str):
+        raise InvalidRequestError("malformed_event", "twin change opType is not a string")
     if op_type is not None and op_type not in TWIN_OPERATIONS:
         return None
     device_id = system.get("connection-device-id") or app.get("deviceId")

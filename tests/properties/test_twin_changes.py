@@ -7,7 +7,7 @@ import copy
 import re
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from functions.hub_events import handle_twin_changes
@@ -92,6 +92,7 @@ def _check_accepted(result: TwinReported) -> None:
 
 
 @given(twin_messages())
+@example(({"version": 0, "properties": {"reported": None}}, {}, {"opType": []}))
 def test_twin_change_is_parsed_or_rejected_with_a_typed_error(
     message: tuple[Any, Any, Any],
 ) -> None:
@@ -152,6 +153,13 @@ class _Event:
 
 
 @given(twin_messages())
+@example(
+    (
+        {"version": 0, "properties": {"reported": None}},
+        {"iothub-connection-device-id": ""},
+        {"opType": []},  # unhashable: once a TypeError instead of a typed rejection
+    )
+)
 def test_a_rejected_twin_change_reaches_no_service(message: tuple[Any, Any, Any]) -> None:
     doc, metadata, app = message
     body = dumps(doc)
