@@ -30,6 +30,7 @@ from shared.adapters.memory import (
     MemoryWorkQueue,
 )
 from shared.clock import ManualClock
+from shared.domain.commands import TwinReported
 from shared.domain.errors import (
     ConcurrencyError,
     ConflictError,
@@ -512,6 +513,21 @@ class World:
     def service(self, faults: Faults | None = None) -> RotationService:
         return RotationService(self.deps(faults))
 
+    def ready(self, device_id: str = "dev-1", **kw: Any) -> tuple[Device, RotationService]:
+        """A new device whose first twin report (version 1) a fresh service has read."""
+        dev = self.add_device(device_id, **kw)
+        svc = self.service()
+        svc.on_twin_reported(TwinReported.parse(device_id, dev.section(), twin_version=1))
+        return dev, svc
+
+    def audits(self, action: str, device_id: str = "dev-1") -> list[Any]:
+        """The device's audit entries of ``action``, newest first."""
+        return [e for e in self.audit.list(device_id, limit=1000) if e.action == action]
+
+    def events_of(self, event_type: str) -> list[Any]:
+        """The published events of ``event_type``, in order."""
+        return [e for e in self.events.events if e.event_type == event_type]
+
     def add_device(
         self,
         device_id: str,
@@ -655,3 +671,12 @@ class Device:
         }
         self.world.registry.report(self.device_id, {"x509": patch})
         return patch
+
+
+#: the rotation package's loggers' common prefix
+ROTATION_LOGGER = "shared.domain.rotation"
+
+
+def rotation_log_lines(caplog: Any) -> list[str]:
+    """The messages the rotation package logged (``caplog``)."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith(ROTATION_LOGGER)]

@@ -27,23 +27,11 @@ from shared.domain.messages import parse_rotate_message
 from shared.domain.model import RegistrationState, RotationState, Trigger
 from shared.domain.rotation import RotationService
 from tests.support.pki import make_csr
-from tests.unit.rotation.fakes import Device, World, thumb
+from tests.unit.rotation.fakes import ROTATION_LOGGER, Device, World, rotation_log_lines, thumb
 from tests.unit.rotation.test_batching import _csr_reports, _in_batch, _started
 from tests.unit.rotation.test_flow import _bulk_batch, _rotate, adopt
 
-LOGGER = "shared.domain.rotation"
 DAY = 86400.0
-
-
-def _ready(world: World, device_id: str = "dev-1", **kw: Any) -> tuple[Device, RotationService]:
-    dev = world.add_device(device_id, **kw)
-    svc = world.service()
-    adopt(svc, dev)
-    return dev, svc
-
-
-def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name.startswith(LOGGER)]
 
 
 def _sent(world: World, dev: Device, svc: RotationService) -> str:
@@ -67,7 +55,7 @@ def test_a_rotation_driven_after_the_device_reported_installed_is_confirmed_as_r
 ) -> None:
     """The twin still shows the old certificate, but the renewal result of this request
     says installed: driving the record confirms it, and the audit says how."""
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     rid = _sent(world, dev, svc)
     world.registry.report("dev-1", {"x509": {"renewal": {"requestId": rid, "status": "installed"}}})
     done = svc.advance("dev-1")
@@ -79,7 +67,7 @@ def test_a_rotation_driven_after_the_device_reported_installed_is_confirmed_as_r
 def test_an_old_requests_installed_result_does_not_confirm_the_current_one(
     world: World,
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     _sent(world, dev, svc)
     world.registry.report(
         "dev-1", {"x509": {"renewal": {"requestId": "an-old-request", "status": "installed"}}}
@@ -91,7 +79,7 @@ def test_an_old_requests_installed_result_does_not_confirm_the_current_one(
 def test_a_connection_of_a_device_without_a_hub_identity_confirms_nothing(
     world: World,
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     _sent(world, dev, svc)
     world.clock.advance(60)
     world.enrollments.registrations["dev-1"] = RegistrationState(
@@ -110,8 +98,8 @@ def test_a_connection_of_a_device_without_a_hub_identity_confirms_nothing(
 def test_a_certificate_the_slot_rule_refuses_fails_the_rotation_at_enrollment(
     world: World,
 ) -> None:
-    dev, svc = _ready(world)
-    other, _ = _ready(world, "dev-2")
+    dev, svc = world.ready()
+    other, _ = world.ready("dev-2")
     world.registry.online.discard("dev-1")
     _sent_offline = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
@@ -138,7 +126,7 @@ def test_a_certificate_the_slot_rule_refuses_fails_the_rotation_at_enrollment(
 
 
 def test_a_record_issued_without_its_new_thumbprint_is_not_enrolled(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     world.registry.online.discard("dev-1")
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
@@ -156,7 +144,7 @@ def test_a_record_issued_without_its_new_thumbprint_is_not_enrolled(world: World
 def test_an_allowed_device_holds_its_new_thumbprint_alone_in_the_primary_slot(
     world: World,
 ) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     svc.disallow(Disallow("dev-1", "stolen", "ops"))
     allowed = svc.allow(Allow("dev-1", "ops", OperatorCsr.parse(make_csr("dev-1").decode())))
@@ -174,7 +162,7 @@ def test_an_allowed_device_holds_its_new_thumbprint_alone_in_the_primary_slot(
 def test_a_continued_sweep_lists_as_silent_an_idle_device_whose_twin_is_gone(
     world: World,
 ) -> None:
-    _ready(world, "gone")
+    world.ready("gone")
     del world.registry.twins["gone"]
     world.clock.advance(31 * DAY)
     plan = world.service().sweep(
@@ -191,9 +179,9 @@ def test_refused_bulk_writes_are_logged_with_their_status(
 ) -> None:
     svc, devices = _started(world, 12)
     world.enrollments.fail_bulk = {"dev-03"}
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.INFO, logger=ROTATION_LOGGER):
         _in_batch(svc, _csr_reports(devices))
-    [line] = [m for m in _lines(caplog) if m.startswith("bulk enrollment writes:")]
+    [line] = [m for m in rotation_log_lines(caplog) if m.startswith("bulk enrollment writes:")]
     assert re.fullmatch(
         r"bulk enrollment writes: 11 landed, 1 refused \(written one by one\): dev-03 412", line
     ), line
@@ -202,15 +190,15 @@ def test_refused_bulk_writes_are_logged_with_their_status(
 def test_an_offline_device_is_logged_with_why_the_reprovision_missed(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     started = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
     world.registry.online.discard("dev-1")
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.INFO, logger=ROTATION_LOGGER):
         svc.on_twin_reported(TwinReported.parse("dev-1", answer))
     prefix = f"device dev-1 request {started.request_id}: device offline"
-    assert [m for m in _lines(caplog) if m.startswith(prefix) and "; next try in " in m]
+    assert [m for m in rotation_log_lines(caplog) if m.startswith(prefix) and "; next try in " in m]
 
 
 def test_a_transient_failure_in_a_batch_is_logged_with_its_error(
@@ -229,9 +217,9 @@ def test_a_transient_failure_in_a_batch_is_logged_with_its_error(
 
     world.registry.patch_desired = patch_desired  # type: ignore[method-assign]
     message = {"kind": "rotate", "deviceIds": ["dev-0", "dev-1"], "reason": "manual"}
-    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(ServiceError):
+    with caplog.at_level(logging.WARNING, logger=ROTATION_LOGGER), pytest.raises(ServiceError):
         svc.process_batch(parse_rotate_message(message))
-    [line] = [m for m in _lines(caplog) if m.endswith("; the message will come back")]
+    [line] = [m for m in rotation_log_lines(caplog) if m.endswith("; the message will come back")]
     assert line.startswith("device dev-1: ")
     assert "HTTP 500" in line
 
@@ -246,9 +234,9 @@ def test_a_refused_job_is_logged_with_the_hubs_answer(
         raise JobQuotaExceededError("429004 ThrottlingMaxActiveJobCountExceeded", 10)
 
     world.registry.schedule_method_job = refuse  # type: ignore[method-assign]
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.INFO, logger=ROTATION_LOGGER):
         _rotate(svc, devs)
     assert (
         "reprovision by direct method for 2 devices: the hub refused one more job (429004)"
-        in _lines(caplog)
+        in rotation_log_lines(caplog)
     )

@@ -51,21 +51,6 @@ from tests.unit.rotation.test_rare_paths import _CampaignCopies
 DAY = 86400.0
 
 
-def _ready(world: World, device_id: str = "dev-1", **kw: Any) -> tuple[Device, RotationService]:
-    dev = world.add_device(device_id, **kw)
-    svc = world.service()
-    adopt(svc, dev)
-    return dev, svc
-
-
-def _audits(world: World, action: str, device_id: str = "dev-1") -> list[Any]:
-    return [e for e in world.audit.list(device_id, limit=1000) if e.action == action]
-
-
-def _events(world: World, event_type: str) -> list[Any]:
-    return [e for e in world.events.events if e.event_type == event_type]
-
-
 def _rotate(svc: RotationService, dev: Device) -> None:
     svc.start_renewal(StartRenewal(dev.device_id, Trigger.MANUAL, "op"))
     answer = dev.answer()
@@ -79,34 +64,34 @@ def _rotate(svc: RotationService, dev: Device) -> None:
 
 
 def test_the_disallow_event_names_who_disallowed_the_device_and_why(world: World) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     result = svc.disallow(Disallow("dev-1", "device reported stolen", "sec@example.com"))
-    [event] = _events(world, "DeviceDisallowed")
+    [event] = world.events_of("DeviceDisallowed")
     assert event.data["actor"] == "sec@example.com"
     assert event.data["reason"] == "device reported stolen"
     # an idle device had no request to cancel: none is named, not an empty one
     assert event.data["cancelledRequestId"] is None
     assert result.to_dict()["cancelledRequestId"] is None
-    [entry] = _audits(world, "disallow")
+    [entry] = world.audits("disallow")
     assert entry.detail["cancelledRequestId"] is None
 
 
 def test_a_disallow_that_did_not_finish_is_finished_by_repeating_it(world: World) -> None:
     """Everything was already disabled and revoked, but the record says the disallow did
     not finish: repeating it is a change (published, audited) that completes the record."""
-    _ready(world)
+    world.ready()
     svc = world.service()
     svc.disallow(Disallow("dev-1", "stolen", "sec"))
     rec = world.state.get("dev-1")
     assert rec is not None
     world.state.put(dataclasses.replace(rec, last_error="disallow in progress"))
-    events = len(_events(world, "DeviceDisallowed"))
+    events = len(world.events_of("DeviceDisallowed"))
     again = svc.disallow(Disallow("dev-1", "stolen", "sec"))
     assert again.changed
     assert again.revoked == ()  # revoked the first time
-    assert len(_events(world, "DeviceDisallowed")) == events + 1
-    assert _audits(world, "disallow")[0].outcome == "ok"
+    assert len(world.events_of("DeviceDisallowed")) == events + 1
+    assert world.audits("disallow")[0].outcome == "ok"
     after = world.state.get("dev-1")
     assert after is not None
     assert after.state is RotationState.DISALLOWED
@@ -116,7 +101,7 @@ def test_a_disallow_that_did_not_finish_is_finished_by_repeating_it(world: World
 def test_an_enrollment_enabled_again_after_a_disallow_is_disabled_by_repeating_it(
     world: World,
 ) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     svc.disallow(Disallow("dev-1", "stolen", "sec"))
     enr = world.enrollments.individual["dev-1"]
@@ -129,8 +114,8 @@ def test_an_enrollment_enabled_again_after_a_disallow_is_disabled_by_repeating_i
     assert world.enrollments.individual["dev-1"].provisioning_status is (
         ProvisioningStatus.DISABLED
     )
-    assert _audits(world, "disallow")[0].outcome == "ok"
-    _first, second = _events(world, "DeviceDisallowed")
+    assert world.audits("disallow")[0].outcome == "ok"
+    _first, second = world.events_of("DeviceDisallowed")
     # the record was disallowed already: no request was cancelled this time either
     assert second.data["cancelledRequestId"] is None
     assert again.to_dict()["cancelledRequestId"] is None
@@ -140,7 +125,7 @@ def test_an_allow_with_a_csr_whose_record_keeps_changing_names_the_device(
     world: World,
 ) -> None:
     """The record left ``disallowed``; binding the operator's CSR then loses every race."""
-    _ready(world)
+    world.ready()
     svc = world.service()
     svc.disallow(Disallow("dev-1", "stolen", "ops"))
     inner = world.state.put
@@ -161,7 +146,7 @@ def test_an_allow_with_a_csr_whose_record_keeps_changing_names_the_device(
 def test_a_ca_authenticated_device_let_back_in_is_switched_to_its_new_thumbprint(
     world: World,
 ) -> None:
-    _dev, svc = _ready(world, "dev-1", auth=AuthType.CERTIFICATE_AUTHORITY)
+    _dev, svc = world.ready("dev-1", auth=AuthType.CERTIFICATE_AUTHORITY)
     svc.disallow(Disallow("dev-1", "stolen", "ops"))
     svc.allow(Allow("dev-1", "ops", OperatorCsr.parse(make_csr("dev-1").decode())))
     rec = world.state.get("dev-1")
@@ -176,12 +161,12 @@ def test_a_ca_authenticated_device_let_back_in_is_switched_to_its_new_thumbprint
 
 
 def test_the_issued_event_names_the_certificate(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
     rec = svc.on_twin_reported(TwinReported.parse("dev-1", answer))
-    [event] = _events(world, "CertificateIssued")
+    [event] = world.events_of("CertificateIssued")
     assert event.data["serial"] == rec.new_serial
     assert event.data["thumbprint"] == rec.new_thumbprint
     assert event.data["requestId"] == rec.request_id
@@ -193,7 +178,7 @@ def test_the_issued_event_names_the_certificate(world: World) -> None:
 def test_a_failed_rotation_leaves_the_devices_older_certificates_as_they_were(
     world: World,
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     first = thumb(dev.cert)
     _rotate(svc, dev)
     # the current certificate alone, in the primary slot (as an operator may leave it)
@@ -215,21 +200,21 @@ def test_a_failed_rotation_leaves_the_devices_older_certificates_as_they_were(
 
 
 def test_a_failed_rotation_restarted_keeps_its_reason(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     svc.start_renewal(StartRenewal("dev-1", Trigger.EXPIRING, "op"))
     svc.on_twin_reported(TwinReported.parse("dev-1", dev.fail()))
     restarted = svc.advance("dev-1")
     assert restarted.state is RotationState.CSR_REQUESTED
     assert restarted.reason == Trigger.EXPIRING.value
-    [_, started] = _audits(world, "rotation_start")
+    [_, started] = world.audits("rotation_start")
     assert started.detail["reason"] == Trigger.EXPIRING.value
 
 
 def test_a_rotation_started_is_audited_with_its_reason(world: World) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
-    [started] = _audits(world, "rotation_start")
+    [started] = world.audits("rotation_start")
     assert started.detail["reason"] == "manual"
 
 
@@ -237,7 +222,7 @@ def test_a_rotation_started_is_audited_with_its_reason(world: World) -> None:
 
 
 def test_a_different_csr_for_the_same_request_is_refused_in_words(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
@@ -245,7 +230,7 @@ def test_a_different_csr_for_the_same_request_is_refused_in_words(world: World) 
     rid = answer["csr"]["requestId"]
     other = {"csr": {"requestId": rid, "pem": Device(world, "dev-1").new_csr("other")}}
     svc.on_twin_reported(TwinReported.parse("dev-1", other))
-    [ignored] = _audits(world, "csr_ignored")
+    [ignored] = world.audits("csr_ignored")
     assert ignored.request_id == rid
     assert ignored.detail["reason"] == "a different CSR was already accepted for this request"
 
@@ -253,7 +238,7 @@ def test_a_different_csr_for_the_same_request_is_refused_in_words(world: World) 
 def test_a_connect_while_the_twin_holds_an_answer_to_an_old_request_keeps_waiting(
     world: World,
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     rid = dev.renewal_request()
     world.registry.report(
@@ -280,8 +265,8 @@ def test_a_twin_report_is_logged_with_its_version(
 
 
 def test_the_sweep_reads_past_a_twin_that_reports_no_certificate(world: World) -> None:
-    _ready(world, "a-none")
-    _ready(world, "b-due")
+    world.ready("a-none")
+    world.ready("b-due")
     # the query matches its notAfter, but without a thumbprint it names no certificate
     section = world.registry.twins["a-none"].reported["x509"]
     world.registry.twins["a-none"].reported["x509"] = {"notAfter": section["notAfter"]}
@@ -291,7 +276,7 @@ def test_the_sweep_reads_past_a_twin_that_reports_no_certificate(world: World) -
 
 
 def test_a_rotation_whose_deadline_is_now_is_stuck(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     world.registry.online.discard("dev-1")
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
@@ -312,7 +297,7 @@ def test_the_certificate_in_use_keeps_its_slot_when_the_other_expires_later(
 ) -> None:
     """Both slots full: the new certificate goes where the one in use is not, even when
     the one in use expires first."""
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     current = thumb(dev.cert)
     later = world.add_device("other")  # another certificate, issued later
     world.clock.advance(DAY)
@@ -335,7 +320,7 @@ def test_the_certificate_in_use_keeps_its_slot_when_the_other_expires_later(
 
 
 def test_a_sha1_hub_thumbprint_of_a_superseded_certificate_is_taken_out(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     old = dev.cert
     _rotate(svc, dev)
     new = thumb(dev.cert)

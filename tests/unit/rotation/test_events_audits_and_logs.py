@@ -16,26 +16,9 @@ from shared.domain.model import ConnectionFailure, MethodResult, Trigger
 from shared.domain.rotation import RotationService
 from shared.domain.rotation.context import iso
 from tests.support.pki import make_csr
-from tests.unit.rotation.fakes import Device, World, _section, thumb
+from tests.unit.rotation.fakes import ROTATION_LOGGER, World, _section, rotation_log_lines, thumb
 from tests.unit.rotation.test_batching import _csr_reports, _in_batch, _started
 from tests.unit.rotation.test_flow import _bulk_batch, _rotate, adopt, rotate
-
-LOGGER = "shared.domain.rotation"
-
-
-def _ready(world: World, device_id: str = "dev-1") -> tuple[Device, RotationService]:
-    dev = world.add_device(device_id)
-    svc = world.service()
-    adopt(svc, dev)
-    return dev, svc
-
-
-def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name.startswith(LOGGER)]
-
-
-def _audits(world: World, action: str, device_id: str = "dev-1") -> list[Any]:
-    return [e for e in world.audit.list(device_id, limit=1000) if e.action == action]
 
 
 def _always_changing(world: World) -> None:
@@ -49,7 +32,7 @@ def _always_changing(world: World) -> None:
 
 
 def test_the_completed_event_carries_the_new_certificate_and_its_request(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     before = world.state.get("dev-1")
     assert before is not None
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
@@ -72,7 +55,7 @@ def test_the_completed_event_carries_the_new_certificate_and_its_request(world: 
 
 
 def test_the_failed_event_names_its_request(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     started = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     svc.on_twin_reported(TwinReported.parse("dev-1", dev.fail("DPS said no")))
     [failed] = world.events.events
@@ -88,7 +71,7 @@ def test_an_adopted_certificate_is_audited_with_what_it_replaced(world: World) -
     dev = world.add_device("dev-1")
     svc = world.service()
     svc.on_twin_reported(TwinReported.parse("dev-1", dev.section()))
-    [first] = _audits(world, "adopt_certificate")
+    [first] = world.audits("adopt_certificate")
     assert (first.outcome, first.detail) == (
         "ok",
         {
@@ -102,17 +85,17 @@ def test_an_adopted_certificate_is_audited_with_what_it_replaced(world: World) -
     old = thumb(dev.cert)
     dev.cert = dev.self_made_certificate()  # the device now runs on one of its own
     svc.on_twin_reported(TwinReported.parse("dev-1", dev.section()))
-    second = _audits(world, "adopt_certificate")[0]
+    second = world.audits("adopt_certificate")[0]
     assert second.detail["thumbprint"] == thumb(dev.cert)
     assert second.detail["previous"] == old
 
 
 def test_a_revoked_certificate_reported_again_is_refused_with_its_status(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     old_section, old_serial = dev.section(), format(dev.cert.serial_number, "x")
     rotate(svc, dev, Trigger.COMPROMISE)
     svc.on_twin_reported(TwinReported.parse("dev-1", old_section))
-    [refused] = _audits(world, "unexpected_certificate")
+    [refused] = world.audits("unexpected_certificate")
     assert (refused.outcome, refused.detail) == (
         "rejected",
         {"thumbprint": old_section["thumbprint"], "serial": old_serial, "status": "revoked"},
@@ -120,11 +103,11 @@ def test_a_revoked_certificate_reported_again_is_refused_with_its_status(world: 
 
 
 def test_a_refused_401_is_audited_with_its_code(world: World) -> None:
-    _dev, svc = _ready(world)
+    _dev, svc = world.ready()
     svc.disallow(Disallow("dev-1", "stolen", "ops"))
     failure = ConnectionFailure(device_id="dev-1", code=401003, at=world.clock.now())
     svc.on_connection_failure(failure)
-    [entry] = _audits(world, "reconcile")
+    [entry] = world.audits("reconcile")
     assert (entry.outcome, entry.detail) == (
         "rejected",
         {"result": "device_disallowed", "code": 401003},
@@ -147,14 +130,14 @@ def test_each_bulk_write_is_counted_with_its_refused_items(world: World) -> None
 def test_a_report_of_a_superseded_certificate_is_logged_with_both_serials(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     old_section, old_serial = dev.section(), format(dev.cert.serial_number, "x")
     done = rotate(svc, dev)
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.INFO, logger=ROTATION_LOGGER):
         svc.on_twin_reported(TwinReported.parse("dev-1", old_section))
     assert (
         f"device dev-1: report of superseded {old_serial} ignored (current {done.current_serial})"
-    ) in _lines(caplog)
+    ) in rotation_log_lines(caplog)
 
 
 def test_a_report_of_an_older_certificate_is_logged_as_stale_with_both_serials(
@@ -166,37 +149,44 @@ def test_a_report_of_an_older_certificate_is_logged_as_stale_with_both_serials(
         "dev-1", make_csr("dev-1").decode(), request_id="earlier", trigger="cli", actor="test"
     )
     world.clock.advance(1)
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     current = format(dev.cert.serial_number, "x")
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.INFO, logger=ROTATION_LOGGER):
         kept = svc.on_twin_reported(TwinReported.parse("dev-1", _section(earlier.certificate)))
     assert kept.current_serial == current
     serial = format(earlier.certificate.serial_number, "x")
-    assert f"device dev-1: stale report of {serial} ignored (current {current})" in _lines(caplog)
+    assert (
+        f"device dev-1: stale report of {serial} ignored (current {current})"
+        in rotation_log_lines(caplog)
+    )
 
 
 def test_a_disallowed_devices_report_is_logged_as_not_acted_on(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     svc.disallow(Disallow("dev-1", "stolen", "ops"))
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.INFO, logger=ROTATION_LOGGER):
         svc.on_twin_reported(TwinReported.parse("dev-1", dev.section()))
-    assert "device dev-1 is disallowed; its twin report is not acted on" in _lines(caplog)
+    assert "device dev-1 is disallowed; its twin report is not acted on" in rotation_log_lines(
+        caplog
+    )
 
 
 def test_a_lost_race_names_the_operation_decided_again(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     stale = world.state.get("dev-1")
     assert stale is not None
     stale.current_not_after = None  # the report has something to write
     world.state.put(stale)
     _always_changing(world)
-    with caplog.at_level(logging.INFO, logger=LOGGER), pytest.raises(ConcurrencyError):
+    with caplog.at_level(logging.INFO, logger=ROTATION_LOGGER), pytest.raises(ConcurrencyError):
         svc.on_twin_reported(TwinReported.parse("dev-1", dev.section()))
-    assert "device dev-1: record changed during twin report; deciding again" in _lines(caplog)
+    assert "device dev-1: record changed during twin report; deciding again" in rotation_log_lines(
+        caplog
+    )
 
 
 def test_a_device_created_event_whose_record_keeps_changing_says_so(world: World) -> None:
@@ -212,40 +202,43 @@ def test_a_device_created_event_whose_record_keeps_changing_says_so(world: World
 def test_a_renewal_request_missing_from_the_twin_is_written_again_and_logged(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     started = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     world.registry.twins["dev-1"].desired["x509"].pop("renewal")  # someone cleared it
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.INFO, logger=ROTATION_LOGGER):
         svc.advance("dev-1")
-    assert f"device dev-1: renewal request {started.request_id} written again" in _lines(caplog)
+    assert (
+        f"device dev-1: renewal request {started.request_id} written again"
+        in rotation_log_lines(caplog)
+    )
     assert dev.renewal_request() == started.request_id
 
 
 def test_a_real_sweep_logs_each_expiring_issuing_ca(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     ca = world.authority.certificate
     world.clock.advance((ca.not_valid_after_utc - world.clock.now()).total_seconds() - 86400)
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=ROTATION_LOGGER):
         plan = svc.sweep(Sweep())
     [item] = plan.ca_expiring
-    assert f"issuing CA {item['subject']} expires {item['notAfter']}" in _lines(caplog)
+    assert f"issuing CA {item['subject']} expires {item['notAfter']}" in rotation_log_lines(caplog)
     assert item["subject"] == ca.subject.rfc4514_string()
 
 
 def test_a_batch_device_that_cannot_be_started_is_logged_with_the_error(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     message = {"kind": "rotate", "deviceIds": ["dev-1", "ghost"], "reason": "manual"}
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=ROTATION_LOGGER):
         result = svc.process_batch(parse_rotate_message(message))
     error = result.errors["ghost"]
     assert error.startswith("NotFoundError: ")
-    assert f"device ghost: {error.removeprefix('NotFoundError: ')}" in _lines(caplog)
+    assert f"device ghost: {error.removeprefix('NotFoundError: ')}" in rotation_log_lines(caplog)
 
 
 def test_a_direct_reprovision_that_fails_is_left_to_the_sweep_and_logged(
@@ -261,9 +254,11 @@ def test_a_direct_reprovision_that_fails_is_left_to_the_sweep_and_logged(
         return MethodResult(200, None)
 
     world.registry.on_method = on_method
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=ROTATION_LOGGER):
         _rotate(svc, devs)
-    assert "device dev-1: reprovision left to the sweep: no device dev-1" in _lines(caplog)
+    assert "device dev-1: reprovision left to the sweep: no device dev-1" in rotation_log_lines(
+        caplog
+    )
 
 
 class _Campaigns:
@@ -287,9 +282,9 @@ def test_a_campaign_port_that_fails_is_logged_and_the_rotation_goes_on(
     deps.campaigns = _Campaigns()
     svc = RotationService(deps)
     adopt(svc, dev)
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.INFO, logger=ROTATION_LOGGER):
         done = rotate(svc, dev)
     assert done.current_thumbprint == thumb(dev.cert)
-    lines = _lines(caplog)
+    lines = rotation_log_lines(caplog)
     assert "device dev-1: the campaign's enrollment copy unreadable" in lines
     assert "campaign outcome of dev-1 not counted" in lines

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -29,30 +28,12 @@ from shared.domain.model import (
     RotationState,
     Trigger,
 )
-from shared.domain.rotation import RotationService
 from shared.domain.rotation.admissible import refusal
 from shared.domain.rotation.batching import EnrollmentWriteBatch
 from tests.support.pki import make_csr
-from tests.unit.rotation.fakes import Device, World, thumb
-from tests.unit.rotation.test_flow import adopt
+from tests.unit.rotation.fakes import ROTATION_LOGGER, Device, World, rotation_log_lines, thumb
 
-LOGGER = "shared.domain.rotation"
 DAY = 86400.0
-
-
-def _ready(world: World, device_id: str = "dev-1", **kw: Any) -> tuple[Device, RotationService]:
-    dev = world.add_device(device_id, **kw)
-    svc = world.service()
-    adopt(svc, dev)
-    return dev, svc
-
-
-def _audits(world: World, action: str, device_id: str = "dev-1") -> list[Any]:
-    return [e for e in world.audit.list(device_id, limit=1000) if e.action == action]
-
-
-def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name.startswith(LOGGER)]
 
 
 # --------------------------------------------------------------------------- a failure
@@ -61,10 +42,10 @@ def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_a_failed_rotation_is_audited_and_published_with_its_code_and_words(
     world: World,
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     started = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     svc.on_twin_reported(TwinReported.parse("dev-1", dev.fail("DPS said no")))
-    [audit] = _audits(world, "rotation_failed")
+    [audit] = world.audits("rotation_failed")
     assert audit.device_id == "dev-1"
     assert audit.request_id == started.request_id
     assert (audit.detail["code"], audit.detail["error"]) == (
@@ -81,7 +62,7 @@ def test_a_failed_rotation_is_audited_and_published_with_its_code_and_words(
 
 
 def test_a_certificate_before_its_not_before_instant_is_not_yet_valid(world: World) -> None:
-    _ready(world)
+    world.ready()
     rec = world.state.get("dev-1")
     [cert] = world.ledger.list_for_device("dev-1")
     early = cert.not_before - timedelta(seconds=1)
@@ -99,7 +80,7 @@ def test_the_status_of_an_unknown_device_names_it(world: World) -> None:
 
 
 def test_the_sweep_is_audited_as_the_system_sweep(world: World) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     svc.sweep(Sweep())
     [audit] = [e for e in world.audit.list(limit=100) if e.action == "sweep"]
@@ -109,7 +90,7 @@ def test_the_sweep_is_audited_as_the_system_sweep(world: World) -> None:
 def test_a_renewal_due_on_a_twin_report_is_started_by_the_twin_and_counted(
     world: World,
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     world.clock.advance(29 * DAY)
     started = svc.on_twin_reported(TwinReported.parse("dev-1", dev.section()))
     assert started.state is RotationState.CSR_REQUESTED
@@ -120,7 +101,7 @@ def test_a_renewal_due_on_a_twin_report_is_started_by_the_twin_and_counted(
 
 
 def test_a_different_csr_for_the_same_request_is_audited_as_rejected(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
@@ -128,7 +109,7 @@ def test_a_different_csr_for_the_same_request_is_audited_as_rejected(world: Worl
     rid = answer["csr"]["requestId"]
     other = {"csr": {"requestId": rid, "pem": Device(world, "dev-1").new_csr("other")}}
     svc.on_twin_reported(TwinReported.parse("dev-1", other))
-    [ignored] = _audits(world, "csr_ignored")
+    [ignored] = world.audits("csr_ignored")
     assert ignored.outcome == "rejected"
 
 
@@ -142,17 +123,17 @@ def test_a_metric_that_cannot_be_recorded_is_logged_by_name(
         raise RuntimeError("metrics backend down")
 
     world.metrics.increment = broken  # type: ignore[method-assign]
-    _dev, svc = _ready(world)
-    with caplog.at_level(logging.ERROR, logger=LOGGER):
+    _dev, svc = world.ready()
+    with caplog.at_level(logging.ERROR, logger=ROTATION_LOGGER):
         svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
-    assert "metric certroll.rotation_started could not be recorded" in _lines(caplog)
+    assert "metric certroll.rotation_started could not be recorded" in rotation_log_lines(caplog)
 
 
 # --------------------------------------------------------------------------- the CA
 
 
 def test_a_ca_expiring_within_the_day_has_no_day_left(world: World) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     ca = world.authority.certificate
     world.clock.advance((ca.not_valid_after_utc - world.clock.now()).total_seconds() - 3600)
@@ -180,7 +161,7 @@ def test_a_group_member_without_a_known_serial_is_disabled_with_its_latest_certi
 
 
 def test_an_allow_with_an_operator_csr_binds_the_request_to_that_csr(world: World) -> None:
-    _dev, svc = _ready(world)
+    _dev, svc = world.ready()
     svc.disallow(Disallow("dev-1", "stolen", "ops"))
     csr = OperatorCsr.parse(make_csr("dev-1").decode())
     allowed = svc.allow(Allow("dev-1", "ops", csr))
@@ -203,14 +184,14 @@ def test_a_write_for_a_device_already_written_in_bulk_is_not_staged() -> None:
 
 
 def test_a_reconciled_401_is_audited_with_its_code(world: World) -> None:
-    _dev, svc = _ready(world)
+    _dev, svc = world.ready()
     world.enrollments.individual["dev-1"] = dataclasses.replace(
         world.enrollments.individual["dev-1"], primary=None
     )
     svc.on_connection_failure(
         ConnectionFailure(device_id="dev-1", code=401003, at=world.clock.now())
     )
-    [audit] = [e for e in _audits(world, "reconcile") if e.outcome == "ok"]
+    [audit] = [e for e in world.audits("reconcile") if e.outcome == "ok"]
     assert audit.detail["code"] == 401003
     assert audit.detail["result"] == "reconciled"
 
@@ -218,10 +199,10 @@ def test_a_reconciled_401_is_audited_with_its_code(world: World) -> None:
 def test_a_401_of_a_disallowed_device_is_logged_as_not_reconciled(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _dev, svc = _ready(world)
+    _dev, svc = world.ready()
     svc.disallow(Disallow("dev-1", "stolen", "ops"))
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=ROTATION_LOGGER):
         svc.on_connection_failure(
             ConnectionFailure(device_id="dev-1", code=401003, at=world.clock.now())
         )
-    assert "device dev-1: 401003 not reconciled (disallowed)" in _lines(caplog)
+    assert "device dev-1: 401003 not reconciled (disallowed)" in rotation_log_lines(caplog)

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 from shared.domain.commands import Disallow, StartRenewal, TwinReported
 from shared.domain.model import ConnectionFailure, Trigger
-from shared.domain.rotation import RotationService
 from shared.metrics import CountingMetrics
-from tests.unit.rotation.fakes import Device, World
-from tests.unit.rotation.test_flow import adopt, rotate
-
-
-def _ready(world: World, device_id: str = "dev-1") -> tuple[Device, RotationService]:
-    dev = world.add_device(device_id)
-    svc = world.service()
-    adopt(svc, dev)
-    return dev, svc
+from tests.unit.rotation.fakes import World
+from tests.unit.rotation.test_flow import rotate
 
 
 def test_counting_metrics_keep_each_set_of_dimensions_apart() -> None:
@@ -33,14 +25,14 @@ def test_counting_metrics_keep_each_set_of_dimensions_apart() -> None:
 
 
 def test_a_rotation_is_counted_by_its_reason(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     rotate(svc, dev, Trigger.EXPIRING)
     assert world.metrics.dimensions("certroll.rotation_started") == {(("reason", "expiring"),): 1}
     assert world.metrics.dimensions("certroll.rotation_completed") == {(("reason", "expiring"),): 1}
 
 
 def test_a_failed_rotation_is_counted_by_code_and_reason(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
@@ -57,8 +49,8 @@ def _failure(world: World, device_id: str, code: int = 401003) -> ConnectionFail
 
 
 def test_each_reconcile_decision_is_counted_by_its_result(world: World) -> None:
-    _ready(world, "dev-1")
-    _ready(world, "dev-2")
+    world.ready("dev-1")
+    world.ready("dev-2")
     svc = world.service()
     svc.on_connection_failure(_failure(world, "ghost"))
     svc.on_connection_failure(_failure(world, "dev-1"))  # nothing to change

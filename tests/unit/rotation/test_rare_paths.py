@@ -36,15 +36,8 @@ from tests.unit.rotation.test_flow import adopt
 DAY = 86400.0
 
 
-def _ready(world: World, device_id: str = "dev-1", **kw: Any) -> tuple[Device, RotationService]:
-    dev = world.add_device(device_id, **kw)
-    svc = world.service()
-    adopt(svc, dev)
-    return dev, svc
-
-
 def _asked(world: World) -> tuple[Device, RotationService]:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     return dev, svc
 
@@ -112,7 +105,7 @@ def test_a_current_certificate_recorded_after_the_new_one_is_still_superseded(
 ) -> None:
     """The worker that signs the new certificate runs an hour behind the one that
     recorded the current one: finishing supersedes the current one all the same."""
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     old = thumb(dev.cert)
     world.clock.advance(-3600)
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
@@ -207,7 +200,7 @@ def test_a_staged_write_names_its_device() -> None:
 
 
 def test_a_certificate_is_expired_from_its_not_after_instant(world: World) -> None:
-    _dev, _svc = _ready(world)
+    _dev, _svc = world.ready()
     rec = world.state.get("dev-1")
     [cert] = world.ledger.list_for_device("dev-1")
     assert refusal(cert, "dev-1", rec, cert.not_after) == "expired_certificate"
@@ -225,8 +218,8 @@ def test_no_certificate_is_admissible_without_a_rotation_record(world: World) ->
 
 
 def test_the_allowance_is_per_device_and_read_from_its_latest_20_entries(world: World) -> None:
-    _ready(world, "dev-1")
-    _ready(world, "dev-2")
+    world.ready("dev-1")
+    world.ready("dev-2")
     svc = world.service()
     for device_id in ("dev-1", "dev-2"):
         enr = world.enrollments.individual[device_id]
@@ -246,7 +239,7 @@ def test_the_allowance_is_per_device_and_read_from_its_latest_20_entries(world: 
 
 
 def test_a_rate_limited_401_keeps_its_code(world: World) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     enr = world.enrollments.individual["dev-1"]
     world.enrollments.individual["dev-1"] = dataclasses.replace(enr, primary=None)
@@ -259,7 +252,7 @@ def test_a_rate_limited_401_keeps_its_code(world: World) -> None:
 
 
 def test_a_repeated_disallow_recreates_a_group_members_deleted_enrollment(world: World) -> None:
-    _ready(world, "dev-g", group=True)
+    world.ready("dev-g", group=True)
     svc = world.service()
     first = svc.disallow(Disallow("dev-g", "stolen", "ops"))
     assert (first.enrollment, first.changed) == ("created_disabled", True)
@@ -295,7 +288,7 @@ def test_a_device_without_certificates_is_disallowed_without_an_enrollment(
 def test_an_allow_after_an_unfinished_disallow_asks_for_the_disallow_again(
     world: World,
 ) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     svc.disallow(Disallow("dev-1", "stolen", "ops"))
     rec = world.state.get("dev-1")
@@ -314,7 +307,7 @@ def test_an_allow_after_an_unfinished_disallow_asks_for_the_disallow_again(
 
 def test_a_continued_sweep_is_handed_its_page_batch_and_time_settings(world: World) -> None:
     for name in ("a", "b", "c"):
-        _ready(world, name)
+        world.ready(name)
     svc = world.service()
     world.clock.advance(31 * DAY)
     inner = world.registry.query_twins

@@ -21,18 +21,9 @@ from shared.domain.model import (
     RotationState,
     Trigger,
 )
-from shared.domain.rotation import RotationService
 from shared.domain.rotation.slots import withdraw_from_enrollment
-from tests.unit.rotation.fakes import Device, World, thumb
+from tests.unit.rotation.fakes import World, thumb
 from tests.unit.rotation.test_batching import _csr_reports, _in_batch, _started
-from tests.unit.rotation.test_flow import adopt
-
-
-def _ready(world: World, device_id: str = "dev-1", **kw: Any) -> tuple[Device, RotationService]:
-    dev = world.add_device(device_id, **kw)
-    svc = world.service()
-    adopt(svc, dev)
-    return dev, svc
 
 
 def _count_reads(world: World) -> list[str]:
@@ -78,7 +69,7 @@ def test_an_enrollment_emptied_in_bulk_is_not_read_again_at_the_finish(world: Wo
 
 
 def test_the_finish_hands_the_ledger_the_certificates_it_has_just_read(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     handed: list[list[str]] = []
     inner = world.ledger.set_statuses
 
@@ -107,7 +98,7 @@ def test_the_finish_hands_the_ledger_the_certificates_it_has_just_read(world: Wo
 def test_a_withdrawal_meeting_a_changed_enrollment_reads_it_again(world: World) -> None:
     """The only certificate withdrawn and no fallback: the enrollment is disabled, after
     a fresh read when the first write met a newer ETag."""
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     inner = world.enrollments.put_individual
     conflicts: list[str] = []
 
@@ -130,7 +121,7 @@ def test_a_repeated_disallow_that_changes_something_returns_the_disallowed_recor
 ) -> None:
     """The record was already disallowed in full; a repeated disallow recreating a group
     member's deleted enrollment returns it as it stands."""
-    _ready(world, "dev-g", group=True)
+    world.ready("dev-g", group=True)
     svc = world.service()
     first = svc.disallow(Disallow("dev-g", "stolen", "ops"))
     del world.enrollments.individual["dev-g"]
@@ -148,7 +139,7 @@ def test_a_reconcile_mid_rotation_that_writes_no_hub_identity_marks_no_hub_clean
 ) -> None:
     """A CA-authenticated identity holds no thumbprint: the reconcile writes only the
     enrollment, and the record is not marked for a hub clean-up at the finish."""
-    dev, svc = _ready(world, auth=AuthType.CERTIFICATE_AUTHORITY)
+    dev, svc = world.ready(auth=AuthType.CERTIFICATE_AUTHORITY)
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None

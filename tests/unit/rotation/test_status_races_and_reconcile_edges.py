@@ -38,7 +38,7 @@ from shared.domain.rotation.admissible import refusal
 from shared.domain.rotation.reconcile import Reconciler
 from shared.domain.rotation.results import DeviceView
 from shared.domain.rotation.slots import enrollment_slot_for
-from tests.unit.rotation.fakes import Device, World
+from tests.unit.rotation.fakes import World
 from tests.unit.rotation.test_flow import _bulk_batch, _rotate, adopt
 from tests.unit.rotation.test_sweep_batch_edges import Campaigns
 
@@ -92,13 +92,6 @@ def test_a_bulk_reprovision_counts_one_attempt() -> None:
 # --------------------------------------------------------------------------- failures
 
 
-def _ready(world: World, device_id: str = "dev-1") -> tuple[Device, RotationService]:
-    dev = world.add_device(device_id)
-    svc = world.service()
-    adopt(svc, dev)
-    return dev, svc
-
-
 def test_a_failed_rotation_counts_as_failed_in_its_campaigns(world: World) -> None:
     dev = world.add_device("dev-1")
     campaigns = Campaigns(done=set())
@@ -112,7 +105,7 @@ def test_a_failed_rotation_counts_as_failed_in_its_campaigns(world: World) -> No
 
 
 def test_a_device_failure_without_a_code_is_recorded_as_device_failed(world: World) -> None:
-    _dev, svc = _ready(world)
+    _dev, svc = world.ready()
     started = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     patch = {"renewal": {"requestId": started.request_id, "status": "failed", "error": "no"}}
     world.registry.report("dev-1", {"x509": patch})
@@ -132,8 +125,8 @@ def test_a_connection_of_a_device_certroll_does_not_know_changes_nothing(world: 
 
 
 def test_a_device_reporting_another_devices_certificate_is_refused(world: World) -> None:
-    owner, svc = _ready(world, "dev-1")
-    other, _ = _ready(world, "dev-2")
+    owner, svc = world.ready("dev-1")
+    other, _ = world.ready("dev-2")
     before = world.state.get("dev-2")
     svc.on_twin_reported(TwinReported.parse("dev-2", owner.section()))
     [refused] = [
@@ -221,7 +214,7 @@ def _losing(world: World, loses: Callable[[RotationRecord], bool]) -> None:
 def test_a_disallow_whose_record_keeps_changing_names_the_device_and_the_step(
     world: World, caplog: pytest.LogCaptureFixture, loses: Callable[[RotationRecord], bool]
 ) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     _losing(world, loses)
     caplog.set_level(logging.INFO)
@@ -236,7 +229,7 @@ def test_a_disallow_whose_record_keeps_changing_names_the_device_and_the_step(
 def test_allowing_a_device_that_is_not_disallowed_says_what_state_it_is_in(
     world: World,
 ) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     with pytest.raises(InvalidRequestError) as refused:
         svc.allow(Allow("dev-1", "ops"))
@@ -249,7 +242,7 @@ def test_allowing_a_device_that_is_not_disallowed_says_what_state_it_is_in(
 def test_a_connection_while_the_twin_carries_the_request_does_not_write_it_again(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     started = svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     patches: list[dict[str, Any]] = []
@@ -271,7 +264,7 @@ def test_a_connection_while_the_twin_carries_the_request_does_not_write_it_again
 def test_a_reconcile_is_audited_and_logged_with_the_serials_it_let_in(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     serial = format(dev.cert.serial_number, "x")
     world.registry.devices["dev-1"].primary_thumbprint = "00" * 32  # someone changed it
     caplog.set_level(logging.INFO)
@@ -299,7 +292,7 @@ def test_a_certificate_issued_as_the_device_was_disallowed_is_revoked(
 ) -> None:
     """The disallow lands between the signature and the record's next write: that write
     loses its ETag check, and the certificate the disallow could not see is revoked."""
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     inner = world.issuer.issue
 
@@ -325,7 +318,7 @@ def test_a_certificate_issued_as_the_device_was_disallowed_is_revoked(
 
 
 def test_the_completion_audit_names_the_slot_the_new_certificate_went_to(world: World) -> None:
-    dev, svc = _ready(world)
+    dev, svc = world.ready()
     svc.start_renewal(StartRenewal("dev-1", Trigger.MANUAL, "op"))
     answer = dev.answer()
     assert answer is not None
@@ -339,7 +332,7 @@ def test_the_completion_audit_names_the_slot_the_new_certificate_went_to(world: 
 def test_an_allow_whose_record_keeps_changing_logs_each_lost_race(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     svc.disallow(Disallow("dev-1", "stolen", "ops"))
     _losing(world, lambda rec: rec.state is RotationState.CSR_REQUESTED)
@@ -372,7 +365,7 @@ def test_with_both_slots_taken_by_other_certificates_the_one_expiring_first_is_r
 def test_the_disallow_audit_says_what_happened_to_the_enrollment_and_the_hub_identity(
     world: World,
 ) -> None:
-    _ready(world)
+    world.ready()
     svc = world.service()
     svc.disallow(Disallow("dev-1", "stolen", "ops"))
     [entry] = [e for e in world.audit.list("dev-1", limit=100) if e.action == "disallow"]
