@@ -57,7 +57,6 @@ class PrivateAzurite:
         self.location = Path(self._tmp.name)
         self.ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
         self._proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
         #: every stop: (seconds it took, whether SIGKILL ended it). Azurite writes its
         #: table and queue databases on a graceful exit and otherwise every 5 s (LokiJS
         #: autosave), so a killed Azurite comes back without the writes it acknowledged
@@ -142,15 +141,7 @@ class PrivateAzurite:
         self.stop()
         time.sleep(down_seconds)
         self.start()
-        self.restarts += 1
 
     def close(self) -> None:
         self.stop()
         self._tmp.cleanup()
-
-    def __enter__(self) -> PrivateAzurite:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

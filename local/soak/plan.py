@@ -1,11 +1,14 @@
 """The soak's fault plan: which fault hits where, drawn reproducibly from one seed.
 
-Plan-level choices (which devices go offline and when, whose clock is skewed by how
-much, when the signing key is out, when Azurite restarts) come from one
-``random.Random(seed)``, drawn in a fixed order before the rotation starts. Per-call
-choices (does this DPS call answer 429?) are drawn from a stream per
-``(port, method, subject)``: the n-th call of a stream gets ``Random(f"{seed}/{stream}/{n}")``,
-so which call of a device faults does not depend on how the worker threads interleave.
+Plan-level choices (which devices go offline first, whose clock is skewed by how much,
+when the signing key is out, when Azurite restarts) come from one ``random.Random(seed)``,
+drawn in a fixed order before the rotation starts; the second offline wave is drawn at
+half-way from the devices still waiting. Per-call choices (does this DPS call answer
+429?) are drawn from a stream per ``(port, method, subject)``: the n-th call of a stream
+gets ``Random(f"{seed}/{stream}/{n}")``. Where the subject is a device, which of its calls
+faults does not depend on how the worker threads interleave; the signing key's stream,
+the worker kills (keyed on the queue message id Azurite assigns) and the Event Hub
+disturbances (keyed on the pump pass) do.
 Every injected fault is counted under its kind (:data:`PORT_FAULTS` per port, plus the
 kinds of :data:`EVENT_FAULTS` and :data:`RUN_FAULTS`).
 """

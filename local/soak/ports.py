@@ -163,10 +163,6 @@ class FaultyPort:
         self._make_error = make_error
         self._armed = armed
 
-    @property
-    def inner(self) -> Any:
-        return self._inner
-
     def __getattr__(self, name: str) -> Any:
         target = getattr(self._inner, name)
         if not callable(target) or name.startswith("_"):

@@ -69,7 +69,6 @@ class SoakOptions:
     margin: timedelta = timedelta(days=4)  # the clock ends before real now
     partitions: int = 8
     key_backend: str | None = None
-    progress: bool = False
     private_azurite: bool = True
     evidence_limit: int = 50  # failing devices whose end state is kept (``--dump``)
 

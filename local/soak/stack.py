@@ -25,8 +25,8 @@ from shared.domain.errors import CertrollError
 logger = logging.getLogger(__name__)
 
 #: a killed worker's message shows again once its visibility timeout ends; the Functions
-#: host's lease is up to 10 minutes (host.json functionTimeout), compressed here to this
-#: many real seconds so the run need not wait for it
+#: host's lease is 10 minutes (docs/reliability.md cites the source), compressed here to
+#: this many real seconds so the run need not wait for it
 KILLED_VISIBILITY_SECONDS = 3
 KILL_AFTER_CALLS = (2, 40)  # the worker dies after this many port calls of its invocation
 
