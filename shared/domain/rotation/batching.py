@@ -5,20 +5,21 @@ rotation").
 A batch of device events (one Event Hubs delivery of twin reports) is handled in two
 passes. In the first, a step that would write an individual enrollment (the enroll
 step's new certificate, the finish's emptied old slot) stages the write here and stops
-with :class:`EnrollmentWriteWaits`: nothing after the write has happened, so the
-device is told nothing yet. The staged writes then go out in bulk calls, each item
-conditional on the ETag of the read it was computed from. In the second pass the
-stopped events are handled again: a step whose write landed goes on from there
-without reading the enrollment again; one whose item was refused (412: the enrollment
-changed since it was read; 404: it is gone) takes the single-enrollment path, a fresh
-read and a conditional write, as outside a batch.
+with :class:`EnrollmentWriteWaits`: nothing that follows the write has happened, so the
+device is told nothing yet (a finish has already marked the ledger, which it does before
+its slot write, and its second pass finds that done). The staged writes then go out in
+bulk calls, each item conditional on the ETag of the read it was computed from. In the
+second pass the stopped events are handled again: a step whose write landed goes on from
+there without reading the enrollment again; one whose item was refused (412: the
+enrollment changed since it was read; 404: it is gone) takes the single-enrollment path,
+a fresh read and a conditional write, as outside a batch.
 
 The zero-downtime rule holds because a step never passes its enrollment write: the
 enroll step delivers the certificate only in the second pass, after DPS accepted the
-write that added it, and the finish retires the old certificate in the ledger only
-after its slot was emptied. Each device has at most one staged write per batch (a
-second event of the same device waits for the second pass too), so a device's writes
-keep their order.
+write that added it, and the finish runs only once the device runs on the new
+certificate (its ledger marks and its slot clean-up cost the device nothing). Each
+device has at most one staged write per batch (a second event of the same device waits
+for the second pass too), so a device's writes keep their order.
 """
 
 from __future__ import annotations

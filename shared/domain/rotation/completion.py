@@ -46,9 +46,7 @@ class Completion:
         """confirmed -> idle: retire the old certificate, clear the desired twin, tell."""
         ctx = self.ctx
         compromise = trigger_of(rec.reason) is Trigger.COMPROMISE
-        new_cert, revoked_any, previous = self.retire_previous(rec, compromise=compromise)
-        if revoked_any:
-            ctx.call(ctx.deps.issuer.publish_crl)
+        new_cert, previous = self.retire_previous(rec, compromise=compromise)
         ctx.call(
             ctx.deps.registry.patch_desired,
             rec.device_id,
@@ -85,14 +83,16 @@ class Completion:
 
     def retire_previous(
         self, rec: RotationRecord, *, compromise: bool, full: bool = False
-    ) -> tuple[CertificateRecord, bool, CertificateRecord | None]:
+    ) -> tuple[CertificateRecord, CertificateRecord | None]:
         """The device runs on ``rec.new_serial``: retire what came before it. The old
         individual-enrollment slot is emptied, the hub identity keeps only the new
         thumbprint, older certificates are superseded in the ledger (the current one
         revoked on ``compromise``) and the new one is active. Every step is idempotent.
-        Returns (the new certificate's record, whether anything was revoked, the ledger
-        record of ``rec.current_serial`` as listed before the change, if the device has
-        it)."""
+        On ``compromise`` the CRL is published once the ledger says the old certificate is
+        revoked, before the slot clean-up, which may stop to wait for a batch's bulk write
+        and be replayed (a replay publishes again). Returns (the new certificate's record,
+        the ledger record of ``rec.current_serial`` as listed when the finish read the
+        ledger -- its validity dates are what matter -- if the device has it)."""
         ctx = self.ctx
         if rec.new_serial is None or rec.new_thumbprint is None:
             raise ValueError(f"{rec.device_id}: record in {rec.state.value} has no new certificate")
@@ -100,7 +100,6 @@ class Completion:
         # the ledger first, the slots after: a 401 reconcile reads the slots before the
         # ledger, so it never puts back what this retires (reconcile.py, ``let_in``)
         # ledger: old certificates superseded (revoked on compromise), the new one active
-        revoked_any = False
         certs = ctx.call(ctx.deps.ledger.list_for_device, rec.device_id)
         issued_at = next(
             (c.issued_at for c in certs if c.serial == rec.new_serial), None
@@ -122,19 +121,23 @@ class Completion:
                     RevocationReason.KEY_COMPROMISE,
                     ctx.deps.actor,
                 )
-                revoked_any = True
             elif cert.issued_at <= issued_at or cert.serial == rec.current_serial:
                 statuses[cert.serial] = CertificateStatus.SUPERSEDED
         new_cert = ctx.call(ctx.deps.ledger.set_statuses, rec.device_id, statuses, certs)[
             rec.new_serial
         ]
         previous = next((c for c in certs if c.serial == rec.current_serial), None)
+        if compromise and previous is not None and previous.status not in (
+            CertificateStatus.SUPERSEDED,
+            CertificateStatus.FAILED,
+        ):  # revoked by this call or by an earlier pass of it
+            ctx.call(ctx.deps.issuer.publish_crl)
         # ``full``: every slot checked; else what the rotation may have left (economy.py)
         if full or enrollment_cleanup_after_confirmation(rec):
             keep_only_in_enrollment(ctx, rec.device_id, new)
-        if full or rec.hub_cleanup or hub_cleanup_after_confirmation(rec):
+        if full or hub_cleanup_after_confirmation(rec):
             hub_accept(ctx, rec.device_id, new, keep=new, clear_others=True, enable=False)
-        return new_cert, revoked_any, previous
+        return new_cert, previous
 
     def retire_before(self, rec: RotationRecord, serial: str, thumbprint: str) -> None:
         """``rec``'s device turned out to run on ``serial`` (a renewal whose confirmation

@@ -11,7 +11,8 @@
   come back).
 - **The hub identity after confirmation.** For the same reason the confirmed identity
   holds only the new thumbprint: nothing to clear. Kept for ``compromise`` (the old
-  thumbprint must be gone, whatever path the device took) and ``allow``.
+  thumbprint must be gone, whatever path the device took) and ``allow``, and when a 401
+  reconcile wrote the identity during the rotation (the record's ``hub_cleanup``).
 - **A group member's individual enrollment after confirmation.** Enrolling found none
   (the record's slot is ``group``): no second read of an enrollment that does not exist.
 """
@@ -34,7 +35,7 @@ def hub_write_before_delivery(rec: RotationRecord) -> bool:
 
 def hub_cleanup_after_confirmation(rec: RotationRecord) -> bool:
     """Whether the finish reads (and if need be rewrites) the hub identity."""
-    return trigger_of(rec.reason) in _HUB_CLEANUP
+    return rec.hub_cleanup or trigger_of(rec.reason) in _HUB_CLEANUP
 
 
 def enrollment_cleanup_after_confirmation(rec: RotationRecord) -> bool:

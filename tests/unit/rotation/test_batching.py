@@ -8,9 +8,11 @@ import dataclasses
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from shared.domain.commands import StartRenewal, TwinReported
-from shared.domain.model import IndividualEnrollment, RotationState, Trigger
+from shared.domain.model import CertificateSlot, IndividualEnrollment, RotationState, Trigger
 from shared.domain.rotation import RotationService
 from shared.domain.rotation.batching import (
     EnrollmentWriteBatch,
@@ -228,3 +230,37 @@ def test_stage_refuses_a_write_without_etag_and_outside_the_first_pass() -> None
         batch.stage(IndividualEnrollment("a", etag="e"))
     batch.staging = False
     assert not batch.accepts(IndividualEnrollment("b", etag="e"))
+
+
+def _crl_serials(world: World) -> set[int]:
+    crls = [data for data, _ in world.crl.objects.values() if data.startswith(b"0")]
+    return {r.serial_number for data in crls for r in x509.load_der_x509_crl(data)}
+
+
+def test_a_compromise_finish_stopped_for_the_bulk_write_still_publishes_the_crl(
+    world: World,
+) -> None:
+    """The finish revokes the old certificate in the ledger before its slot write; when
+    that write waits for the batch's bulk call, the CRL is published before the wait (the
+    second pass finds the certificate revoked already and revokes nothing)."""
+    dev = world.add_device("dev-1")
+    svc = world.service()
+    svc.on_twin_reported(TwinReported.parse("dev-1", dev.section(), twin_version=1))
+    old = dev.cert
+    svc.start_renewal(StartRenewal("dev-1", Trigger.COMPROMISE, "op"))
+    answer = dev.answer()
+    assert answer is not None
+    svc.on_twin_reported(TwinReported.parse("dev-1", answer))
+    # a 401 reconcile put the (still current) old certificate back into a slot
+    enr = world.enrollments.individual["dev-1"]
+    old_slot = CertificateSlot(
+        thumbprint_sha256=thumb(old), pem=old.public_bytes(serialization.Encoding.PEM).decode()
+    )
+    free = "secondary" if enr.secondary is None else "primary"
+    world.enrollments.put_individual(dataclasses.replace(enr, **{free: old_slot}))
+    bulks = world.enrollments.bulk_calls
+
+    _in_batch(svc, [TwinReported.parse("dev-1", dev.install())])
+
+    assert world.enrollments.bulk_calls == bulks + 1  # the finish's slot write waited
+    assert old.serial_number in _crl_serials(world)
