@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from shared.domain.campaign import EnrollmentPassProgress, KnownEnrollment
 from shared.domain.model import (
@@ -34,7 +34,6 @@ from shared.ports import CampaignStore, Clock, EnrollmentStore
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 #: enrollments asked for per query page (``x-ms-max-item-count``)
 PAGE_SIZE = 1000

@@ -37,6 +37,7 @@ from shared.domain.model import (
     ConnectionFailure,
     DeviceIdentity,
     IndividualEnrollment,
+    RotationRecord,
     RotationState,
 )
 from shared.domain.rotation import transitions
@@ -97,8 +98,7 @@ class Reconciler:
         ctx = self.ctx
         device_id = failure.device_id
         rec = ctx.uow.get(device_id)
-        certs = ctx.call(ctx.deps.ledger.list_for_device, device_id)
-        if rec is None and not certs:
+        if rec is None and not ctx.call(ctx.deps.ledger.list_for_device, device_id):
             ctx.metric("certroll.reconcile_refused", result="unknown_device")
             if unknown is not None:
                 unknown.add(device_id)
@@ -186,9 +186,7 @@ class Reconciler:
         for _ in range(MAX_ATTEMPTS):
             enr = ctx.individual(device_id)
             ident = ctx.identity(device_id)
-            rec = ctx.uow.get(device_id)
-            certs = ctx.call(ctx.deps.ledger.list_for_device, device_id)
-            allowed = admissible_certificates(device_id, rec, certs, ctx.now())
+            rec, certs, allowed = self._rule(device_id)
             if not allowed:
                 return changed, []
             serials = {c.serial for c in allowed}
@@ -211,17 +209,20 @@ class Reconciler:
                 changed += wrote
                 continue
             changed += wrote
-            if not wrote or serials <= self._admissible_now(device_id):
+            if not wrote or serials <= {c.serial for c in self._rule(device_id)[2]}:
                 return list(dict.fromkeys(changed)), allowed
             # retired meanwhile by a worker whose slot clean-up came before this write:
             # the next round takes it out again
         raise ConcurrencyError(f"{device_id}: the enrollment or hub identity kept changing")
 
-    def _admissible_now(self, device_id: str) -> set[str]:
+    def _rule(
+        self, device_id: str
+    ) -> tuple[RotationRecord | None, list[CertificateRecord], list[CertificateRecord]]:
+        """The record and the ledger as they are now, and what the slot rule admits."""
         ctx = self.ctx
         rec = ctx.uow.get(device_id)
-        certs = ctx.call(ctx.deps.ledger.list_for_device, device_id)
-        return {c.serial for c in admissible_certificates(device_id, rec, certs, ctx.now())}
+        certs: list[CertificateRecord] = ctx.call(ctx.deps.ledger.list_for_device, device_id)
+        return rec, certs, admissible_certificates(device_id, rec, certs, ctx.now())
 
     @staticmethod
     def _place(
