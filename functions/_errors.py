@@ -71,3 +71,14 @@ def http_error_for(exc: CertrollError) -> HttpError:
     if isinstance(exc, ServiceError | SigningError):
         return HttpError(502, "upstream_error", str(exc))
     return HttpError(500, "internal_error", "the request failed; see the logs")
+
+
+def ca_http_error_for(exc: CertrollError) -> HttpError:
+    """:func:`http_error_for`, except that a 409 keeps the error's own code (a CA-roll or
+    campaign step refused in the state it found says which state): the one mapping for
+    the CA routes and their queued steps."""
+    error = http_error_for(exc)
+    code = getattr(exc, "code", None)
+    if error.status == 409 and isinstance(code, str):
+        return HttpError(409, code, str(exc))
+    return error

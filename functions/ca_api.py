@@ -24,7 +24,7 @@ from typing import Any
 
 import azure.functions as func
 
-from functions._errors import HttpError, http_error_for
+from functions._errors import ca_http_error_for
 from functions._http import OperatorRoute, Refusal, error_response, json_response
 from functions._services import audit_log, services, to_jsonable
 from functions.parsing.ca_roll import ca_roll_message, parse_ca_roll
@@ -53,10 +53,7 @@ def operator_routes() -> set[tuple[str, str]]:
 
 def _service_error(route: OperatorRoute, exc: CertrollError) -> func.HttpResponse:
     """A typed service error as its HTTP answer (a 409 keeps the error's own code)."""
-    error = http_error_for(exc)
-    code = getattr(exc, "code", None)
-    if error.status == 409 and isinstance(code, str):
-        error = HttpError(409, code, str(exc))
+    error = ca_http_error_for(exc)
     log = logger.warning if error.status < 500 else logger.error
     log("%s by %s answered %d: %s", route.operation, route.actor, error.status, exc)
     return error_response(error)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
-from functions._errors import http_error_for
+from functions._errors import ca_http_error_for
 from functions._services import rotation, to_jsonable
 from functions.parsing.ca_roll import CaRollWork
 from functions.parsing.work_queue import parse_any_work_message
@@ -74,7 +74,7 @@ def run_ca_roll_step(work: CaRollWork, roll: Any, audit: Any | None = None) -> A
     try:
         return roll.run(work.step, work.actor, **work.options)
     except CertrollError as exc:
-        error = http_error_for(exc)
+        error = ca_http_error_for(exc)
         if error.status >= 500 or error.status == 429:
             raise
         logger.error(
@@ -96,7 +96,7 @@ def run_ca_roll_step(work: CaRollWork, roll: Any, audit: Any | None = None) -> A
                 actor=work.actor,
                 detail={
                     "status": error.status,
-                    "code": getattr(exc, "code", error.code),
+                    "code": error.code,
                     "message": str(exc),
                     "via": "work-queue",
                 },
