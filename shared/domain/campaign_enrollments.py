@@ -102,6 +102,10 @@ def enrollment_from_json(data: dict[str, Any]) -> IndividualEnrollment:
 # ---------------------------------------------------------------------- the pass
 
 
+#: how long a pass found unfinished is not read again by :meth:`EnrollmentPass.known`
+UNFINISHED_RECHECK = timedelta(minutes=1)
+
+
 class EnrollmentPass:
     """Pages the enrollment query into the campaign store, and answers the enroll step."""
 
@@ -122,12 +126,16 @@ class EnrollmentPass:
         self.max_age = max_age
         #: campaigns whose pass is complete (never undone), with when it completed
         self._done: dict[str, datetime] = {}
+        #: campaigns whose pass was found unfinished, with when (not asked again for
+        #: :data:`UNFINISHED_RECHECK`: the enroll steps read DPS meanwhile)
+        self._unfinished: dict[str, datetime] = {}
 
     def run(self, campaign_id: str, deadline: datetime) -> bool:
         """Read pages until the query is done (True) or ``deadline`` passes (False: the
         next run goes on from the stored continuation)."""
         progress = self._call(self.store.enrollment_pass, campaign_id)
         if progress is not None and progress.done:
+            self._finished(campaign_id, progress.at)
             return True
         continuation = progress.continuation if progress is not None else None
         pages = progress.pages if progress is not None else 0
@@ -144,6 +152,7 @@ class EnrollmentPass:
             )
             if done:
                 logger.info("campaign %s: %d pages of enrollments read", campaign_id, pages)
+                self._finished(campaign_id, self.clock.now())
                 return True
             if self.clock.now() >= deadline:
                 return False
@@ -154,11 +163,19 @@ class EnrollmentPass:
         now = self.clock.now()
         for cid in campaign_ids:
             if cid not in self._done:
-                progress = self.store.enrollment_pass(cid)
-                if progress is None or not progress.done:
+                seen = self._unfinished.get(cid)
+                if seen is not None and now - seen < UNFINISHED_RECHECK:
                     continue
-                self._done[cid] = progress.at
+                progress = self._call(self.store.enrollment_pass, cid)
+                if progress is None or not progress.done:
+                    self._unfinished[cid] = now
+                    continue
+                self._finished(cid, progress.at)
             if now - self._done[cid] > self.max_age:
                 continue  # too old to say a device has no individual enrollment
-            return KnownEnrollment(self.store.enrollment(cid, device_id))
+            return KnownEnrollment(self._call(self.store.enrollment, cid, device_id))
         return None
+
+    def _finished(self, campaign_id: str, at: datetime) -> None:
+        self._done[campaign_id] = at
+        self._unfinished.pop(campaign_id, None)

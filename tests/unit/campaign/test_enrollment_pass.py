@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from typing import Any
 
 from shared.adapters.memory import MemoryCampaignStore
 from shared.domain.campaign_engine import CampaignTracker
 from shared.domain.campaign_enrollments import (
+    UNFINISHED_RECHECK,
     EnrollmentPass,
     enrollment_from_json,
     enrollment_to_json,
@@ -140,3 +142,32 @@ def test_a_stale_copy_is_refused_then_read_and_written_alone() -> None:
     slot = getattr(dps.individual["dev-1"], rec.slot or "")
     assert slot is not None
     assert slot.thumbprint_sha256 == rec.new_thumbprint
+
+
+def test_an_unfinished_pass_is_read_again_only_after_a_minute() -> None:
+    """While a pass runs, every enroll step asks for the copy; the store is read for the
+    pass's progress once a minute, not once a device."""
+    world, _dps, passer = _world_with_pass(page_size=2)
+    for i in range(5):
+        world.add_device(f"dev-{i}")
+    reads: list[str] = []
+    real = passer.store.enrollment_pass
+
+    def counted(campaign_id: str) -> Any:
+        reads.append(campaign_id)
+        return real(campaign_id)
+
+    passer.store.enrollment_pass = counted  # type: ignore[method-assign]
+    assert not passer.run("c1", deadline=world.clock.now())  # one page: unfinished
+    reads.clear()
+    for i in range(5):
+        assert passer.known(["c1"], f"dev-{i}") is None
+    assert reads == ["c1"]
+    world.clock.advance(UNFINISHED_RECHECK.total_seconds())
+    assert passer.known(["c1"], "dev-0") is None
+    assert reads == ["c1", "c1"]
+    # the pass finishing in this worker is known at once
+    assert passer.run("c1", deadline=world.clock.now() + timedelta(hours=1))
+    known = passer.known(["c1"], "dev-3")
+    assert known is not None
+    assert known.enrollment is not None
